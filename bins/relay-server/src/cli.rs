@@ -1,0 +1,118 @@
+//! The command line: every flag, its environment variable and its default, turned into
+//! a validated [`relay_transport::ServerConfig`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use relay_core::{Limits, RoomIdPrefix};
+use relay_transport::ServerConfig;
+
+/// Relay: a self-hosted relay for MPC and peer-to-peer apps (rooms, mailbox, discovery).
+#[derive(Debug, Parser)]
+#[command(name = "relay-server", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Address to listen on; repeat for several. The environment variable LISTEN takes
+    /// a space-separated list, as in the Silence Labs relay.
+    #[arg(long = "listen", env = "LISTEN", value_delimiter = ' ', default_value = "0.0.0.0:8080")]
+    pub(crate) listen: Vec<SocketAddr>,
+
+    /// Every room ID issued starts with this prefix: exactly 8 lowercase hex characters.
+    /// Lets a load balancer route all parties of a room to this instance.
+    #[arg(long, env = "RELAY_ROOM_ID_PREFIX", value_parser = parse_prefix)]
+    pub(crate) room_id_prefix: Option<RoomIdPrefix>,
+
+    /// Disable every API key check. For development only: anyone can create rooms and
+    /// use the mailbox.
+    #[arg(long, env = "RELAY_INSECURE_API_KEYS_NOT_ENFORCED")]
+    pub(crate) insecure_api_keys_not_enforced: bool,
+
+    /// Log format on stderr.
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The limits of relay-core, one flag each. Defaults are [`Limits::default`]'s.
+#[derive(Debug, clap::Args)]
+pub(crate) struct LimitArgs {
+    /// Largest number of parties in a room.
+    #[arg(long, env = "RELAY_MAX_ROOM_SIZE", default_value_t = Limits::default().max_room_size,
+          value_parser = clap::value_parser!(u16).range(2..))]
+    pub(crate) max_room_size: u16,
+    /// Largest number of live rooms.
+    #[arg(long, env = "RELAY_MAX_ROOMS", default_value_t = Limits::default().max_rooms)]
+    pub(crate) max_rooms: usize,
+    /// Largest message (room data frame or mailbox frame), in bytes.
+    #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
+    pub(crate) max_message_bytes: usize,
+    /// Bytes one room may hold (undelivered plus delivered-but-unacked).
+    #[arg(long, env = "RELAY_MAX_ROOM_HELD_BYTES", default_value_t = Limits::default().max_room_held_bytes)]
+    pub(crate) max_room_held_bytes: usize,
+    /// Bytes of stored messages one mailbox namespace may hold.
+    #[arg(long, env = "RELAY_MAX_NAMESPACE_HELD_BYTES", default_value_t = Limits::default().max_namespace_held_bytes)]
+    pub(crate) max_namespace_held_bytes: usize,
+    /// Asks one mailbox connection may have waiting at once.
+    #[arg(long, env = "RELAY_MAX_PENDING_ASKS", default_value_t = Limits::default().max_pending_asks)]
+    pub(crate) max_pending_asks: usize,
+    /// Cap on a mailbox message's TTL, in seconds.
+    #[arg(long, env = "RELAY_MAX_MAILBOX_TTL_SECS", default_value_t = Limits::default().max_mailbox_ttl.as_secs())]
+    pub(crate) max_mailbox_ttl_secs: u64,
+    /// Room lifetime when the creator gives none, in seconds.
+    #[arg(long, env = "RELAY_ROOM_TTL_SECS", default_value_t = Limits::default().room_ttl_default.as_secs())]
+    pub(crate) room_ttl_secs: u64,
+    /// Longest room lifetime a creator may ask for, in seconds.
+    #[arg(long, env = "RELAY_MAX_ROOM_TTL_SECS", default_value_t = Limits::default().room_ttl_max.as_secs())]
+    pub(crate) max_room_ttl_secs: u64,
+    /// How long a room waits for a reconnect after its last party dropped, in seconds.
+    #[arg(long, env = "RELAY_RECONNECT_GRACE_SECS", default_value_t = Limits::default().reconnect_grace.as_secs())]
+    pub(crate) reconnect_grace_secs: u64,
+    /// Frames queued towards one connection before it is closed as a slow consumer.
+    #[arg(long, env = "RELAY_SEND_QUEUE_FRAMES", default_value_t = Limits::default().send_queue_frames)]
+    pub(crate) send_queue_frames: usize,
+}
+
+fn parse_prefix(s: &str) -> Result<RoomIdPrefix, String> {
+    s.parse().map_err(|e: relay_core::id::RoomIdError| e.to_string())
+}
+
+impl LimitArgs {
+    fn to_limits(&self) -> Limits {
+        Limits {
+            max_room_size: self.max_room_size,
+            max_rooms: self.max_rooms,
+            max_message_bytes: self.max_message_bytes,
+            max_room_held_bytes: self.max_room_held_bytes,
+            max_namespace_held_bytes: self.max_namespace_held_bytes,
+            max_pending_asks: self.max_pending_asks,
+            max_mailbox_ttl: Duration::from_secs(self.max_mailbox_ttl_secs),
+            room_ttl_default: Duration::from_secs(self.room_ttl_secs),
+            room_ttl_max: Duration::from_secs(self.max_room_ttl_secs),
+            reconnect_grace: Duration::from_secs(self.reconnect_grace_secs),
+            send_queue_frames: self.send_queue_frames,
+        }
+    }
+}
+
+impl Cli {
+    /// The server configuration these flags describe.
+    pub(crate) fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            limits: self.limits.to_limits(),
+            room_id_prefix: self.room_id_prefix,
+            api_keys_enforced: !self.insecure_api_keys_not_enforced,
+            ..ServerConfig::default()
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! `relay-server`: parses the command line into a validated config, starts logging,
+//! binds the listeners and runs [`relay_transport::serve`] until SIGTERM or SIGINT.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use relay_transport::{AppState, serve};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.server_config();
+    if config.api_keys_enforced {
+        anyhow::bail!(
+            "API keys are enforced by default, but this build has no key store yet; \
+             pass --insecure-api-keys-not-enforced to run without key checks"
+        );
+    }
+    tracing::warn!("API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay");
+
+    let mut listeners = Vec::new();
+    for addr in &cli.listen {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(listener);
+    }
+    let addrs: Vec<String> =
+        listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
+    eprintln!("relay-server listening on {}", addrs.join(", "));
+    tracing::info!(listen = %addrs.join(" "), "listening");
+
+    let state = AppState::new(config);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let state = state.clone();
+        let stop = state.clone();
+        servers.spawn(async move {
+            let mut signal = stop.shutdown_watch();
+            serve(listener, state, async move {
+                let _stopped = signal.wait_for(|s| *s).await.is_ok();
+            })
+            .await
+        });
+    }
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        Some(res) = servers.join_next() => {
+            res.context("server task panicked")?.context("server stopped")?;
+        }
+    }
+    state.begin_shutdown();
+    while let Some(res) = servers.join_next().await {
+        res.context("server task panicked")?.context("server stopped with an error")?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,13 @@
+//! The protocol core of Relay: room IDs, rooms, the mailbox and their limits.
+//!
+//! No sockets, no disk, no HTTP. Time comes from `tokio::time` (rooms) or is passed in
+//! as `now` (mailbox store), so tests control it. A Rust service can drive rooms and
+//! mailboxes through channels without the transport crate.
+
+mod error;
+pub mod id;
+mod limits;
+
+pub use error::CoreError;
+pub use id::{RoomId, RoomIdPrefix};
+pub use limits::Limits;

@@ -1,0 +1,46 @@
+//! The transport's configuration: what the binary hands to [`crate::serve`].
+
+use std::time::Duration;
+
+use relay_core::{Limits, RoomIdPrefix};
+
+/// Everything the server needs besides a listener. Build it from the CLI or in a test.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Room and mailbox limits enforced by relay-core.
+    pub limits: Limits,
+    /// When set, every room ID issued here starts with this prefix.
+    pub room_id_prefix: Option<RoomIdPrefix>,
+    /// When false, no API key is checked anywhere (development only).
+    pub api_keys_enforced: bool,
+    /// Largest REST request body, in bytes (default 64 KiB).
+    pub max_body_bytes: usize,
+    /// WebSocket read buffer per connection. tungstenite's 128 KiB default costs about
+    /// 140 KiB per idle connection; 4 KiB keeps idle connections cheap (default 4 KiB).
+    pub ws_read_buffer_bytes: usize,
+    /// WebSocket write buffer per connection, flushed past this size (default 4 KiB).
+    pub ws_write_buffer_bytes: usize,
+    /// Interval between pings on an otherwise silent WebSocket (default 20 s).
+    pub ws_ping_interval: Duration,
+    /// A WebSocket that sends nothing (not even a pong) for this long is closed (default 60 s).
+    pub ws_idle_timeout: Duration,
+    /// On shutdown, how long open connections get to close before the server gives up
+    /// on them (default 5 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            limits: Limits::default(),
+            room_id_prefix: None,
+            api_keys_enforced: true,
+            max_body_bytes: 64 << 10,
+            ws_read_buffer_bytes: 4 << 10,
+            ws_write_buffer_bytes: 4 << 10,
+            ws_ping_interval: Duration::from_secs(20),
+            ws_idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Errors: [`TransportError`] for the server as a whole, [`ApiError`] for one request,
+//! rendered as `{"error": {"code": "...", "message": "..."}}` with its status.
+
+use hyper::StatusCode;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Accepting on the listener failed in a way that will not pass.
+    #[error("listener failed: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The configuration cannot be served (checked before the first accept).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// One refused request: an HTTP status, a machine-readable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    /// The HTTP status sent.
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `room_not_found`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with the given status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    /// 400 with the given code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404 `not_found` for a path no route serves.
+    pub fn no_route() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    /// 405 for a known path with the wrong method.
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this endpoint",
+        )
+    }
+
+    /// The JSON body: `{"error": {"code": ..., "message": ...}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    }
+}

@@ -1,0 +1,86 @@
+//! Small HTTP helpers shared by the routes: JSON responses, bounded body reads, queries.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+
+use crate::error::ApiError;
+
+/// The response body type of every route.
+pub(crate) type Body = Full<Bytes>;
+
+/// A JSON response with the given status.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The JSON error response for `err`.
+pub(crate) fn error_response(err: &ApiError) -> Response<Body> {
+    json(err.status, &err.body())
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is over the {limit}-byte limit"),
+        )),
+        Err(e) => Err(ApiError::bad_request("bad_body", format!("could not read request body: {e}"))),
+    }
+}
+
+/// Parses a JSON body into `T`, naming what is wrong on failure.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_request", format!("invalid JSON body: {e}")))
+}
+
+/// The value of query parameter `name`, percent-decoded. A `+` stays a `+`: base64 API
+/// keys contain it, and nothing here carries spaces.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k).as_deref() == Some(name)).then(|| percent_decode(v)).flatten()
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        let q = Some("api_key=ABEiM0RVZneImaq7zN3u%2Fw%3D%3D&slot=2");
+        assert_eq!(query_param(q, "api_key").as_deref(), Some("ABEiM0RVZneImaq7zN3u/w=="));
+        assert_eq!(query_param(q, "slot").as_deref(), Some("2"));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(query_param(Some("bad=%zz"), "bad"), None);
+    }
+}

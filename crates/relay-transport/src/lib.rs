@@ -1,0 +1,18 @@
+//! The network face of Relay: a hyper 1.x server over an already-bound listener, the
+//! WebSocket upgrade, the REST API and its JSON errors.
+//!
+//! The protocol logic lives in relay-core; this crate only moves bytes between sockets
+//! and the core's channels, and maps the core's refusals to statuses and close codes.
+
+mod config;
+mod error;
+mod http;
+mod mailbox;
+mod rooms;
+mod router;
+mod server;
+pub mod ws;
+
+pub use config::ServerConfig;
+pub use error::{ApiError, TransportError};
+pub use server::{AppState, serve};

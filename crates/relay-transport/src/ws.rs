@@ -1,0 +1,135 @@
+//! The WebSocket upgrade: validates the handshake (RFC 6455 section 4.2.1), answers 101,
+//! and hands the upgraded connection to a handler as a tokio-tungstenite stream with
+//! small buffers and the configured message limit.
+
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::http::{Body, json};
+
+/// A server-side WebSocket over an upgraded hyper connection.
+pub type WsStream = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Checks that `req` is a valid WebSocket handshake; refuses with 426 or 400 otherwise.
+pub(crate) fn validate_handshake(req: &Request<Incoming>) -> Result<String, ApiError> {
+    let header_has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
+        })
+    };
+    let is_upgrade = header_has(header::CONNECTION, "upgrade") && header_has(header::UPGRADE, "websocket");
+    if !is_upgrade {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint is a WebSocket: send GET with Connection: Upgrade and Upgrade: websocket",
+        ));
+    }
+    if req.method() != Method::GET {
+        return Err(ApiError::bad_request("bad_handshake", "a WebSocket handshake must use GET"));
+    }
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(ApiError::bad_request("bad_handshake", "Sec-WebSocket-Version must be 13"));
+    }
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| is_valid_ws_key(k))
+        .ok_or_else(|| {
+            ApiError::bad_request("bad_handshake", "Sec-WebSocket-Key must be base64 of 16 bytes")
+        })?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// A 16-byte value in base64 is 24 characters ending in `==`.
+fn is_valid_ws_key(k: &str) -> bool {
+    let b = k.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+/// The tungstenite configuration for a server connection under `config`.
+pub(crate) fn ws_config(config: &ServerConfig) -> WebSocketConfig {
+    let max = config.limits.max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        .write_buffer_size(config.ws_write_buffer_bytes)
+        .max_write_buffer_size(config.ws_write_buffer_bytes.max(max) * 2 + (64 << 10))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// Answers the handshake with 101 and runs `handler` on the upgraded stream in its own
+/// task. The caller validated the request with [`validate_handshake`] first, so that
+/// refusals (unknown room, bad key) are plain HTTP before any upgrade.
+pub(crate) fn upgrade<F, Fut>(
+    mut req: Request<Incoming>,
+    accept_key: String,
+    config: &ServerConfig,
+    handler: F,
+) -> Response<Body>
+where
+    F: FnOnce(WsStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let ws_config = ws_config(config);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                        .await;
+                handler(ws).await;
+            }
+            Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
+        }
+    });
+    let mut resp = json(StatusCode::SWITCHING_PROTOCOLS, &serde_json::Value::Null);
+    *resp.body_mut() = Body::default();
+    let h = resp.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key.parse().expect("base64 is a valid header value"));
+    resp
+}
+
+/// A close message with `code` and `reason`.
+pub fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() }))
+}
+
+/// Close codes the relay sends, named as in docs/protocol.md.
+pub mod close {
+    /// Normal closure: room closed, or the party left.
+    pub const NORMAL: u16 = 1000;
+    /// The relay is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Malformed frame (mailbox: shorter than 36 bytes, or text).
+    pub const MALFORMED: u16 = 1007;
+    /// Policy: bad or missing credentials, or another rule.
+    pub const POLICY: u16 = 1008;
+    /// A frame over the message size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// A relay bug.
+    pub const INTERNAL: u16 = 1011;
+    /// Over quota or a slow consumer: come back later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The room's TTL passed.
+    pub const ROOM_EXPIRED: u16 = 4000;
+    /// The same slot resumed on a newer connection.
+    pub const REPLACED: u16 = 4001;
+}
