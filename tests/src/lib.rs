@@ -1,1 +1,257 @@
-//! Shared helpers for the end-to-end tests: start the real binary, talk to it.
+//! Shared helpers for the end-to-end tests: start the real `relay-server` binary on
+//! 127.0.0.1 port 0 (or serve the router in-process), make HTTP requests, open
+//! WebSockets. Every wait is bounded, so a broken server fails a test instead of
+//! hanging it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+pub use relay_transport::{AppState, ServerConfig};
+
+/// A WebSocket client stream as the tests use it.
+pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// How long any single wait in a test may take before it fails.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The path of the `relay-server` binary built for this test run.
+pub fn binary_path() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_relay-server") {
+        return PathBuf::from(p);
+    }
+    // Tests run from target/<profile>/deps/<test>-<hash>; the binary sits in target/<profile>.
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let bin = profile_dir.join("relay-server");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "relay-server", "--bin", "relay-server"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building relay-server failed");
+    }
+    bin
+}
+
+/// A running `relay-server` process. Killed on drop.
+pub struct RelayProcess {
+    child: Child,
+    /// The first address it listens on.
+    pub addr: SocketAddr,
+    /// Every line it wrote to stderr so far.
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl RelayProcess {
+    /// Starts the binary with `args`, adding `--listen 127.0.0.1:0` unless a listen
+    /// address is given, and waits for its "listening on" line.
+    pub async fn start(args: &[&str]) -> anyhow::Result<RelayProcess> {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// As [`RelayProcess::start`], with extra environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<RelayProcess> {
+        let mut cmd = Command::new(binary_path());
+        if !args.iter().any(|a| a.starts_with("--listen")) {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(args)
+            .env_remove("LISTEN")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("spawn relay-server")?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            let mut addr_tx = Some(addr_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    if let Some(tx) = addr_tx.take() {
+                        let first = rest.split([',', ' ']).next().unwrap_or_default().to_owned();
+                        let _ = tx.send(first);
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let out_sink = stderr.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                out_sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match tokio::time::timeout(STEP_TIMEOUT, addr_rx).await {
+            Ok(Ok(a)) => a.parse().with_context(|| format!("parse listen address {a:?}"))?,
+            _ => {
+                let status = child.try_wait()?;
+                bail!(
+                    "relay-server did not report its address (exit: {status:?}); output: {:?}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Ok(RelayProcess { child, addr, stderr })
+    }
+
+    /// Sends a Unix signal by number (15 = SIGTERM, 9 = SIGKILL, 1 = SIGHUP).
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.child.id() {
+            // `unsafe` is forbidden in the workspace, so libc::kill is out: use kill(1).
+            let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Waits for the process to exit, failing after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .context("relay-server did not exit in time")?
+            .context("wait")
+    }
+
+    /// Everything it printed so far, one string.
+    pub fn output(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// `http://addr{path}`.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `ws://addr{path}`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+}
+
+/// Runs the binary to completion with `args` (for flag-validation tests).
+pub async fn run_binary(args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let out = tokio::time::timeout(
+        STEP_TIMEOUT,
+        Command::new(binary_path()).args(args).env_remove("LISTEN").stdin(Stdio::null()).output(),
+    )
+    .await
+    .context("relay-server did not exit")??;
+    Ok(out)
+}
+
+/// Serves the router in-process on 127.0.0.1:0 with `config`; returns its address and
+/// state. The server stops when the state's shutdown begins.
+pub async fn serve_in_process(config: ServerConfig) -> anyhow::Result<(SocketAddr, AppState)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(config);
+    let serve_state = state.clone();
+    let mut stop = state.shutdown_watch();
+    tokio::spawn(async move {
+        let _ = relay_transport::serve(listener, serve_state, async move {
+            let _stopped = stop.wait_for(|s| *s).await.is_ok();
+        })
+        .await;
+    });
+    Ok((addr, state))
+}
+
+/// A config for tests: keys not enforced, everything else default.
+pub fn open_config() -> ServerConfig {
+    ServerConfig { api_keys_enforced: false, ..ServerConfig::default() }
+}
+
+/// An HTTP response as the tests look at it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The raw body.
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    /// The body parsed as JSON (Null when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request to `addr`; `headers` are (name, value) pairs.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<HttpResponse> {
+    let stream = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await??;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body)))?;
+    let resp = tokio::time::timeout(STEP_TIMEOUT, sender.send_request(req)).await??;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(STEP_TIMEOUT, body.collect()).await??.to_bytes();
+    Ok(HttpResponse { status: parts.status, headers: parts.headers, body })
+}
+
+/// POST `value` as JSON to `addr{path}`.
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    value: &serde_json::Value,
+) -> anyhow::Result<HttpResponse> {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    http_request(addr, "POST", path, &all, value.to_string().as_bytes()).await
+}
+
+/// Opens a WebSocket to `ws://addr{path}`. On refusal, the error carries the HTTP status.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let stream = TcpStream::connect(addr).await.map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+    stream.set_nodelay(true).ok();
+    let url = format!("ws://{addr}{path}");
+    let (ws, _resp) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
+}
+
+/// The HTTP status a refused WebSocket handshake answered with, if that is the error.
+pub fn refusal_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<StatusCode> {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => Some(resp.status()),
+        _ => None,
+    }
+}
