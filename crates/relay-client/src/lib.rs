@@ -1,1 +1,41 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+//!
+//! # Guarantees
+//!
+//! **Receiving (rooms)**: every data message reaches the [`RoomEvents`] stream exactly
+//! once and in `seq` order, across any number of dropped connections, as long as each
+//! drop is resumed within the [`ReconnectPolicy`] (and the relay's reconnect grace).
+//! The client resumes after the highest `seq` it has put into the stream's queue, drops
+//! any replayed `seq` it already has, and treats a jump in `seq` as a protocol error.
+//! Acks cover only what the application has taken from the stream, so
+//! [`RoomConnection::resume_state`] can even resume from another process.
+//!
+//! **Sending (rooms)**: messages queued while the connection is down are sent after
+//! the resume, in order. A message whose write to the socket failed is sent again after
+//! the resume (it never fully left). But a message the socket accepted shortly before
+//! the drop may have been lost in the kernel's buffers or on the wire: the protocol has
+//! no acknowledgement of client-to-relay frames and the resume `welcome` does not say
+//! how many frames the relay accepted from this party, so the client cannot know and
+//! does not resend (resending could deliver it twice). Sends are therefore *at most
+//! once* across a drop; a protocol that needs exactly-once should have the relay report
+//! an accepted-frame count in `welcome`.
+//!
+//! **Mailbox**: no resume exists in the mailbox protocol; a dropped connection fails
+//! every pending ask with the reason.
+
+mod config;
+mod error;
+mod mailbox;
+mod net;
+mod room;
+
+pub use config::{ApiKey, ClientConfig, KeyPlacement, TlsRoots};
+pub use error::{Error, Result};
+pub use mailbox::{
+    FLAG_ONE_RECEIVER, MAILBOX_HEADER_LEN, MAILBOX_ID_LEN, MailboxClient, MailboxFrame, MailboxId, RawMailbox,
+};
+pub use room::{
+    BROADCAST_SLOT, Destination, JoinOptions, OutgoingMessage, ReconnectPolicy, ResumeState, RoomClient,
+    RoomConnection, RoomEvent, RoomEvents, RoomInfo, RoomMessage, RoomMessages, RoomSender, Welcome,
+    decode_room_frame,
+};
