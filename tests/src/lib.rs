@@ -255,3 +255,102 @@ pub fn refusal_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<Sta
         _ => None,
     }
 }
+
+/// A TCP proxy on 127.0.0.1 in front of `target`, for network faults: it forwards bytes
+/// both ways, and [`CuttableProxy::cut_all`] drops every connection it carries with
+/// `SO_LINGER` 0 (a reset, no WebSocket close frame), as a dead network would. While
+/// paused it accepts and drops new connections at once, so reconnects fail.
+pub struct CuttableProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    inner: Arc<ProxyInner>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyInner {
+    target: SocketAddr,
+    conns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    paused: std::sync::atomic::AtomicBool,
+    forwarded: std::sync::atomic::AtomicUsize,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+impl CuttableProxy {
+    /// Listens on 127.0.0.1:0 and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<CuttableProxy> {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(ProxyInner {
+            target,
+            conns: Mutex::new(Vec::new()),
+            paused: Default::default(),
+            forwarded: Default::default(),
+            refused: Default::default(),
+        });
+        let state = inner.clone();
+        let accept_task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                client.set_zero_linger().ok();
+                if state.paused.load(Ordering::SeqCst) {
+                    state.refused.fetch_add(1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
+                let Ok(mut upstream) = TcpStream::connect(state.target).await else { continue };
+                upstream.set_zero_linger().ok();
+                client.set_nodelay(true).ok();
+                upstream.set_nodelay(true).ok();
+                state.forwarded.fetch_add(1, Ordering::SeqCst);
+                let task = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+                state.conns.lock().unwrap().push(task);
+            }
+        });
+        Ok(CuttableProxy { addr, inner, accept_task })
+    }
+
+    /// Resets every connection carried now; returns how many there were once their
+    /// sockets are closed.
+    pub async fn cut_all(&self) -> usize {
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.conns.lock().unwrap());
+        let n = tasks.len();
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(STEP_TIMEOUT, t).await;
+        }
+        n
+    }
+
+    /// While paused, new connections are accepted and dropped at once.
+    pub fn set_paused(&self, paused: bool) {
+        self.inner.paused.store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections forwarded so far.
+    pub fn forwarded(&self) -> usize {
+        self.inner.forwarded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections refused while paused so far.
+    pub fn refused(&self) -> usize {
+        self.inner.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `ws://addr`.
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        for t in self.inner.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
