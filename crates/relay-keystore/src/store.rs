@@ -37,6 +37,9 @@ pub struct KeyStore {
     /// Held across "check, write to sled, flush, update memory" so two writers cannot
     /// both pass a check (e.g. the same name) before either writes.
     pub(crate) writes: Mutex<()>,
+    /// Held across a usage flush, so two concurrent flushes cannot write an older
+    /// snapshot over a newer one.
+    usage_flush: Mutex<()>,
     /// SHA-256 of the admin token, if one was set or generated.
     pub(crate) admin_digest: RwLock<Option<KeyDigest>>,
 }
@@ -93,6 +96,7 @@ impl KeyStore {
             meta,
             state: RwLock::new(state),
             writes: Mutex::new(()),
+            usage_flush: Mutex::new(()),
             admin_digest: RwLock::new(admin_digest),
         })
     }
@@ -319,6 +323,7 @@ impl KeyStore {
     /// Returns how many keys were written. Call it periodically and at shutdown; on an
     /// error the counters stay pending for the next call.
     pub fn flush_usage(&self) -> Result<usize, KeystoreError> {
+        let _flushing = self.usage_flush.lock().unwrap_or_else(PoisonError::into_inner);
         let pending: Vec<(String, Usage)> = {
             let state = self.read_state();
             state
