@@ -1,0 +1,275 @@
+//! Mailbox workloads: push latency, throughput, handshakes, idle connections and a
+//! stalled consumer. They speak only the Silence Labs wire format at `/v1/msg-relay`,
+//! so they run unchanged against the seed relay.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::report::{Better, Goal, Metric};
+use crate::util::{
+    Target, histogram, mailbox_frame, message_id, next_binary, record, rss_kib, run_tag, send_binary,
+    ws_connect,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+/// The mailbox flag for "one receiver": the relay may drop the message once delivered.
+const ONE_RECEIVER: u16 = 0x8000;
+
+/// Workload 1: one party asks for an ID, then another publishes it; the time from the
+/// publish leaving the publisher to the message reaching the asker.
+pub(crate) async fn push_latency(t: &Target, iterations: u64, payload: usize) -> anyhow::Result<Vec<Metric>> {
+    let mut asker = ws_connect(t.addr, &t.mailbox_path()).await?;
+    let mut publisher = ws_connect(t.addr, &t.mailbox_path()).await?;
+    let run = run_tag();
+    let body = vec![0x5a; payload];
+    let mut h = histogram();
+    let warmup = iterations / 10;
+    for i in 0..iterations + warmup {
+        let id = message_id(run, 0, i);
+        send_binary(&mut asker, mailbox_frame(&id, 30, 0, &[])).await?;
+        // Let the ask land before the publish, so this measures a push to a waiter.
+        tokio::time::sleep(Duration::from_micros(300)).await;
+        let start = Instant::now();
+        send_binary(&mut publisher, mailbox_frame(&id, 30, 0, &body)).await?;
+        let got = next_binary(&mut asker, WAIT).await?;
+        if i >= warmup {
+            record(&mut h, start);
+        }
+        if got.len() != 36 + payload || got[..32] != id {
+            bail!("push latency: got a frame for another id or of the wrong size ({} bytes)", got.len());
+        }
+    }
+    Ok(vec![
+        Metric::new(
+            format!("push latency p50 (us), {payload} B"),
+            h.value_at_quantile(0.5) as f64,
+            Better::Lower,
+            Goal::Ratio(0.8),
+        ),
+        Metric::new("push latency p99 (us)", h.value_at_quantile(0.99) as f64, Better::Lower, Goal::None),
+        Metric::new("push latency max (us)", h.max() as f64, Better::Lower, Goal::None),
+    ])
+}
+
+/// Workload 2: `pairs` sender/receiver pairs; each receiver keeps `window` asks
+/// outstanding, each sender publishes `per_pair` messages of `payload` bytes but never
+/// runs more than two windows ahead of its receiver (so neither relay has to store an
+/// unbounded backlog). Reports messages/s and MB/s over all pairs.
+pub(crate) async fn throughput(
+    t: &Target,
+    pairs: u64,
+    per_pair: u64,
+    payload: usize,
+    window: u64,
+    goal: Goal,
+) -> anyhow::Result<Vec<Metric>> {
+    let run = run_tag();
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    let start_gate = Arc::new(tokio::sync::Barrier::new(2 * pairs as usize + 1));
+    for p in 0..pairs {
+        let progress = Arc::new((AtomicU64::new(0), Notify::new()));
+        let mut rx = ws_connect(t.addr, &t.mailbox_path()).await?;
+        let mut tx = ws_connect(t.addr, &t.mailbox_path()).await?;
+        let gate = start_gate.clone();
+        let prog = progress.clone();
+        receivers.push(tokio::spawn(async move {
+            gate.wait().await;
+            let first = window.min(per_pair);
+            for s in 0..first {
+                rx.feed(Message::binary(mailbox_frame(&message_id(run, p, s), 30, 0, &[]))).await?;
+            }
+            rx.flush().await?;
+            let mut next_ask = first;
+            for _ in 0..per_pair {
+                let frame = next_binary(&mut rx, WAIT).await.context("receiver")?;
+                if frame.len() != 36 + payload {
+                    bail!("throughput: frame of {} bytes, expected {}", frame.len(), 36 + payload);
+                }
+                prog.0.fetch_add(1, Ordering::Release);
+                prog.1.notify_one();
+                if next_ask < per_pair {
+                    rx.send(Message::binary(mailbox_frame(&message_id(run, p, next_ask), 30, 0, &[])))
+                        .await?;
+                    next_ask += 1;
+                }
+            }
+            anyhow::Ok(())
+        }));
+        let gate = start_gate.clone();
+        senders.push(tokio::spawn(async move {
+            let body = vec![0xa5u8; payload];
+            gate.wait().await;
+            let mut s = 0;
+            while s < per_pair {
+                let received = progress.0.load(Ordering::Acquire);
+                let allowed = (received + 2 * window).min(per_pair);
+                if s >= allowed {
+                    progress.1.notified().await;
+                    continue;
+                }
+                while s < allowed {
+                    tx.feed(Message::binary(mailbox_frame(&message_id(run, p, s), 30, ONE_RECEIVER, &body)))
+                        .await?;
+                    s += 1;
+                }
+                tx.flush().await?;
+            }
+            // Keep the connection open until the receiver is done.
+            anyhow::Ok(tx)
+        }));
+    }
+    start_gate.wait().await;
+    let start = Instant::now();
+    for r in receivers {
+        r.await??;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    for s in senders {
+        drop(s.await??);
+    }
+    let msgs = (pairs * per_pair) as f64;
+    let per_sec = msgs / elapsed;
+    let mbps = msgs * payload as f64 / elapsed / 1e6;
+    let (msg_goal, mb_goal) = if payload >= 4096 { (Goal::None, goal) } else { (goal, Goal::None) };
+    Ok(vec![
+        Metric::new(format!("messages/s, {pairs} pairs x {payload} B"), per_sec, Better::Higher, msg_goal),
+        Metric::new(format!("MB/s, {pairs} pairs x {payload} B"), mbps, Better::Higher, mb_goal),
+    ])
+}
+
+/// Workload 5a: WebSocket handshakes per second over plain HTTP, `concurrency` at a time.
+pub(crate) async fn handshakes(t: &Target, total: u64, concurrency: u64) -> anyhow::Result<Vec<Metric>> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let counter = counter.clone();
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            while counter.fetch_add(1, Ordering::Relaxed) < total {
+                let mut ws = ws_connect(t.addr, &t.mailbox_path()).await?;
+                let _ = ws.close(None).await;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    Ok(vec![Metric::new("websocket handshakes/s", rate, Better::Higher, Goal::Absolute(5000.0))])
+}
+
+/// Workload 6: opens `count` idle mailbox connections and reports the relay's RSS growth
+/// per connection, read from /proc of its pid.
+pub(crate) async fn idle(t: &Target, count: u64) -> anyhow::Result<Vec<Metric>> {
+    let pid = t.pid.context("the idle workload needs the relay's pid (--pid / --peer-pid)")?;
+    // Warm the server up so allocator arenas and thread stacks are not counted.
+    let mut warm = Vec::new();
+    for _ in 0..64 {
+        warm.push(ws_connect(t.addr, &t.mailbox_path()).await?);
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    let mut conns = Vec::with_capacity(count as usize);
+    let path = t.mailbox_path();
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    for _ in 0..count {
+        pending.push(ws_connect(t.addr, &path));
+        if pending.len() >= 64
+            && let Some(c) = pending.next().await
+        {
+            conns.push(c?);
+        }
+    }
+    while let Some(c) = pending.next().await {
+        conns.push(c?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid)?;
+    let per_conn = (after.saturating_sub(before)) as f64 / count as f64;
+    drop(conns);
+    Ok(vec![
+        Metric::new(
+            format!("RSS per idle connection (KiB), {count} conns"),
+            per_conn,
+            Better::Lower,
+            Goal::Absolute(16.0),
+        ),
+        Metric::new(
+            "RSS growth total (MiB)",
+            after.saturating_sub(before) as f64 / 1024.0,
+            Better::Lower,
+            Goal::None,
+        ),
+    ])
+}
+
+/// Workload 7: a receiver asks for `count` IDs and then stops reading; a sender
+/// publishes them, `payload` bytes each. Reports the relay's peak RSS growth and
+/// whether the relay closed the stalled receiver.
+pub(crate) async fn stalled(t: &Target, count: u64, payload: usize) -> anyhow::Result<Vec<Metric>> {
+    let pid = t.pid.context("the stalled workload needs the relay's pid (--pid / --peer-pid)")?;
+    let run = run_tag();
+    let mut rx = ws_connect(t.addr, &t.mailbox_path()).await?;
+    let mut tx = ws_connect(t.addr, &t.mailbox_path()).await?;
+    for s in 0..count {
+        rx.feed(Message::binary(mailbox_frame(&message_id(run, 7, s), 60, 0, &[]))).await?;
+    }
+    rx.flush().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(pid)?;
+    let mut peak = before;
+    let body = vec![0x77u8; payload];
+    let start = Instant::now();
+    for s in 0..count {
+        let sent = tokio::time::timeout(
+            WAIT,
+            tx.send(Message::binary(mailbox_frame(&message_id(run, 7, s), 60, ONE_RECEIVER, &body))),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            break;
+        }
+        if s % 32 == 0 {
+            peak = peak.max(rss_kib(pid)?);
+        }
+    }
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_kib(pid)?);
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+    // Now read: did the relay close the stalled receiver, and with which code?
+    let mut closed_with = 0.0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(2), rx.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                closed_with = f64::from(u16::from(frame.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    let sent_mib = (count as usize * (payload + 36)) as f64 / (1 << 20) as f64;
+    Ok(vec![
+        Metric::new(
+            format!("peak RSS growth (MiB), {sent_mib:.0} MiB sent"),
+            peak.saturating_sub(before) as f64 / 1024.0,
+            Better::Lower,
+            Goal::None,
+        ),
+        Metric::new("stalled receiver close code (0 = none)", closed_with, Better::Higher, Goal::None),
+        Metric::new("publish phase (s)", publish_secs, Better::Lower, Goal::None),
+    ])
+}

@@ -1,0 +1,210 @@
+//! Room workloads (Relay's own protocol, so they run against the relay only): fan-out
+//! in a room of N, point-to-point latency in a room of 2, and joins per second.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::report::{Better, Goal, Metric};
+use crate::util::{Target, Ws, histogram, next_binary, next_json, post_json, send_binary, ws_connect};
+
+const WAIT: Duration = Duration::from_secs(10);
+const BROADCAST: u16 = 0xFFFF;
+/// Data frame header to the relay: `[to u16 LE]`.
+const TO_HEADER: usize = 2;
+/// Data frame header from the relay: `[seq u64][from u16][flags u16]`.
+const FROM_HEADER: usize = 12;
+
+/// Creates a room of `size` and returns its ID.
+async fn create_room(t: &Target, size: u16) -> anyhow::Result<String> {
+    let (status, body) = post_json(t, "/v1/rooms", &serde_json::json!({"room_size": size})).await?;
+    if status != 201 {
+        bail!("creating a room answered {status}: {body}");
+    }
+    body["room_uuid"].as_str().map(str::to_owned).context("no room_uuid in the answer")
+}
+
+/// Joins `room` and reads the welcome; returns the socket and its slot.
+async fn join(t: &Target, room: &str) -> anyhow::Result<(Ws, u16)> {
+    let mut ws = ws_connect(t.addr, &format!("/v1/rooms/{room}")).await?;
+    let welcome = next_json(&mut ws, WAIT).await?;
+    if welcome["type"] != "welcome" {
+        bail!("expected welcome, got {welcome}");
+    }
+    Ok((ws, welcome["slot"].as_u64().context("welcome without slot")? as u16))
+}
+
+/// Reads events until `ready`.
+async fn wait_ready(ws: &mut Ws) -> anyhow::Result<()> {
+    loop {
+        if next_json(ws, WAIT).await?["type"] == "ready" {
+            return Ok(());
+        }
+    }
+}
+
+fn data_frame(to: u16, sent_at: Duration, size: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(TO_HEADER + size.max(16));
+    f.extend_from_slice(&to.to_le_bytes());
+    f.extend_from_slice(&(sent_at.as_nanos() as u64).to_le_bytes());
+    f.resize(TO_HEADER + size.max(8), 0x42);
+    f
+}
+
+/// The send time carried in a delivered frame's payload.
+fn sent_at(frame: &[u8]) -> Option<Duration> {
+    let ts = frame.get(FROM_HEADER..FROM_HEADER + 8)?;
+    Some(Duration::from_nanos(u64::from_le_bytes(ts.try_into().ok()?)))
+}
+
+fn seq_of(frame: &[u8]) -> u64 {
+    frame.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+}
+
+/// Workload 3: a room of `size` where every party broadcasts `per_party` messages.
+pub(crate) async fn fanout(
+    t: &Target,
+    size: u16,
+    per_party: u64,
+    payload: usize,
+) -> anyhow::Result<Vec<Metric>> {
+    let room = create_room(t, size).await?;
+    let mut parties = Vec::new();
+    for _ in 0..size {
+        parties.push(join(t, &room).await?);
+    }
+    for (ws, _) in &mut parties {
+        wait_ready(ws).await?;
+    }
+    let epoch = Instant::now();
+    let expected = per_party * (u64::from(size) - 1);
+    let mut tasks = Vec::new();
+    for (ws, _slot) in parties {
+        let (mut sink, mut stream) = ws.split();
+        let sender = tokio::spawn(async move {
+            for _ in 0..per_party {
+                sink.feed(Message::binary(data_frame(BROADCAST, epoch.elapsed(), payload))).await?;
+            }
+            sink.flush().await?;
+            anyhow::Ok(sink)
+        });
+        let receiver = tokio::spawn(async move {
+            let mut h = histogram();
+            let mut got = 0;
+            let mut acks = Vec::new();
+            while got < expected {
+                let msg =
+                    tokio::time::timeout(WAIT, stream.next()).await.context("fan-out receive timed out")?;
+                match msg {
+                    Some(Ok(Message::Binary(frame))) => {
+                        got += 1;
+                        if let Some(at) = sent_at(&frame) {
+                            let us = epoch.elapsed().saturating_sub(at).as_micros().max(1) as u64;
+                            let _ = h.record(us.min(60_000_000));
+                        }
+                        if got % 64 == 0 {
+                            acks.push(seq_of(&frame));
+                        }
+                    }
+                    Some(Ok(Message::Close(c))) => bail!("closed during fan-out: {c:?}"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => bail!("fan-out: {e}"),
+                    None => bail!("fan-out: connection ended"),
+                }
+            }
+            anyhow::Ok((h, acks, stream))
+        });
+        tasks.push((sender, receiver));
+    }
+    let mut all = histogram();
+    let mut keep = Vec::new();
+    for (sender, receiver) in tasks {
+        let sink = sender.await??;
+        let (h, _acks, stream) = receiver.await??;
+        all.add(&h).ok();
+        keep.push((sink, stream));
+    }
+    let elapsed = epoch.elapsed().as_secs_f64();
+    let deliveries = (expected * u64::from(size)) as f64;
+    Ok(vec![
+        Metric::new(
+            format!("deliveries/s, room of {size}"),
+            deliveries / elapsed,
+            Better::Higher,
+            Goal::None,
+        ),
+        Metric::new("fan-out latency p50 (us)", all.value_at_quantile(0.5) as f64, Better::Lower, Goal::None),
+        Metric::new(
+            "fan-out latency p99 (us)",
+            all.value_at_quantile(0.99) as f64,
+            Better::Lower,
+            Goal::None,
+        ),
+    ])
+}
+
+/// Workload 4: point-to-point latency in a room of 2, measured like the mailbox push
+/// latency (an idle gap, then one message, timed until it arrives).
+pub(crate) async fn p2p_latency(t: &Target, iterations: u64, payload: usize) -> anyhow::Result<Vec<Metric>> {
+    let room = create_room(t, 2).await?;
+    let (mut a, slot_a) = join(t, &room).await?;
+    let (mut b, _slot_b) = join(t, &room).await?;
+    wait_ready(&mut a).await?;
+    wait_ready(&mut b).await?;
+    let to = 1 - slot_a;
+    let mut h = histogram();
+    let warmup = iterations / 10;
+    let epoch = Instant::now();
+    for i in 0..iterations + warmup {
+        tokio::time::sleep(Duration::from_micros(300)).await;
+        let start = Instant::now();
+        send_binary(&mut a, data_frame(to, epoch.elapsed(), payload)).await?;
+        let frame = next_binary(&mut b, WAIT).await?;
+        if i >= warmup {
+            crate::util::record(&mut h, start);
+        }
+        if i % 64 == 63 {
+            b.send(Message::text(format!(r#"{{"type":"ack","seq":{}}}"#, seq_of(&frame)))).await?;
+        }
+    }
+    Ok(vec![
+        Metric::new(
+            format!("p2p latency p50 (us), {payload} B"),
+            h.value_at_quantile(0.5) as f64,
+            Better::Lower,
+            Goal::None,
+        ),
+        Metric::new("p2p latency p99 (us)", h.value_at_quantile(0.99) as f64, Better::Lower, Goal::None),
+    ])
+}
+
+/// Workload 5b: rooms of 2 created and joined by both parties, `concurrency` at a time;
+/// joins per second.
+pub(crate) async fn joins(t: &Target, rooms: u64, concurrency: u64) -> anyhow::Result<Vec<Metric>> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let counter = counter.clone();
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            while counter.fetch_add(1, Ordering::Relaxed) < rooms {
+                let room = create_room(&t, 2).await?;
+                let (mut a, _) = join(&t, &room).await?;
+                let (mut b, _) = join(&t, &room).await?;
+                let _ = a.send(Message::text(r#"{"type":"leave"}"#)).await;
+                let _ = b.send(Message::text(r#"{"type":"leave"}"#)).await;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let rate = (2 * rooms) as f64 / start.elapsed().as_secs_f64();
+    Ok(vec![Metric::new("room joins/s (incl. creation)", rate, Better::Higher, Goal::None)])
+}

@@ -1,0 +1,171 @@
+//! What every workload needs: WebSocket and HTTP clients over plain TCP on loopback,
+//! latency histograms, and the RSS of a process read from /proc.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// A client WebSocket.
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// A relay under test: where it listens and, optionally, its pid for RSS readings.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// Label printed in the results ("relay", "peer").
+    pub(crate) label: &'static str,
+    /// `host:port` of its plain-HTTP listener.
+    pub(crate) addr: SocketAddr,
+    /// Its pid, to read RSS from /proc.
+    pub(crate) pid: Option<u32>,
+    /// API key to present, if it enforces keys.
+    pub(crate) api_key: Option<String>,
+}
+
+impl Target {
+    /// The mailbox path with the API key in the query when there is one.
+    pub(crate) fn mailbox_path(&self) -> String {
+        match &self.api_key {
+            Some(k) => format!("/v1/msg-relay?api_key={}", percent_encode(k)),
+            None => "/v1/msg-relay".to_owned(),
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Opens a WebSocket to `ws://addr{path}` with TCP_NODELAY and small buffers.
+pub(crate) async fn ws_connect(addr: SocketAddr, path: &str) -> anyhow::Result<Ws> {
+    let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(64 << 10)
+        .write_buffer_size(0)
+        .max_message_size(Some(16 << 20))
+        .max_frame_size(Some(16 << 20));
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{addr}{path}"), stream, Some(config))
+            .await
+            .with_context(|| format!("websocket handshake with {addr}{path}"))?;
+    Ok(ws)
+}
+
+/// Next binary frame, skipping pings and text; fails on close or after `timeout`.
+pub(crate) async fn next_binary(ws: &mut Ws, timeout: Duration) -> anyhow::Result<Bytes> {
+    loop {
+        let msg = tokio::time::timeout(timeout, ws.next()).await.context("timed out waiting for a frame")?;
+        match msg {
+            Some(Ok(Message::Binary(b))) => return Ok(b),
+            Some(Ok(Message::Close(c))) => bail!("connection closed: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("websocket error: {e}"),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// Next text frame parsed as JSON, skipping binary frames only if `skip_binary`.
+pub(crate) async fn next_json(ws: &mut Ws, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    loop {
+        let msg = tokio::time::timeout(timeout, ws.next()).await.context("timed out waiting for an event")?;
+        match msg {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+            Some(Ok(Message::Close(c))) => bail!("connection closed: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("websocket error: {e}"),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// Sends one binary frame and flushes.
+pub(crate) async fn send_binary(ws: &mut Ws, frame: Vec<u8>) -> anyhow::Result<()> {
+    ws.send(Message::binary(frame)).await?;
+    Ok(())
+}
+
+/// POSTs JSON and returns (status, body as JSON).
+pub(crate) async fn post_json(
+    target: &Target,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let stream = TcpStream::connect(target.addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::post(path)
+        .header("host", target.addr.to_string())
+        .header("content-type", "application/json");
+    if let Some(k) = &target.api_key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let resp = sender.send_request(req.body(Full::new(Bytes::from(body.to_string())))?).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+}
+
+/// A mailbox frame: `[id 32][ttl u16 LE][flags u16 LE][payload]`.
+pub(crate) fn mailbox_frame(id: &[u8; 32], ttl: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(36 + payload.len());
+    f.extend_from_slice(id);
+    f.extend_from_slice(&ttl.to_le_bytes());
+    f.extend_from_slice(&flags.to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A 32-byte message ID from a run tag, a stream number and a sequence number, so
+/// concurrent runs and pairs never collide.
+pub(crate) fn message_id(run: u64, stream: u64, seq: u64) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&run.to_le_bytes());
+    id[8..16].copy_from_slice(&stream.to_le_bytes());
+    id[16..24].copy_from_slice(&seq.to_le_bytes());
+    id[24..].copy_from_slice(b"relaybch");
+    id
+}
+
+/// A tag unique to this process and moment, for message IDs.
+pub(crate) fn run_tag() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (nanos.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40)
+}
+
+/// Resident set size of `pid` in KiB, from /proc/PID/status.
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")
+}
+
+/// A microsecond histogram (1 µs .. 60 s, 3 significant figures).
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Records the time since `start` in microseconds.
+pub(crate) fn record(h: &mut Histogram<u64>, start: Instant) {
+    let us = start.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+    let _ = h.record(us);
+}
