@@ -57,7 +57,8 @@ where
             Some(Ok(RoomEvent::Message(m))) => messages.push(m),
             Some(Ok(_)) => {}
             Some(Err(e)) => {
-                let rest = tokio::time::timeout(STEP_TIMEOUT, s.next()).await.expect("stream ends after its error");
+                let rest =
+                    tokio::time::timeout(STEP_TIMEOUT, s.next()).await.expect("stream ends after its error");
                 assert!(rest.is_none(), "an error is the stream's last item");
                 return (messages, Some(e));
             }
@@ -98,7 +99,7 @@ async fn room_round_trip_three_parties_broadcast_and_p2p() {
     parties[2].send_to(0, &b"two to zero"[..]).await.unwrap();
 
     assert_eq!(next_message(&mut parties[1]).await, msg(0, 1, true, b"hello all"));
-    let mut at_two = vec![next_message(&mut parties[2]).await, next_message(&mut parties[2]).await];
+    let mut at_two = [next_message(&mut parties[2]).await, next_message(&mut parties[2]).await];
     let mut seqs: Vec<u64> = at_two.iter().map(|m| m.seq).collect();
     seqs.sort();
     assert_eq!(seqs, [1, 2], "one seq sequence per receiver, shared by its senders");
@@ -274,7 +275,8 @@ async fn mailbox_asks_in_flight_before_and_after_publish() {
         publisher.publish(id(i, 2), 60, vec![i, 2]).await.unwrap();
     }
     let asks: Vec<_> = (0..N).map(|i| asker.ask(id(i, 2), 30)).collect();
-    let answers = tokio::time::timeout(STEP_TIMEOUT, futures_util::future::try_join_all(asks)).await.unwrap().unwrap();
+    let answers =
+        tokio::time::timeout(STEP_TIMEOUT, futures_util::future::try_join_all(asks)).await.unwrap().unwrap();
     for (i, got) in answers.iter().enumerate() {
         assert_eq!(&got[..], &[i as u8, 2][..]);
     }
@@ -290,7 +292,8 @@ async fn mailbox_asks_in_flight_before_and_after_publish() {
 #[tokio::test]
 async fn raw_mailbox_frames_round_trip_byte_for_byte() {
     let relay = open_relay().await;
-    let mut pubr = RawMailbox::connect(&relay.ws_url("/v1/msg-relay"), &ClientConfig::default()).await.unwrap();
+    let mut pubr =
+        RawMailbox::connect(&relay.ws_url("/v1/msg-relay"), &ClientConfig::default()).await.unwrap();
     let mut ask = RawMailbox::connect(&relay.ws_url(""), &ClientConfig::default()).await.unwrap();
     let frame = relay_client::MailboxFrame::publish([5; 32], 60, 0, &b"raw payload"[..]).encode();
     ask.send(relay_client::MailboxFrame::ask([5; 32], 30).encode()).await.unwrap();

@@ -39,3 +39,19 @@ pub use room::{
     RoomConnection, RoomEvent, RoomEvents, RoomInfo, RoomMessage, RoomMessages, RoomSender, Welcome,
     decode_room_frame,
 };
+
+#[cfg(test)]
+mod tests {
+    /// Handles move into spawned tasks and are shared by reference across them.
+    #[test]
+    fn public_handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<crate::RoomConnection>();
+        send_sync::<crate::RoomSender>();
+        send_sync::<crate::RoomEvents>();
+        send_sync::<crate::RoomMessages>();
+        send_sync::<crate::MailboxClient>();
+        send_sync::<crate::RawMailbox>();
+        send_sync::<crate::Error>();
+    }
+}

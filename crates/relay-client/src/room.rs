@@ -564,7 +564,8 @@ enum Command {
 type Reserve = Pin<
     Box<
         dyn Future<Output = std::result::Result<mpsc::OwnedPermit<Command>, mpsc::error::SendError<()>>>
-            + Send,
+            + Send
+            + Sync,
     >,
 >;
 
