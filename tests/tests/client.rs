@@ -150,8 +150,8 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
     let (a_tx, mut a_rx) = a.split();
     let (b_tx, mut b_rx) = b.split();
 
-    // A streams to B: a first batch, then (once B's link is cut) a second one that the
-    // relay must hold for B.
+    // A streams to B: a first batch, then (once B's link has stalled) a second one that
+    // the relay sends into the stalled link and must replay after B resumes.
     let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
     let streamer = tokio::spawn(async move {
         for i in 0..BEFORE_CUT {
@@ -164,6 +164,7 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
         Ok::<_, Error>(a_tx)
     });
 
+    let mut streamer = streamer;
     let mut cut_tx = Some(cut_tx);
     let mut expected = 0u32;
     let mut last_seq = 0u64;
@@ -183,8 +184,22 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
             _ => {}
         }
         if expected == READ_BEFORE_CUT && cut_tx.is_some() {
+            // The link stalls: what the relay sends B now piles up in the proxy, and is
+            // lost when the link dies. The relay must replay it on resume.
+            proxy.freeze(true);
+            let _ = cut_tx.take().map(|tx| tx.send(()));
+            let a_done = async {
+                while !streamer.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(STEP_TIMEOUT, a_done).await.expect("A sends its second batch");
+            // Give the relay a moment to write that batch into the stalled link. Not an
+            // assertion: the test must pass however much of it got there.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             assert!(proxy.cut_all().await >= 1, "B's connection went through the proxy");
             proxy.set_paused(true);
+            proxy.freeze(false);
             // Wait until B's client is trying to reconnect: it has seen the drop.
             let refused = async {
                 while proxy.refused() == 0 {
@@ -196,13 +211,12 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
             for j in 0..FROM_RESUMER {
                 b_tx.send_to(0, j.to_le_bytes().to_vec()).await.unwrap();
             }
-            let _ = cut_tx.take().map(|tx| tx.send(()));
             proxy.set_paused(false);
         }
     }
     assert!(reconnects >= 1, "B reported its resume");
     assert!(proxy.forwarded() >= 2, "the resume went through the proxy again");
-    let a_tx = tokio::time::timeout(STEP_TIMEOUT, streamer).await.unwrap().unwrap().unwrap();
+    let a_tx = tokio::time::timeout(STEP_TIMEOUT, &mut streamer).await.unwrap().unwrap().unwrap();
 
     for j in 0..FROM_RESUMER {
         let m = next_message(&mut a_rx).await;
