@@ -317,7 +317,7 @@ async fn raw_mailbox_frames_round_trip_byte_for_byte() {
 }
 
 #[tokio::test]
-async fn refusals_map_to_their_error_variants() {
+async fn room_refusals_map_to_their_error_variants() {
     let relay = open_relay().await;
     let client = rooms(&relay);
 
@@ -339,9 +339,13 @@ async fn refusals_map_to_their_error_variants() {
     let bogus = ResumeState { room_uuid: room.room_uuid.clone(), resume_token: "bogus".into(), last_seq: 0 };
     let e = client.join(&room.room_uuid, JoinOptions { resume: Some(bogus), ..JoinOptions::default() }).await;
     assert!(matches!(e, Err(Error::BadResumeToken { .. })), "{e:?}");
+}
 
-    // Mailbox: a frame shorter than 36 bytes closes with 1007, one over the size
-    // limit (1 MiB by default) with 1009.
+#[tokio::test]
+async fn mailbox_refusals_map_close_codes_1007_and_1009() {
+    // A frame shorter than 36 bytes closes with 1007, one over the size limit (1 MiB
+    // by default) with 1009.
+    let relay = open_relay().await;
     let mut raw = RawMailbox::connect(&relay.ws_url(""), &ClientConfig::default()).await.unwrap();
     raw.send(vec![0; 10]).await.unwrap();
     let end = tokio::time::timeout(STEP_TIMEOUT, raw.next()).await.unwrap();
@@ -352,10 +356,14 @@ async fn refusals_map_to_their_error_variants() {
     let end = tokio::time::timeout(STEP_TIMEOUT, raw.next()).await.unwrap();
     assert!(end.is_none());
     assert!(matches!(raw.close_error(), Some(Error::MessageTooBig { .. })), "{:?}", raw.close_error());
+}
 
+#[tokio::test]
+async fn wss_to_a_plain_relay_fails_the_tls_handshake() {
     // TLS is really attempted for wss://: a plain-HTTP relay fails the handshake.
+    let relay = open_relay().await;
     let tls = RoomClient::new(&format!("wss://{}", relay.addr), ClientConfig::default()).unwrap();
-    let e = tls.join(&room.room_uuid, JoinOptions::default()).await.unwrap_err();
+    let e = tls.join("00000000-0000-4000-8000-000000000000", JoinOptions::default()).await.unwrap_err();
     assert!(matches!(e, Error::Tls(_) | Error::Io(_)), "{e:?}");
     assert!(TlsRoots::from_pem(b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n").is_err());
 }
