@@ -234,6 +234,47 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
 }
 
 #[tokio::test]
+async fn client_acks_free_the_room_so_traffic_far_past_its_bound_flows() {
+    // The room may hold 256 KiB (undelivered plus delivered-but-unacked). A sends B
+    // 2000 KiB in windows of 100 KiB, waiting for B's reply after each. Only the
+    // client's acks let the relay forget what B has read: without them the room
+    // would pass its bound within 3 windows and A's sends would be refused.
+    const WINDOW: u32 = 100;
+    const WINDOWS: u32 = 20;
+    let relay = RelayProcess::start(&["--insecure-api-keys-not-enforced", "--max-room-held-bytes", "262144"])
+        .await
+        .unwrap();
+    let client = rooms(&relay);
+    let room = client.create_room(2, None).await.unwrap();
+    let mut a = client.join(&room.room_uuid, JoinOptions::slot(0)).await.unwrap();
+    let mut b = client.join(&room.room_uuid, JoinOptions::slot(1)).await.unwrap();
+    let payload = vec![7u8; 1024];
+    for w in 0..WINDOWS {
+        for _ in 0..WINDOW {
+            a.send_to(1, payload.clone()).await.unwrap();
+        }
+        for i in 0..WINDOW {
+            let m = next_message(&mut b).await;
+            assert_eq!(m.seq, u64::from(w * WINDOW + i + 1));
+            assert_eq!(m.payload.len(), 1024);
+        }
+        b.send_to(0, w.to_le_bytes().to_vec()).await.unwrap();
+        loop {
+            match next_event(&mut a).await {
+                RoomEvent::Message(m) => {
+                    assert_eq!(m.payload[..], w.to_le_bytes());
+                    break;
+                }
+                RoomEvent::RelayError { code, message } => {
+                    panic!("window {w}: relay refused: {code} {message}")
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn resume_from_saved_state_replaces_the_old_connection_with_4001() {
     let relay = open_relay().await;
     let client = rooms(&relay);

@@ -37,7 +37,7 @@ pub use mailbox::{
 pub use room::{
     BROADCAST_SLOT, Destination, JoinOptions, OutgoingMessage, ReconnectPolicy, ResumeState, RoomClient,
     RoomConnection, RoomEvent, RoomEvents, RoomInfo, RoomMessage, RoomMessages, RoomSender, Welcome,
-    decode_room_frame,
+    create_room, decode_room_frame, join,
 };
 
 #[cfg(test)]

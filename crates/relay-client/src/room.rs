@@ -363,6 +363,23 @@ impl RoomClient {
     }
 }
 
+/// Shorthand for [`RoomClient::create_room`] with the key sent as
+/// `Authorization: Bearer` and default settings otherwise.
+pub async fn create_room(
+    base_url: &str,
+    api_key: &str,
+    room_size: u16,
+    ttl: Option<Duration>,
+) -> Result<RoomInfo> {
+    RoomClient::new(base_url, ClientConfig::with_api_key(api_key))?.create_room(room_size, ttl).await
+}
+
+/// Shorthand for [`RoomClient::join`] with default settings (webpki roots, default
+/// timeouts).
+pub async fn join(url: &str, room_id: &str, options: JoinOptions) -> Result<RoomConnection> {
+    RoomClient::new(url, ClientConfig::default())?.join(room_id, options).await
+}
+
 type Ws = WebSocketStream<NetStream>;
 
 /// Relay-to-client control events (text frames).
