@@ -275,6 +275,38 @@ async fn client_acks_free_the_room_so_traffic_far_past_its_bound_flows() {
 }
 
 #[tokio::test]
+async fn a_stalled_link_without_reset_is_resumed_after_the_idle_timeout() {
+    let relay = open_relay().await;
+    let proxy = CuttableProxy::start(relay.addr).await.unwrap();
+    let direct = rooms(&relay);
+    let room = direct.create_room(2, None).await.unwrap();
+    let a = direct.join(&room.room_uuid, JoinOptions::slot(0)).await.unwrap();
+    let via_proxy = RoomClient::new(&proxy.ws_base(), ClientConfig::default()).unwrap();
+    let options =
+        JoinOptions { slot: Some(1), idle_timeout: Duration::from_secs(1), ..JoinOptions::default() };
+    let mut b = via_proxy.join(&room.room_uuid, options).await.unwrap();
+    tokio::time::timeout(STEP_TIMEOUT, b.wait_ready()).await.unwrap().unwrap();
+
+    // The link goes silent: no reset, no close, nothing gets through.
+    proxy.freeze(true);
+    for i in 0..50u32 {
+        a.send_to(1, i.to_le_bytes().to_vec()).await.unwrap();
+    }
+    // B gives up on the silent link and dials again; let the new link through.
+    let redial = async {
+        while proxy.forwarded() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(STEP_TIMEOUT, redial).await.expect("B redials after its idle timeout");
+    proxy.freeze(false);
+    for i in 0..50u32 {
+        let m = next_message(&mut b).await;
+        assert_eq!((m.seq, u32::from_le_bytes(m.payload[..].try_into().unwrap())), (u64::from(i) + 1, i));
+    }
+}
+
+#[tokio::test]
 async fn resume_from_saved_state_replaces_the_old_connection_with_4001() {
     let relay = open_relay().await;
     let client = rooms(&relay);

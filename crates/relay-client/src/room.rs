@@ -66,6 +66,10 @@ pub struct JoinOptions {
     /// Outgoing messages queued before [`RoomSender`] applies backpressure; they also
     /// wait here while the connection is being resumed (default 1024).
     pub send_queue: usize,
+    /// A connection that brings nothing (not even the relay's pings, every 20 s by
+    /// default) for this long is treated as dropped and resumed: a link that died
+    /// without a reset (default 75 s).
+    pub idle_timeout: Duration,
 }
 
 impl Default for JoinOptions {
@@ -77,6 +81,7 @@ impl Default for JoinOptions {
             ack_every: 64,
             ack_interval: Duration::from_secs(1),
             send_queue: 1024,
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -839,9 +844,12 @@ impl ConnectionTask {
         let mut tick = tokio::time::interval(self.options.ack_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shared = self.shared.clone();
+        let idle = tokio::time::sleep(self.options.idle_timeout);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 frame = ws.next() => {
+                    idle.as_mut().reset(Instant::now() + self.options.idle_timeout);
                     let msg = match frame {
                         Some(Ok(msg)) => msg,
                         Some(Err(e)) => return Outcome::Dropped(Error::from_ws(e)),
@@ -875,6 +883,10 @@ impl ConnectionTask {
                     // The application dropped both halves: nobody is left to talk to.
                     let _ = ws.close(None).await;
                     return Outcome::Finished(None);
+                }
+                _ = &mut idle => {
+                    let after = self.options.idle_timeout;
+                    return Outcome::Dropped(Error::Timeout { what: "anything from the relay", after });
                 }
                 _ = tick.tick() => {
                     if let Err(e) = self.ack(ws, true).await {
