@@ -710,9 +710,15 @@ impl Slot {
         freed
     }
 
-    /// Queues a control event for the connected party, if any.
+    /// Queues a control event for the connected party, if any. A pending `joined` or
+    /// `left` of the same slot is superseded by the newer one, so a party that flaps
+    /// cannot grow a slow reader's queue: at most one pending event per slot, plus
+    /// `ready`.
     fn push_event(&mut self, event: PartyEvent) {
         if let Some(conn) = &self.conn {
+            if let PartyEvent::Joined(s) | PartyEvent::Left(s) = event {
+                self.events.retain(|e| !matches!(e, PartyEvent::Joined(x) | PartyEvent::Left(x) if *x == s));
+            }
             self.events.push_back(event);
             conn.notify.notify_one();
         }

@@ -370,3 +370,20 @@ async fn close_all_closes_every_party() {
     assert_eq!(a.next_event().await, PartyEvent::Closed(CloseReason::Shutdown));
     assert!(rooms.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_flapping_party_leaves_one_pending_event_for_a_reader_that_is_away() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let mut a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    drain(&mut a);
+    let token = b.welcome().resume_token.clone();
+    for _ in 0..1000 {
+        drop(b);
+        b = resume(&rooms, &room.id, &token, None).unwrap();
+    }
+    assert_eq!(drain(&mut a), vec![PartyEvent::Joined(1)]);
+    drop(b);
+    assert_eq!(drain(&mut a), vec![PartyEvent::Left(1)]);
+}
