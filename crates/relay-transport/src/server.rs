@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use relay_core::rooms::Rooms;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -25,6 +26,8 @@ pub struct AppState {
 
 pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
+    /// The live rooms, shared by the create routes and every room WebSocket.
+    rooms: Rooms,
     /// Flips to true once shutdown starts; WebSocket handlers watch it to close with 1001.
     shutdown_tx: watch::Sender<bool>,
     /// Every live WebSocket task holds a clone; shutdown waits until all are dropped.
@@ -45,6 +48,7 @@ impl AppState {
         let (drain_tx, drain_rx) = mpsc::channel(1);
         AppState {
             inner: Arc::new(Inner {
+                rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
                 config,
                 shutdown_tx,
                 drain_tx: Mutex::new(Some(drain_tx)),
@@ -56,6 +60,11 @@ impl AppState {
     /// The configuration this state was built with.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The room registry.
+    pub fn rooms(&self) -> &Rooms {
+        &self.inner.rooms
     }
 
     /// Starts shutdown: new WebSockets are refused, open ones close with 1001.
