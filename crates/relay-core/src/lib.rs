@@ -7,7 +7,13 @@
 mod error;
 pub mod id;
 mod limits;
+pub mod mailbox;
 
 pub use error::CoreError;
 pub use id::{RoomId, RoomIdPrefix};
 pub use limits::Limits;
+pub use mailbox::{Mailbox, MailboxConn, MailboxError, Namespace};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
