@@ -301,8 +301,14 @@ impl MailboxConn {
         self.queue.recv_many(out, max).await
     }
 
+    /// Resolves once this connection has become a slow consumer: lets a writer blocked
+    /// on a stalled socket give up without waiting for its write to time out.
+    pub async fn slow_consumer(&self) {
+        self.queue.wait_slow().await;
+    }
+
     /// Moves up to `max` ready frames into `out` without waiting; returns how many.
-    pub fn try_recv_many(&mut self, out: &mut Vec<Bytes>, max: usize) -> Result<usize, MailboxError> {
+    pub fn try_recv_many(&self, out: &mut Vec<Bytes>, max: usize) -> Result<usize, MailboxError> {
         self.queue.try_recv_many(out, max)
     }
 }

@@ -16,6 +16,9 @@ pub(super) struct ConnQueue {
     /// Woken when the queue goes from empty to non-empty, or turns slow. One consumer,
     /// so `notify_one` stores a permit when it is not waiting and no wakeup is lost.
     notify: Notify,
+    /// Woken (all waiters) when the queue turns slow, for a writer blocked on a stalled
+    /// socket rather than waiting in `recv_many`.
+    slow_notify: Notify,
     /// Frames held before the connection counts as a slow consumer.
     capacity: usize,
 }
@@ -30,6 +33,7 @@ impl ConnQueue {
         ConnQueue {
             state: Mutex::new(QueueState { frames: VecDeque::new(), slow: false }),
             notify: Notify::new(),
+            slow_notify: Notify::new(),
             capacity: capacity.max(1),
         }
     }
@@ -49,6 +53,7 @@ impl ConnQueue {
             state.frames = VecDeque::new();
             drop(state);
             self.notify.notify_one();
+            self.slow_notify.notify_waiters();
             return false;
         }
         let was_empty = state.frames.is_empty();
@@ -62,6 +67,18 @@ impl ConnQueue {
 
     pub(super) fn is_slow(&self) -> bool {
         self.lock().slow
+    }
+
+    /// Resolves once the connection is a slow consumer.
+    pub(super) async fn wait_slow(&self) {
+        loop {
+            let mut notified = std::pin::pin!(self.slow_notify.notified());
+            notified.as_mut().enable();
+            if self.is_slow() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Moves up to `max` queued frames into `out` without waiting.

@@ -221,9 +221,19 @@ async fn a_full_send_queue_makes_a_slow_consumer() {
     for n in 0..3 {
         reader.handle_frame(ask_frame(&id(n), 10)).unwrap();
     }
-    for n in 0..3 {
+    let stalled_writer = {
+        let reader = &reader;
+        async move { reader.slow_consumer().await }
+    };
+    for n in 0..2 {
         writer.handle_frame(publish_frame(&id(n), 10, 0, b"x")).unwrap();
     }
+    assert!(!reader.queue.is_slow(), "two frames fit");
+    // The waiter is polled first, so it is woken by the overflow rather than finding it.
+    let ((), ()) = tokio::join!(
+        async { tokio::time::timeout(Duration::from_secs(1), stalled_writer).await.unwrap() },
+        async { writer.handle_frame(publish_frame(&id(2), 10, 0, b"x")).unwrap() },
+    );
     assert_eq!(reader.recv().await, Err(MailboxError::SlowConsumer));
     assert_eq!(reader.handle_frame(ask_frame(&id(0), 10)), Err(MailboxError::SlowConsumer));
     // The writer is unaffected.
