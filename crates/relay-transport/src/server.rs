@@ -25,6 +25,8 @@ pub struct AppState {
 
 pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
+    /// The mailbox hub shared by `/v1/msg-relay` and every room-scoped mailbox.
+    mailbox: relay_core::Mailbox,
     /// Flips to true once shutdown starts; WebSocket handlers watch it to close with 1001.
     shutdown_tx: watch::Sender<bool>,
     /// Every live WebSocket task holds a clone; shutdown waits until all are dropped.
@@ -45,6 +47,7 @@ impl AppState {
         let (drain_tx, drain_rx) = mpsc::channel(1);
         AppState {
             inner: Arc::new(Inner {
+                mailbox: crate::mailbox::new_hub(&config),
                 config,
                 shutdown_tx,
                 drain_tx: Mutex::new(Some(drain_tx)),
@@ -56,6 +59,11 @@ impl AppState {
     /// The configuration this state was built with.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The mailbox hub: every mailbox namespace of this server.
+    pub fn mailbox(&self) -> &relay_core::Mailbox {
+        &self.inner.mailbox
     }
 
     /// Starts shutdown: new WebSockets are refused, open ones close with 1001.
