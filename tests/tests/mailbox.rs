@@ -384,3 +384,49 @@ async fn whole_protocol_three_parties_four_rounds_through_the_binary() {
         tokio::time::timeout(STEP_TIMEOUT * 2, party).await.expect("protocol finished").expect("party ok");
     }
 }
+
+/// A receiver that stops reading is closed once its queue of `send_queue_frames` fills,
+/// instead of the relay buffering everything published for it.
+#[tokio::test]
+async fn a_receiver_that_stops_reading_is_closed_as_a_slow_consumer() {
+    let limits = Limits { send_queue_frames: 8, ..Limits::default() };
+    let addr = open_server(ServerConfig { limits, ..open_config() }).await;
+    let mut reader = connect(addr, "/v1/msg-relay").await;
+    let mut publisher = connect(addr, "/v1/msg-relay").await;
+    let total = 400u32;
+    let id = |i: u32| {
+        let mut id = [0x5cu8; 32];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        id
+    };
+    for i in 0..total {
+        reader.feed(Message::Binary(ask(id(i), 60).into())).await.unwrap();
+    }
+    reader.flush().await.unwrap();
+    // 400 x 32 KiB is far more than the socket buffers between relay and reader hold.
+    let payload = vec![0xabu8; 32 << 10];
+    for i in 0..total {
+        let sent = tokio::time::timeout(
+            STEP_TIMEOUT,
+            publisher.send(Message::Binary(frame(id(i), 60, 0, &payload).into())),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            panic!("the publisher must not be held up by a stalled receiver (frame {i})");
+        }
+    }
+    // Now read: some frames, then the end of the connection, never all of them.
+    let mut received = 0u32;
+    let end = loop {
+        match next_message(&mut reader, STEP_TIMEOUT).await {
+            Some(Message::Binary(_)) => received += 1,
+            other => break other,
+        }
+    };
+    assert!(received < total, "all {total} frames were buffered for a stalled reader");
+    if let Some(Message::Close(Some(c))) = end {
+        assert_eq!((u16::from(c.code), c.reason.as_str()), (1013, "slow consumer"));
+    } else {
+        assert!(end.is_none(), "expected a close or the end of the stream, got {end:?}");
+    }
+}
