@@ -1,6 +1,7 @@
 //! The one error enum of relay-core.
 
 use crate::id::RoomIdError;
+use crate::mailbox::MailboxError;
 
 /// What relay-core refuses, and why. Each variant maps to one HTTP status or close code
 /// (or, for a send, one `error` event) in the transport.
@@ -87,4 +88,7 @@ pub enum CoreError {
     /// The party's connection is over: the room closed, it left, or it was replaced.
     #[error("this party is no longer connected to the room")]
     PartyClosed,
+    /// The mailbox refused a frame or a connection.
+    #[error(transparent)]
+    Mailbox(#[from] MailboxError),
 }

@@ -8,11 +8,13 @@
 mod error;
 pub mod id;
 mod limits;
+pub mod mailbox;
 pub mod rooms;
 
 pub use error::CoreError;
 pub use id::{RoomId, RoomIdPrefix};
 pub use limits::Limits;
+pub use mailbox::{Mailbox, MailboxConn, MailboxError, Namespace};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -143,7 +143,9 @@ fn core_error(e: &CoreError) -> ApiError {
         CoreError::BadDestination(_) => (StatusCode::BAD_REQUEST, "bad_destination"),
         CoreError::RoomBufferFull { .. } => (StatusCode::CONFLICT, "room_buffer_full"),
         CoreError::MessageTooBig { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_big"),
-        CoreError::NoRuntime | CoreError::PartyClosed => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        CoreError::NoRuntime | CoreError::PartyClosed | CoreError::Mailbox(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
     };
     ApiError::new(status, code, e.to_string())
 }

@@ -28,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
     /// The live rooms, shared by the create routes and every room WebSocket.
     rooms: Rooms,
+    /// The mailbox hub shared by `/v1/msg-relay` and every room-scoped mailbox.
+    mailbox: relay_core::Mailbox,
     /// Flips to true once shutdown starts; WebSocket handlers watch it to close with 1001.
     shutdown_tx: watch::Sender<bool>,
     /// Every live WebSocket task holds a clone; shutdown waits until all are dropped.
@@ -49,6 +51,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
+                mailbox: crate::mailbox::new_hub(&config),
                 config,
                 shutdown_tx,
                 drain_tx: Mutex::new(Some(drain_tx)),
@@ -65,6 +68,11 @@ impl AppState {
     /// The room registry.
     pub fn rooms(&self) -> &Rooms {
         &self.inner.rooms
+    }
+
+    /// The mailbox hub: every mailbox namespace of this server.
+    pub fn mailbox(&self) -> &relay_core::Mailbox {
+        &self.inner.mailbox
     }
 
     /// Starts shutdown: new WebSockets are refused, open ones close with 1001.
