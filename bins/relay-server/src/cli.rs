@@ -33,6 +33,9 @@ pub(crate) struct Cli {
 
     #[command(flatten)]
     pub(crate) limits: LimitArgs,
+
+    #[command(flatten)]
+    pub(crate) discovery: crate::discovery::DiscoveryArgs,
 }
 
 /// How log lines are written.
@@ -107,12 +110,14 @@ impl LimitArgs {
 
 impl Cli {
     /// The server configuration these flags describe.
-    pub(crate) fn server_config(&self) -> ServerConfig {
-        ServerConfig {
+    pub(crate) fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig {
             limits: self.limits.to_limits(),
             room_id_prefix: self.room_id_prefix,
             api_keys_enforced: !self.insecure_api_keys_not_enforced,
+            data_dir: Some(self.discovery.data_dir.clone()),
+            discovery: self.discovery.config()?,
             ..ServerConfig::default()
-        }
+        })
     }
 }

@@ -2,6 +2,7 @@
 //! binds the listeners and runs [`relay_transport::serve`] until SIGTERM or SIGINT.
 
 mod cli;
+mod discovery;
 
 use std::process::ExitCode;
 
@@ -34,7 +35,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.server_config();
+    let config = cli.server_config()?;
+    let announcer = cli.discovery.announcer(config.room_id_prefix.map(|p| p.to_string()))?;
     if config.api_keys_enforced {
         anyhow::bail!(
             "API keys are enforced by default, but this build has no key store yet; \
@@ -42,6 +44,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     tracing::warn!("API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay");
+
+    let state = AppState::try_new(config)?;
 
     let mut listeners = Vec::new();
     for addr in &cli.listen {
@@ -53,7 +57,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     eprintln!("relay-server listening on {}", addrs.join(", "));
     tracing::info!(listen = %addrs.join(" "), "listening");
 
-    let state = AppState::new(config);
+    tokio::spawn(state.discovery().sweeper());
+    if let Some(announcer) = announcer {
+        tokio::spawn(announcer.run());
+    }
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let state = state.clone();

@@ -6,6 +6,7 @@
 
 mod auth;
 mod config;
+pub mod discovery;
 mod error;
 mod http;
 mod mailbox;

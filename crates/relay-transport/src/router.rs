@@ -6,7 +6,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::error::ApiError;
 use crate::http::{Body, error_response, json};
 use crate::server::AppState;
-use crate::{mailbox, rooms};
+use crate::{discovery, mailbox, rooms};
 
 /// Routes one request.
 pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
@@ -21,6 +21,9 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
         (["v1", "msg-relay"], &Method::GET) => mailbox::connect(&state, req).await,
         (["v1", "rooms", room_id, "msg-relay"], &Method::GET) => {
             mailbox::connect_room(&state, req, room_id).await
+        }
+        (["group" | "groups", ..] | ["v1", "group" | "groups" | "relays", ..], _) => {
+            discovery::route(&state, req, &segments).await
         }
         (
             ["healthz"]

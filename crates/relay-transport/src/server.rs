@@ -9,10 +9,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use relay_core::rooms::Rooms;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::ServerConfig;
+use crate::discovery::Discovery;
 use crate::error::TransportError;
 use crate::router;
 
@@ -25,6 +27,12 @@ pub struct AppState {
 
 pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
+    /// The live rooms, shared by the create routes and every room WebSocket.
+    rooms: Rooms,
+    /// The mailbox hub shared by `/v1/msg-relay` and every room-scoped mailbox.
+    mailbox: relay_core::Mailbox,
+    /// Groups and the relay registry (sled in `config.data_dir`, or memory).
+    discovery: Discovery,
     /// Flips to true once shutdown starts; WebSocket handlers watch it to close with 1001.
     shutdown_tx: watch::Sender<bool>,
     /// Every live WebSocket task holds a clone; shutdown waits until all are dropped.
@@ -40,22 +48,53 @@ pub(crate) struct DrainGuard {
 
 impl AppState {
     /// Builds the shared state for `config`.
+    ///
+    /// # Panics
+    /// If `config.data_dir` is set and its store cannot be opened; use
+    /// [`AppState::try_new`] to get that as an error. Without a data dir, never.
     pub fn new(config: ServerConfig) -> AppState {
+        AppState::try_new(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Builds the shared state for `config`, opening the stores in `config.data_dir`.
+    pub fn try_new(config: ServerConfig) -> Result<AppState, TransportError> {
+        let discovery = Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
+            let dir = config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
+            TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))
+        })?;
         let (shutdown_tx, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
-        AppState {
+        Ok(AppState {
             inner: Arc::new(Inner {
+                rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
+                mailbox: crate::mailbox::new_hub(&config),
                 config,
+                discovery,
                 shutdown_tx,
                 drain_tx: Mutex::new(Some(drain_tx)),
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
             }),
-        }
+        })
+    }
+
+    /// Groups and the relay registry. Spawn [`Discovery::sweeper`] to purge expired groups.
+    pub fn discovery(&self) -> &Discovery {
+        &self.inner.discovery
     }
 
     /// The configuration this state was built with.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The room registry.
+    pub fn rooms(&self) -> &Rooms {
+        &self.inner.rooms
+    }
+
+    /// The mailbox hub: every mailbox namespace of this server.
+    pub fn mailbox(&self) -> &relay_core::Mailbox {
+        &self.inner.mailbox
     }
 
     /// Starts shutdown: new WebSockets are refused, open ones close with 1001.
