@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use relay_client::{
-    ClientConfig, Error, JoinOptions, MailboxClient, RawMailbox, ReconnectPolicy, ResumeState, RoomClient,
-    RoomEvent, RoomMessage, TlsRoots,
+    ApiKey, ClientConfig, Error, JoinOptions, MailboxClient, RawMailbox, ReconnectPolicy, ResumeState,
+    RoomClient, RoomEvent, RoomMessage, TlsRoots,
 };
-use relay_e2e::{CuttableProxy, RelayProcess, STEP_TIMEOUT};
+use relay_e2e::{CuttableProxy, RelayProcess, STEP_TIMEOUT, ServerConfig, serve_in_process};
 
 /// The example, compiled into this test so its protocol runs against the real relay.
 #[path = "../../crates/relay-client/examples/round_based_echo.rs"]
@@ -412,6 +412,26 @@ async fn room_refusals_map_to_their_error_variants() {
     let bogus = ResumeState { room_uuid: room.room_uuid.clone(), resume_token: "bogus".into(), last_seq: 0 };
     let e = client.join(&room.room_uuid, JoinOptions { resume: Some(bogus), ..JoinOptions::default() }).await;
     assert!(matches!(e, Err(Error::BadResumeToken { .. })), "{e:?}");
+}
+
+#[tokio::test]
+async fn missing_or_unknown_api_keys_map_to_unauthorized() {
+    // The served router with keys enforced (the binary refuses to start so until its
+    // key store is wired in); no key here is known to it.
+    let (addr, _state) = serve_in_process(ServerConfig::default()).await.unwrap();
+    let url = format!("ws://{addr}");
+    let no_key = RoomClient::new(&url, ClientConfig::default()).unwrap();
+    let e = no_key.create_room(2, None).await.unwrap_err();
+    assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
+    for key in [ApiKey::bearer("AAAAAAAAAAAAAAAAAAAAAA=="), ApiKey::query("AAAAAAAAAAAAAAAAAAAA/w==")] {
+        let config = ClientConfig { api_key: Some(key), ..ClientConfig::default() };
+        let e = RoomClient::new(&url, config.clone()).unwrap().create_room(2, None).await.unwrap_err();
+        assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
+        let e = MailboxClient::connect(&url, &config).await.unwrap_err();
+        assert!(matches!(e, Error::Unauthorized { .. }), "{e:?}");
+    }
+    let e = MailboxClient::connect(&url, &ClientConfig::default()).await.unwrap_err();
+    assert!(matches!(e, Error::Unauthorized { .. }), "refused before the upgrade: {e:?}");
 }
 
 #[tokio::test]
