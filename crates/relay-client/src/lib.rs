@@ -20,8 +20,30 @@
 //! once* across a drop; a protocol that needs exactly-once should have the relay report
 //! an accepted-frame count in `welcome`.
 //!
+//! **Acks**: the client acks (cumulatively) what the application has taken from the
+//! stream, once 64 messages are waiting or every second ([`JoinOptions::ack_every`],
+//! [`JoinOptions::ack_interval`]). Messages received but not yet taken are not acked,
+//! so the relay's `max_room_held_bytes` bounds the client's receive queue too.
+//!
+//! **Dead links**: a reset or EOF is noticed at once; a link that just goes silent is
+//! noticed after [`JoinOptions::idle_timeout`] (the relay pings every 20 s).
+//!
 //! **Mailbox**: no resume exists in the mailbox protocol; a dropped connection fails
-//! every pending ask with the reason.
+//! every pending ask with the reason. The relay forgets an unanswered ask silently
+//! after its TTL, so [`MailboxClient::ask`] gives up on its own a little later
+//! ([`Error::AskExpired`]).
+//!
+//! # Protocol gaps
+//!
+//! - Exactly-once sends across a drop need the relay to say what it accepted: e.g. a
+//!   `received` count (data frames accepted from this slot) in the resume `welcome`.
+//!   With it, the client would keep unconfirmed frames and resend exactly the tail the
+//!   relay did not get. Without it, sends are at most once across a drop (above).
+//! - A non-fatal `error` event (`room_buffer_full`, `bad_destination`,
+//!   `malformed_frame`) does not say which frame it refuses. With several sends in
+//!   flight the client cannot tell which message was dropped, so it surfaces the event
+//!   as [`RoomEvent::RelayError`] and does not retry: an application that can hit the
+//!   room's held-bytes bound must watch for it.
 
 mod config;
 mod error;
