@@ -307,6 +307,54 @@ async fn a_stalled_link_without_reset_is_resumed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn resume_into_a_room_that_closed_meanwhile_fails_with_room_not_found() {
+    let relay = RelayProcess::start(&["--insecure-api-keys-not-enforced", "--reconnect-grace-secs", "1"])
+        .await
+        .unwrap();
+    let proxy = CuttableProxy::start(relay.addr).await.unwrap();
+    let direct = rooms(&relay);
+    let room = direct.create_room(2, None).await.unwrap();
+    let mut a = direct.join(&room.room_uuid, JoinOptions::slot(0)).await.unwrap();
+    let via_proxy = RoomClient::new(&proxy.ws_base(), ClientConfig::default()).unwrap();
+    let options = JoinOptions {
+        slot: Some(1),
+        reconnect: ReconnectPolicy {
+            max_attempts: 1000,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+            deadline: Duration::from_secs(20),
+        },
+        ..JoinOptions::default()
+    };
+    let mut b = via_proxy.join(&room.room_uuid, options).await.unwrap();
+
+    // A leaves; B's link dies and stays down past the reconnect grace.
+    a.leave().await.unwrap();
+    assert!(drain(&mut a).await.1.is_none());
+    proxy.set_paused(true);
+    proxy.cut_all().await;
+    let closed = async {
+        loop {
+            match direct.join(&room.room_uuid, JoinOptions::default()).await {
+                Err(Error::RoomNotFound { .. }) => return,
+                Err(Error::RoomFull { .. }) => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => panic!("unexpected join outcome {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(STEP_TIMEOUT, closed).await.expect("the room closes after the grace");
+    proxy.set_paused(false);
+
+    let (_, err) = drain(&mut b).await;
+    match err {
+        Some(Error::ReconnectFailed { last, .. }) => {
+            assert!(matches!(*last, Error::RoomNotFound { .. }), "{last:?}")
+        }
+        other => panic!("expected ReconnectFailed(RoomNotFound), got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn resume_from_saved_state_replaces_the_old_connection_with_4001() {
     let relay = open_relay().await;
     let client = rooms(&relay);
