@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use relay_core::{Limits, RoomIdPrefix};
 
+use crate::tls::TlsHandle;
+
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -27,6 +29,20 @@ pub struct ServerConfig {
     /// On shutdown, how long open connections get to close before the server gives up
     /// on them (default 5 s).
     pub shutdown_grace: Duration,
+    /// TLS certificate and key served to every new connection; `None` serves plain
+    /// HTTP (for a TLS-terminating proxy in front). Reload it through the handle.
+    pub tls: Option<TlsHandle>,
+    /// An HTTP/1 client must send a complete request head within this long, counted
+    /// from when the server starts waiting for it (also between keep-alive requests).
+    /// The same deadline applies to the first bytes of any connection, so a client
+    /// that connects and stays silent is dropped too (default 10 s).
+    pub header_read_timeout: Duration,
+    /// A TLS handshake must finish within this long after the TCP accept (default 10 s).
+    pub tls_handshake_timeout: Duration,
+    /// Connections served at once, across all listeners and counting those still in
+    /// the TLS handshake and upgraded WebSockets. Past it, a new connection is accepted
+    /// and closed at once without a response (default 10,000).
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +57,10 @@ impl Default for ServerConfig {
             ws_ping_interval: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
