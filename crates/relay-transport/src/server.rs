@@ -217,8 +217,12 @@ async fn serve_connection(
     }
 }
 
-async fn serve_http<IO>(io: ConnIo<IO>, state: AppState, builder: &auto::Builder<TokioExecutor>, watcher: Watcher)
-where
+async fn serve_http<IO>(
+    io: ConnIo<IO>,
+    state: AppState,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
@@ -244,12 +248,20 @@ struct ConnIo<IO> {
 
 impl<IO> ConnIo<IO> {
     fn new(io: IO, slot: OwnedSemaphorePermit, first_read_timeout: Duration) -> ConnIo<IO> {
-        ConnIo { io, first_read_deadline: Some(Box::pin(tokio::time::sleep(first_read_timeout))), _slot: slot }
+        ConnIo {
+            io,
+            first_read_deadline: Some(Box::pin(tokio::time::sleep(first_read_timeout))),
+            _slot: slot,
+        }
     }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
@@ -260,7 +272,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
                 Poll::Ready(res)
             }
             Poll::Pending => {
-                let expired = this.first_read_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                let expired =
+                    this.first_read_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
                 if expired {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,

@@ -111,7 +111,8 @@ impl std::fmt::Debug for TlsHandle {
 /// Reads and checks the pair, returning a ready server config (TLS 1.2 and 1.3, ALPN
 /// `h2` and `http/1.1`, no client certificates).
 fn build_config(chain_path: &Path, key_path: &Path) -> Result<rustls::ServerConfig, TlsError> {
-    let read_error = |what, path: &Path, reason: String| TlsError::Read { what, path: path.to_owned(), reason };
+    let read_error =
+        |what, path: &Path, reason: String| TlsError::Read { what, path: path.to_owned(), reason };
     let chain = CertificateDer::pem_file_iter(chain_path)
         .map_err(|e| read_error("certificate chain", chain_path, pem_reason(e)))?
         .collect::<Result<Vec<_>, _>>()
@@ -119,7 +120,8 @@ fn build_config(chain_path: &Path, key_path: &Path) -> Result<rustls::ServerConf
     if chain.is_empty() {
         return Err(read_error("certificate chain", chain_path, "no CERTIFICATE section found".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| read_error("private key", key_path, pem_reason(e)))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| read_error("private key", key_path, pem_reason(e)))?;
 
     let mismatch = |e: rustls::Error| TlsError::Mismatch {
         chain: chain_path.to_owned(),
