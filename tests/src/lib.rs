@@ -272,8 +272,8 @@ impl TestCert {
     /// A fresh certificate for `localhost` and 127.0.0.1 with a new key pair; `name`
     /// becomes its subject common name.
     pub fn generate(name: &str) -> TestCert {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
         let key = rcgen::KeyPair::generate().expect("key pair");
         let cert = params.self_signed(&key).expect("self-signed certificate");
@@ -298,11 +298,12 @@ pub fn tls_client_config(trusted: &[&TestCert], alpn: &[&[u8]]) -> Arc<rustls::C
     for cert in trusted {
         roots.add(cert.der.clone()).expect("add root");
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
@@ -311,7 +312,10 @@ pub fn tls_client_config(trusted: &[&TestCert], alpn: &[&[u8]]) -> Arc<rustls::C
 pub type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// Connects to `addr` and completes a TLS handshake for `localhost` with `config`.
-pub async fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> anyhow::Result<TlsClientStream> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<TlsClientStream> {
     let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await??;
     let name = rustls_pki_types::ServerName::try_from("localhost")?;
     let tls = tokio::time::timeout(STEP_TIMEOUT, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
@@ -380,7 +384,10 @@ where
 }
 
 /// Runs the binary to completion with `args` and extra environment variables.
-pub async fn run_binary_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<std::process::Output> {
+pub async fn run_binary_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<std::process::Output> {
     let out = tokio::time::timeout(
         STEP_TIMEOUT,
         Command::new(binary_path())

@@ -69,7 +69,8 @@ async fn client_that_never_sends_a_client_hello_is_cut_off() {
 
 #[tokio::test]
 async fn connections_past_the_cap_are_closed_while_open_ones_keep_working() {
-    let relay = RelayProcess::start(&["--insecure-api-keys-not-enforced", "--max-connections", "2"]).await.unwrap();
+    let relay =
+        RelayProcess::start(&["--insecure-api-keys-not-enforced", "--max-connections", "2"]).await.unwrap();
     let mut first = Http1Conn::connect(relay.addr).await.unwrap();
     let mut second = Http1Conn::connect(relay.addr).await.unwrap();
     assert_eq!(first.get("/healthz").await.unwrap().status, StatusCode::OK);

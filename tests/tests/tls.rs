@@ -46,7 +46,8 @@ async fn healthz_over_https_with_http1_and_http2() {
     let resp = tokio::time::timeout(STEP_TIMEOUT, sender.send_request(req)).await.unwrap().unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), hyper::Version::HTTP_2);
-    let body = tokio::time::timeout(STEP_TIMEOUT, resp.into_body().collect()).await.unwrap().unwrap().to_bytes();
+    let body =
+        tokio::time::timeout(STEP_TIMEOUT, resp.into_body().collect()).await.unwrap().unwrap().to_bytes();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap()["status"], "ok");
 
     // A client that does not trust the certificate fails the handshake.
@@ -63,7 +64,8 @@ async fn websocket_handshake_reaches_the_relay_over_wss() {
 
     let stream = tls_connect(relay.addr, tls_client_config(&[&cert], &[b"http/1.1"])).await.unwrap();
     let url = format!("wss://localhost:{}/v1/msg-relay", relay.addr.port());
-    let outcome = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async(url, stream)).await.unwrap();
+    let outcome =
+        tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async(url, stream)).await.unwrap();
     match outcome {
         // Upgraded: the WebSocket runs inside the TLS session.
         Ok((mut ws, resp)) => {
@@ -99,7 +101,11 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_broken(
     relay.signal(1);
     relay.wait_for_output("TLS certificate reloaded").await.unwrap();
     let fresh = tls_connect(relay.addr, trust_both.clone()).await.unwrap();
-    assert_eq!(peer_certificate(&fresh).as_ref(), Some(&second.der), "a new connection sees the new certificate");
+    assert_eq!(
+        peer_certificate(&fresh).as_ref(),
+        Some(&second.der),
+        "a new connection sees the new certificate"
+    );
     // The connection opened before the reload carries on.
     assert_eq!(open.get("/healthz").await.unwrap().status, StatusCode::OK);
 
@@ -107,7 +113,11 @@ async fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_broken(
     std::fs::write(&key, TestCert::generate("stray").key_pem).unwrap();
     relay.signal(1);
     relay.wait_for_output("NOT reloaded").await.unwrap();
-    assert!(relay.output().contains(key.to_str().unwrap()), "the error names the key file: {}", relay.output());
+    assert!(
+        relay.output().contains(key.to_str().unwrap()),
+        "the error names the key file: {}",
+        relay.output()
+    );
     let after = tls_connect(relay.addr, trust_both.clone()).await.unwrap();
     assert_eq!(peer_certificate(&after).as_ref(), Some(&second.der));
 
