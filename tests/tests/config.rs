@@ -176,3 +176,37 @@ async fn systemd_abstract_notify_socket_is_supported() {
     .unwrap();
     assert_eq!(recv_notification(&socket).await, "READY=1");
 }
+
+#[tokio::test]
+async fn relay_toml_example_is_valid_and_lists_every_key() {
+    let example_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/relay.toml.example");
+    let example = std::fs::read_to_string(&example_path).unwrap();
+    // Every key is commented out with its default; uncommented, the file must load.
+    let uncommented: String = example
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest
+                    .split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(&dir, &uncommented);
+    let out = run_binary(&["--config", &file, "--print-config"]).await.unwrap();
+    let effective = print_config_table(&out);
+    let example_keys: std::collections::BTreeSet<String> =
+        uncommented.parse::<toml::Table>().unwrap().keys().cloned().collect();
+    // --print-config lists every setting, set or not.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut all_keys: std::collections::BTreeSet<String> = effective.keys().cloned().collect();
+    all_keys.extend(
+        stdout.lines().filter_map(|l| l.strip_prefix("# ")?.strip_suffix(" is not set")).map(str::to_owned),
+    );
+    assert_eq!(example_keys, all_keys, "contrib/relay.toml.example must show every setting");
+}

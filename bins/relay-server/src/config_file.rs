@@ -22,9 +22,10 @@ use crate::cli::Cli;
 /// Argument ids that are not settings and so are neither file keys nor printed.
 const NOT_SETTINGS: [&str; 4] = ["help", "version", "config", "print_config"];
 
-/// Endings that mark a key whose value is a secret, masked by `--print-config`
-/// (`admin_token`, `registry_token`, `api_key`, ...). Booleans are never masked.
-const SECRET_ENDINGS: [&str; 5] = ["token", "api_key", "api_keys", "secret", "password"];
+/// Words that mark a key whose value is a secret, masked by `--print-config`
+/// (`secret_auth`, `admin_token`, `registry_token`, `api_key`, ...). Booleans, such as
+/// `insecure_api_keys_not_enforced`, are never masked.
+const SECRET_WORDS: [&str; 4] = ["token", "secret", "password", "api_key"];
 
 /// Why the settings could not be read.
 #[derive(Debug)]
@@ -86,7 +87,7 @@ fn render_toml(command: &Command, matches: &ArgMatches) -> String {
             let _ = writeln!(out, "# {key} is not set");
             continue;
         }
-        let secret = !is_bool(arg) && SECRET_ENDINGS.iter().any(|w| key.ends_with(w));
+        let secret = !is_bool(arg) && SECRET_WORDS.iter().any(|w| key.contains(w));
         let render = |v: &String| -> String {
             if secret {
                 toml::Value::String("***".into()).to_string()
@@ -277,6 +278,7 @@ mod tests {
     fn print_config_masks_tokens_and_api_keys_but_not_other_values() {
         let command = Command::new("relay-server")
             .arg(Arg::new("admin_token").long("admin-token"))
+            .arg(Arg::new("secret_auth").long("secret-auth"))
             .arg(Arg::new("api_key").long("api-key").action(ArgAction::Append))
             .arg(
                 Arg::new("insecure_api_keys_not_enforced")
@@ -289,6 +291,7 @@ mod tests {
             .try_get_matches_from([
                 "relay-server",
                 "--admin-token=hunter2",
+                "--secret-auth=s3cr3t",
                 "--api-key=ABEiM0RVZneImaq7zN3u/w==,One",
                 "--api-key=AAAAAAAAAAAAAAAAAAAAAA==,Two",
                 "--insecure-api-keys-not-enforced",
@@ -296,9 +299,13 @@ mod tests {
             ])
             .expect("parse");
         let text = render_toml(&command, &matches);
-        assert!(!text.contains("hunter2") && !text.contains("ABEiM0RV"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t") && !text.contains("ABEiM0RV"),
+            "{text}"
+        );
         let table: toml::Table = text.parse().expect("valid TOML");
         assert_eq!(table["admin_token"].as_str(), Some("***"));
+        assert_eq!(table["secret_auth"].as_str(), Some("***"));
         let keys = table["api_key"].as_array().expect("array");
         assert_eq!(keys.len(), 2);
         assert!(keys.iter().all(|k| k.as_str() == Some("***")));
