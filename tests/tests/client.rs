@@ -9,7 +9,7 @@ use relay_client::{
     ApiKey, ClientConfig, Error, JoinOptions, MailboxClient, RawMailbox, ReconnectPolicy, ResumeState,
     RoomClient, RoomEvent, RoomMessage, TlsRoots,
 };
-use relay_e2e::{CuttableProxy, RelayProcess, STEP_TIMEOUT, ServerConfig, serve_in_process};
+use relay_e2e::{CuttableProxy, RelayProcess, STEP_TIMEOUT, ServerConfig, TestCert, serve_in_process};
 
 /// The example, compiled into this test so its protocol runs against the real relay.
 #[path = "../../crates/relay-client/examples/round_based_echo.rs"]
@@ -527,77 +527,49 @@ async fn round_based_echo_runs_three_parties_over_a_room() {
     assert_eq!(totals, [3021, 3021, 3021]);
 }
 
-/// A TLS-terminating proxy on 127.0.0.1 in front of `relay`, as an operator would run
-/// nginx: real TLS to the client (a fresh self-signed certificate for `localhost`),
-/// plain bytes to the relay. Returns the certificate (PEM) and the proxy's address.
-async fn tls_terminator(relay: std::net::SocketAddr) -> (String, std::net::SocketAddr) {
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "relay-client test");
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
-    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], key_der.into())
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                let Ok(mut upstream) = tokio::net::TcpStream::connect(relay).await else { return };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
-            });
-        }
-    });
-    (cert.pem(), addr)
-}
-
 #[tokio::test]
 async fn rooms_and_mailbox_over_tls_with_a_given_ca() {
-    let relay = open_relay().await;
-    let (ca_pem, addr) = tls_terminator(relay.addr).await;
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca_pem).unwrap();
-    let config = ClientConfig { tls: TlsRoots::from_pem_file(&ca_file).unwrap(), ..ClientConfig::default() };
+    let cert = TestCert::generate("relay-client test");
+    let (chain, key) = cert.write_to(dir.path());
+    let relay = RelayProcess::start(&[
+        "--insecure-api-keys-not-enforced",
+        "--chain-path",
+        chain.to_str().unwrap(),
+        "--key-path",
+        key.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    let port = relay.addr.port();
+    // The relay's own certificate is self-signed: trust it as the CA, from a PEM file.
+    let config = ClientConfig { tls: TlsRoots::from_pem_file(&chain).unwrap(), ..ClientConfig::default() };
 
     // https:// for the REST call, wss:// for the WebSockets, both to `localhost`.
-    let https = RoomClient::new(&format!("https://localhost:{}", addr.port()), config.clone()).unwrap();
+    let https = RoomClient::new(&format!("https://localhost:{port}"), config.clone()).unwrap();
     let room = https.create_room(2, None).await.expect("create over https");
-    let wss_url = format!("wss://localhost:{}", addr.port());
+    let wss_url = format!("wss://localhost:{port}");
     let wss = RoomClient::new(&wss_url, config.clone()).unwrap();
     let p0 = wss.join(&room.room_uuid, JoinOptions::slot(0)).await.expect("join over wss");
     let mut p1 = wss.join(&room.room_uuid, JoinOptions::slot(1)).await.expect("join over wss");
     p0.send_to(1, &b"over tls"[..]).await.unwrap();
     assert_eq!(next_message(&mut p1).await, msg(0, 1, false, b"over tls"));
 
-    let mailbox = MailboxClient::connect(&wss_url, &config).await.expect("mailbox over wss");
+    let pem_config = ClientConfig { tls: TlsRoots::from_pem(cert.cert_pem.as_bytes()).unwrap(), ..config };
+    let mailbox = MailboxClient::connect(&wss_url, &pem_config).await.expect("mailbox over wss");
     let ask = mailbox.ask([3; 32], 10);
     mailbox.publish([3; 32], 10, &b"sealed"[..]).await.unwrap();
     assert_eq!(&tokio::time::timeout(STEP_TIMEOUT, ask).await.unwrap().unwrap()[..], b"sealed");
 
-    // The webpki roots do not know this certificate: a TLS error, nothing sent.
-    let untrusted =
-        RoomClient::new(&format!("https://localhost:{}", addr.port()), ClientConfig::default()).unwrap();
+    // The webpki roots do not know this certificate, nor does another CA: a TLS error.
+    let untrusted = RoomClient::new(&format!("https://localhost:{port}"), ClientConfig::default()).unwrap();
     let e = untrusted.create_room(2, None).await.unwrap_err();
     assert!(matches!(e, Error::Tls(rustls::Error::InvalidCertificate(_))), "{e:?}");
-    let pem_roots =
-        ClientConfig { tls: TlsRoots::from_pem(ca_pem.as_bytes()).unwrap(), ..ClientConfig::default() };
-    let e = RoomClient::new(&format!("https://127.0.0.1:{}", addr.port()), pem_roots)
-        .unwrap()
-        .create_room(2, None)
-        .await;
-    assert!(
-        matches!(e, Err(Error::Tls(rustls::Error::InvalidCertificate(_)))),
-        "not issued for 127.0.0.1: {e:?}"
-    );
+    let other = TestCert::generate("someone else");
+    let other = ClientConfig {
+        tls: TlsRoots::from_pem(other.cert_pem.as_bytes()).unwrap(),
+        ..ClientConfig::default()
+    };
+    let e = RoomClient::new(&wss_url, other).unwrap().join(&room.room_uuid, JoinOptions::default()).await;
+    assert!(matches!(e, Err(Error::Tls(rustls::Error::InvalidCertificate(_)))), "{e:?}");
 }
