@@ -22,6 +22,10 @@ pub struct ServerConfig {
     /// WebSocket read buffer per connection. tungstenite's 128 KiB default costs about
     /// 140 KiB per idle connection; 4 KiB keeps idle connections cheap (default 4 KiB).
     pub ws_read_buffer_bytes: usize,
+    /// Largest single socket read on a busy WebSocket. The bytes beyond the small read
+    /// buffer live in a buffer that is freed as soon as the socket goes quiet, so this
+    /// costs nothing per idle connection (default 64 KiB).
+    pub ws_burst_read_bytes: usize,
     /// WebSocket write buffer per connection, flushed past this size (default 4 KiB).
     pub ws_write_buffer_bytes: usize,
     /// Interval between pings on an otherwise silent WebSocket (default 20 s).
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
             api_keys_enforced: true,
             max_body_bytes: 64 << 10,
             ws_read_buffer_bytes: 4 << 10,
+            ws_burst_read_bytes: 64 << 10,
             ws_write_buffer_bytes: 4 << 10,
             ws_ping_interval: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),

@@ -5,6 +5,7 @@
 //! and the core's channels, and maps the core's refusals to statuses and close codes.
 
 mod auth;
+mod burst;
 mod config;
 pub mod discovery;
 mod error;
