@@ -71,14 +71,14 @@ impl Rate {
 pub struct RateLimits {
     /// New TCP connections per client address (IPv6: per /64). Over it, a connection
     /// is accepted and closed at once, without a response (default 5,000/s, burst
-    /// 20,000). Behind a proxy every connection comes from the proxy's address.
+    /// 50,000). Behind a proxy every connection comes from the proxy's address.
     pub connections_per_ip: Rate,
     /// HTTP requests per client address, WebSocket handshakes included. Over it: 429
-    /// `rate_limited` with `Retry-After` (default 10,000/s, burst 20,000).
+    /// `rate_limited` with `Retry-After` (default 10,000/s, burst 50,000).
     pub requests_per_ip: Rate,
     /// Room creations and keyed WebSocket opens (`/v1/msg-relay`) per API key, when
     /// keys are enforced. Over it: 429 `rate_limited` with `Retry-After` (default
-    /// 5,000/s, burst 20,000).
+    /// 5,000/s, burst 50,000).
     pub per_key: Rate,
     /// Messages (any frame) one WebSocket may send. Over it, the relay closes the
     /// WebSocket with 1013 "message rate limit exceeded" (default 100,000/s, burst
@@ -91,9 +91,9 @@ pub struct RateLimits {
 impl Default for RateLimits {
     fn default() -> RateLimits {
         RateLimits {
-            connections_per_ip: Rate::new(5_000, 20_000),
-            requests_per_ip: Rate::new(10_000, 20_000),
-            per_key: Rate::new(5_000, 20_000),
+            connections_per_ip: Rate::new(5_000, 50_000),
+            requests_per_ip: Rate::new(10_000, 50_000),
+            per_key: Rate::new(5_000, 50_000),
             ws_messages: Rate::new(100_000, 100_000),
             max_tracked: 100_000,
         }
