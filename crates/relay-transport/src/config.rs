@@ -6,6 +6,7 @@ use std::time::Duration;
 use relay_core::{Limits, RoomIdPrefix};
 
 use crate::discovery::DiscoveryConfig;
+use crate::ratelimit::RateLimits;
 use crate::tls::TlsHandle;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
@@ -54,6 +55,9 @@ pub struct ServerConfig {
     /// the TLS handshake and upgraded WebSockets. Past it, a new connection is accepted
     /// and closed at once without a response (default 10,000).
     pub max_connections: usize,
+    /// Rate limits per client address, per API key and per WebSocket (see
+    /// [`RateLimits`] for each limit, its default and what happens over it).
+    pub rate_limits: RateLimits,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            rate_limits: RateLimits::default(),
         }
     }
 }
