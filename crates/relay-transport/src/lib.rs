@@ -10,6 +10,8 @@ pub mod discovery;
 mod error;
 mod http;
 mod mailbox;
+mod metrics;
+mod openapi;
 mod rooms;
 mod router;
 mod server;
@@ -18,5 +20,6 @@ pub mod ws;
 
 pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
+pub use metrics::KeyUsage;
 pub use server::{AppState, serve};
 pub use tls::{TlsError, TlsHandle};

@@ -26,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::config::ServerConfig;
 use crate::discovery::Discovery;
 use crate::error::TransportError;
+use crate::metrics::{KeyUsage, Metrics};
 use crate::router;
 
 /// At most one "connection cap reached" warning per listener per this interval; the
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     /// listener. A connection's permit lives inside its I/O object, so it is held
     /// through the TLS handshake and after a WebSocket upgrade, until the socket closes.
     connection_slots: Arc<Semaphore>,
+    /// Counters for `/metrics`, bumped with relaxed atomics by the routes.
+    metrics: Metrics,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -93,6 +96,7 @@ impl AppState {
                 drain_tx: Mutex::new(Some(drain_tx)),
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
                 connection_slots,
+                metrics: Metrics::default(),
             }),
         })
     }
@@ -147,6 +151,19 @@ impl AppState {
         max.saturating_sub(self.inner.connection_slots.available_permits())
     }
 
+    /// The counters served at `/metrics`.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Serves per-key usage at `/metrics` (`relay_key_messages_total{key="name"}` and
+    /// friends): `source` is called once per scrape and returns every key's totals, as
+    /// the key store counts them. Only the first call has an effect; returns whether
+    /// this one did.
+    pub fn set_key_usage_source(&self, source: impl Fn() -> Vec<KeyUsage> + Send + Sync + 'static) -> bool {
+        self.inner.metrics.set_key_usage_source(Box::new(source))
+    }
+
     /// A slot for a new connection, or `None` when `max_connections` are open.
     fn connection_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.inner.connection_slots.clone().try_acquire_owned().ok()
@@ -197,9 +214,11 @@ pub async fn serve(
             // backlog) tells the client right away, and each turn of the loop consumes
             // one pending connection, so this never spins.
             drop(stream);
+            state.metrics().connection_refused();
             refusals.record(config.max_connections);
             continue;
         };
+        state.metrics().connection_accepted();
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(stream, slot, state.clone(), builder.clone(), graceful.watcher()));
     }
