@@ -226,9 +226,12 @@ pub async fn serve(
     drop(listener);
     state.begin_shutdown();
     let grace = state.config().shutdown_grace;
+    // WebSockets first: while they drain, connections already open keep serving, so a
+    // load balancer's keep-alive probe sees `/readyz` answer 503 instead of a reset.
+    // Then HTTP connections finish their requests and close.
     let drained = async {
-        graceful.shutdown().await;
         state.websockets_closed().await;
+        graceful.shutdown().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("shutdown grace of {grace:?} passed with connections still open");
