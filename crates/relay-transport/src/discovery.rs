@@ -122,7 +122,7 @@ pub(crate) async fn route(
 
 /// `POST /group`.
 #[utoipa::path(
-    post, path = "/group", tag = "discovery", summary = "Create a group, or replace the live group its ID names",
+    post, path = "/group", operation_id = "create_group", tag = "discovery", summary = "Create a group, or replace the live group its ID names",
     request_body = crate::openapi::GroupRequest,
     responses(
         (status = 201, description = "The group's ID, as a JSON string", body = String),
@@ -141,7 +141,7 @@ async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Bod
 
 /// `PATCH /group` (ID in the body) and `PATCH /groups/{ID}`.
 #[utoipa::path(
-    patch, path = "/group", tag = "discovery", summary = "Change the group named in the body",
+    patch, path = "/group", operation_id = "update_group", tag = "discovery", summary = "Change the group named in the body",
     request_body = crate::openapi::GroupRequest,
     responses(
         (status = 200, description = "The group's ID, as a JSON string", body = String),
@@ -165,7 +165,7 @@ async fn update(
 
 /// `GET /groups`.
 #[utoipa::path(
-    get, path = "/groups", tag = "discovery", summary = "Live groups, keyed by ID",
+    get, path = "/groups", operation_id = "list_groups", tag = "discovery", summary = "Live groups, keyed by ID",
     params(("app-id" = Option<String>, Query, description = "Only the groups of this application")),
     responses(
         (status = 200, description = "Live groups keyed by ID", body = std::collections::BTreeMap<String, crate::openapi::Group>),
@@ -183,7 +183,7 @@ fn list(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiE
 
 /// `GET /groups/{ID}`.
 #[utoipa::path(
-    get, path = "/groups/{ID}", tag = "discovery", summary = "One group",
+    get, path = "/groups/{ID}", operation_id = "get_group", tag = "discovery", summary = "One group",
     params(("ID" = String, Path, description = "The group's ID")),
     responses(
         (status = 200, description = "The group", body = crate::openapi::Group),
@@ -201,7 +201,7 @@ fn get(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Bo
 
 /// `DELETE /groups/{ID}`.
 #[utoipa::path(
-    delete, path = "/groups/{ID}", tag = "discovery", summary = "Delete a group",
+    delete, path = "/groups/{ID}", operation_id = "delete_group", tag = "discovery", summary = "Delete a group",
     params(("ID" = String, Path, description = "The group's ID")),
     responses(
         (status = 200, description = "Disco's sentence: `The group with ID {ID} has been deleted successfully`", body = String, content_type = "text/plain"),
@@ -218,7 +218,7 @@ fn delete(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response
 
 /// `POST /v1/relays`.
 #[utoipa::path(
-    post, path = "/v1/relays", tag = "registry", summary = "Announce or refresh a relay",
+    post, path = "/v1/relays", operation_id = "announce_relay", tag = "registry", summary = "Announce or refresh a relay",
     request_body = crate::openapi::Announcement,
     responses(
         (status = 200, description = "The relay's registry entry", body = crate::openapi::RelayEntry),
@@ -243,7 +243,7 @@ async fn announce(state: &AppState, req: Request<Incoming>) -> Result<Response<B
 
 /// `GET /v1/relays`.
 #[utoipa::path(
-    get, path = "/v1/relays", tag = "registry", summary = "The live relays",
+    get, path = "/v1/relays", operation_id = "list_relays", tag = "registry", summary = "The live relays",
     responses((status = 200, description = "The live relays", body = crate::openapi::RelayList)),
 )]
 fn list_relays(discovery: &Discovery) -> Response<Body> {

@@ -36,7 +36,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// `GET /v1/msg-relay` (WebSocket): the namespace is the API key's tenant.
 #[utoipa::path(
-    get, path = "/v1/msg-relay", tag = "mailbox", summary = "Open the mailbox (WebSocket)",
+    get, path = "/v1/msg-relay", operation_id = "open_mailbox", tag = "mailbox", summary = "Open the mailbox (WebSocket)",
     description = "A WebSocket handshake; binary frames as in docs/protocol.md section 4, \
         in the API key's tenant namespace. Every refusal comes before the upgrade.",
     responses(
@@ -57,7 +57,7 @@ pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<
 /// `GET /v1/rooms/{room_id}/msg-relay` (WebSocket): the namespace is the room; whoever
 /// holds the room ID may use it, no key needed.
 #[utoipa::path(
-    get, path = "/v1/rooms/{room_id}/msg-relay", tag = "mailbox", summary = "Open a room's mailbox (WebSocket)",
+    get, path = "/v1/rooms/{room_id}/msg-relay", operation_id = "open_room_mailbox", tag = "mailbox", summary = "Open a room's mailbox (WebSocket)",
     description = "A WebSocket handshake; the mailbox namespace is the room. Whoever holds \
         the room ID may use it: no API key.",
     params(("room_id" = String, Path, description = "A live room's ID")),

@@ -345,7 +345,7 @@ impl LabelCounters {
 
 /// `GET /healthz`: 200 `{"status":"ok"}` while the process serves, draining or not.
 #[utoipa::path(
-    get, path = "/healthz", tag = "operations", summary = "Liveness",
+    get, path = "/healthz", operation_id = "healthz", tag = "operations", summary = "Liveness",
     responses((status = 200, description = "The process serves", body = crate::openapi::Status)),
 )]
 pub(crate) fn healthz() -> Response<Body> {
@@ -355,7 +355,7 @@ pub(crate) fn healthz() -> Response<Body> {
 /// `GET /readyz`: 200 `{"status":"ready"}` while serving, 503 `{"status":"draining"}`
 /// once shutdown has begun, so a load balancer stops sending new clients here.
 #[utoipa::path(
-    get, path = "/readyz", tag = "operations", summary = "Readiness",
+    get, path = "/readyz", operation_id = "readyz", tag = "operations", summary = "Readiness",
     responses(
         (status = 200, description = "`{\"status\":\"ready\"}`: serving", body = crate::openapi::Status),
         (status = 503, description = "`{\"status\":\"draining\"}`: shutdown has begun", body = crate::openapi::Status),
@@ -371,7 +371,7 @@ pub(crate) fn readyz(state: &AppState) -> Response<Body> {
 
 /// `GET /metrics`: every metric in the Prometheus text exposition format.
 #[utoipa::path(
-    get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    get, path = "/metrics", operation_id = "metrics", tag = "operations", summary = "Prometheus metrics",
     description = "Prometheus text exposition format 0.0.4. Needs no key: keep it off the \
         public internet (firewall, or do not proxy it). Metric list: docs/operations.md.",
     responses((status = 200, description = "Every metric", body = String, content_type = "text/plain; version=0.0.4")),

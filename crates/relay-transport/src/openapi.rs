@@ -62,7 +62,7 @@ pub(crate) struct ApiDoc;
 
 /// `GET /openapi.json`: the document, built once.
 #[utoipa::path(
-    get, path = "/openapi.json", tag = "operations",
+    get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
     responses((status = 200, description = "This OpenAPI document", content_type = "application/json")),
 )]
 pub(crate) fn serve() -> Response<Body> {
@@ -275,7 +275,7 @@ impl Modify for AlsoServedAt {
         // PATCH /group (ID in the body) is also PATCH /groups/{ID} (ID in the path).
         let patch = paths.get("/group").and_then(|item| item.patch.clone());
         if let Some(mut op) = patch {
-            op.operation_id = Some("update_by_id".to_owned());
+            op.operation_id = Some("update_group_by_id".to_owned());
             op.summary = Some("Change the group named in the path".to_owned());
             op.parameters.get_or_insert_with(Vec::new).push(group_id_parameter());
             paths.entry("/groups/{ID}".to_owned()).or_default().patch = Some(op);

@@ -47,7 +47,7 @@ struct CreateBody {
 /// `POST /v1/rooms`: `{"room_size": N, "ttl_secs": T?}` -> 201
 /// `{"room_uuid", "room_size", "expires_at"}`.
 #[utoipa::path(
-    post, path = "/v1/rooms", tag = "rooms", summary = "Create a room",
+    post, path = "/v1/rooms", operation_id = "create_room", tag = "rooms", summary = "Create a room",
     request_body = crate::openapi::CreateRoomRequest,
     responses(
         (status = 201, description = "The room", body = crate::openapi::RoomCreated),
@@ -74,7 +74,7 @@ pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<R
 /// `POST /create-room` (Sodot shape): optional `{"room_size": N}` (2 without a body)
 /// -> 200 `{"room_uuid"}`.
 #[utoipa::path(
-    post, path = "/create-room", tag = "rooms", summary = "Create a room (Sodot shape)",
+    post, path = "/create-room", operation_id = "create_room_sodot", tag = "rooms", summary = "Create a room (Sodot shape)",
     request_body(content = Option<crate::openapi::SodotCreateRoomRequest>, description = "Optional: a 2-party room without a body"),
     responses(
         (status = 200, description = "The room", body = crate::openapi::SodotRoomCreated),
@@ -100,7 +100,7 @@ pub(crate) async fn create_sodot(
 
 /// `GET /v1/rooms/{room_id}` (WebSocket), with `slot`, or `resume_token` and `last_seq`.
 #[utoipa::path(
-    get, path = "/v1/rooms/{room_id}", tag = "rooms", summary = "Join a room (WebSocket)",
+    get, path = "/v1/rooms/{room_id}", operation_id = "join_room", tag = "rooms", summary = "Join a room (WebSocket)",
     description = "A WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`, \
         `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). Every refusal comes before the \
         upgrade, as a JSON error. Whoever holds the room ID may join: no API key.",
