@@ -358,3 +358,31 @@ async fn readyz_turns_503_draining_once_shutdown_begins_while_healthz_stays_200(
     let closed = tokio::time::timeout(STEP_TIMEOUT, state.websockets_closed()).await;
     assert!(closed.is_ok(), "the drain did not end after the last socket closed");
 }
+
+#[tokio::test]
+async fn per_key_usage_comes_from_the_installed_source_at_each_scrape() {
+    let (addr, state) = serve_in_process(open_config()).await.unwrap();
+    let before = scrape(addr).await;
+    assert!(!before.types.contains_key("relay_key_messages_total"), "no key store, no per-key series");
+
+    let usage = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(3));
+    let counted = usage.clone();
+    let installed = state.set_key_usage_source(move || {
+        vec![relay_transport::KeyUsage {
+            name: "alice".to_owned(),
+            messages: counted.load(std::sync::atomic::Ordering::Relaxed),
+            bytes: 120,
+            rooms: 1,
+        }]
+    });
+    assert!(installed);
+    assert!(!state.set_key_usage_source(Vec::new), "only the first source is kept");
+
+    let s = scrape(addr).await;
+    assert_eq!(s.get("relay_key_messages_total{key=\"alice\"}"), 3.0);
+    assert_eq!(s.get("relay_key_bytes_total{key=\"alice\"}"), 120.0);
+    assert_eq!(s.get("relay_key_rooms_created_total{key=\"alice\"}"), 1.0);
+    usage.store(5, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(scrape(addr).await.get("relay_key_messages_total{key=\"alice\"}"), 5.0, "read at scrape time");
+    state.begin_shutdown();
+}
