@@ -2,21 +2,35 @@
 //! binds the listeners and runs [`relay_transport::serve`] until SIGTERM or SIGINT.
 
 mod cli;
+mod keys;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use relay_keystore::KeyStore;
 use relay_transport::{AppState, serve};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, LogFormat};
+use crate::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    if let Some(Command::Keys(command)) = &cli.command {
+        return keys::run_offline(command, &keys::data_dir(&cli.keys));
+    }
+    let enforced = !cli.insecure_api_keys_not_enforced;
+    let keystore = match keys::open_for_server(&cli.keys, enforced) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            return ExitCode::from(e.exit_code);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -24,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, keystore)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -33,15 +47,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, keystore: Option<Arc<KeyStore>>) -> anyhow::Result<()> {
     let config = cli.server_config();
-    if config.api_keys_enforced {
-        anyhow::bail!(
-            "API keys are enforced by default, but this build has no key store yet; \
-             pass --insecure-api-keys-not-enforced to run without key checks"
+    if !config.api_keys_enforced {
+        tracing::warn!(
+            "API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay"
+        );
+        eprintln!(
+            "WARNING: API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay"
         );
     }
-    tracing::warn!("API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay");
 
     let mut listeners = Vec::new();
     for addr in &cli.listen {
@@ -53,7 +68,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     eprintln!("relay-server listening on {}", addrs.join(", "));
     tracing::info!(listen = %addrs.join(" "), "listening");
 
-    let state = AppState::new(config);
+    let state = match &keystore {
+        Some(store) => AppState::with_keystore(config, store.clone()),
+        None => AppState::new(config),
+    };
+    let usage_flusher = keystore.clone().map(|store| tokio::spawn(keys::flush_usage_periodically(store)));
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let state = state.clone();
@@ -79,6 +98,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     state.begin_shutdown();
     while let Some(res) = servers.join_next().await {
         res.context("server task panicked")?.context("server stopped with an error")?;
+    }
+    if let (Some(flusher), Some(store)) = (usage_flusher, &keystore) {
+        flusher.abort();
+        keys::flush_usage(store).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use relay_keystore::KeyStore;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -31,6 +32,9 @@ pub(crate) struct Inner {
     /// `None` once shutdown started, so no new guard is handed out.
     drain_tx: Mutex<Option<mpsc::Sender<()>>>,
     drain_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// The API keys and admin token; `None` only when keys are not enforced and no
+    /// data directory was given (then the admin routes answer 503).
+    pub(crate) keystore: Option<Arc<KeyStore>>,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -39,8 +43,25 @@ pub(crate) struct DrainGuard {
 }
 
 impl AppState {
-    /// Builds the shared state for `config`.
+    /// Builds the shared state for `config`, without a key store: enough for a server
+    /// with keys not enforced. With keys enforced, every key-gated request is refused
+    /// (503) until a store is given with [`AppState::with_keystore`].
     pub fn new(config: ServerConfig) -> AppState {
+        AppState::build(config, None)
+    }
+
+    /// Builds the shared state for `config` with the key store that verifies API keys,
+    /// serves the admin routes and counts usage.
+    pub fn with_keystore(config: ServerConfig, keystore: Arc<KeyStore>) -> AppState {
+        AppState::build(config, Some(keystore))
+    }
+
+    /// The key store, if the server has one.
+    pub fn keystore(&self) -> Option<&Arc<KeyStore>> {
+        self.inner.keystore.as_ref()
+    }
+
+    fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> AppState {
         let (shutdown_tx, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
         AppState {
@@ -49,6 +70,7 @@ impl AppState {
                 shutdown_tx,
                 drain_tx: Mutex::new(Some(drain_tx)),
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
+                keystore,
             }),
         }
     }

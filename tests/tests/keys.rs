@@ -1,0 +1,507 @@
+//! API keys and the admin API against the real binary: preconfigured, created (Sodot
+//! path and REST), revoked, expired keys; admin errors; restarts and crashes keep every
+//! acknowledged change; offline `relay-server keys`; no key or token in the logs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::StatusCode;
+use relay_e2e::{HttpResponse, RelayProcess, STEP_TIMEOUT, http_request, post_json, run_binary};
+use serde_json::{Value, json};
+
+/// A preconfigured key as the Sodot page writes it: `00112233..eeff` in base64.
+const PRE_KEY: &str = "ABEiM0RVZneImaq7zN3u/w==";
+/// A second well-formed key that no server here knows.
+const STRANGER_KEY: &str = "/+7dzLuqmYh3ZlVEMyIRAA==";
+/// The admin token most tests pass with `--secret-auth`.
+const TOKEN: &str = "test-admin-token-Zq8v";
+
+/// Starts the binary with keys enforced, a data dir and the test admin token.
+async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<RelayProcess> {
+    let dir = dir.to_str().context("utf-8 temp dir")?;
+    let mut args = vec!["--data-dir", dir, "--secret-auth", TOKEN];
+    args.extend_from_slice(extra);
+    RelayProcess::start(&args).await
+}
+
+/// Stops the relay with SIGTERM and waits for it to exit cleanly.
+async fn stop(mut relay: RelayProcess) -> anyhow::Result<()> {
+    relay.signal(15);
+    let status = relay.wait_exit(STEP_TIMEOUT).await?;
+    anyhow::ensure!(status.success(), "relay-server exited with {status}; output: {}", relay.output());
+    Ok(())
+}
+
+/// `GET /v1/key` presenting `key` as `Authorization: Bearer <key>`.
+async fn check_key(relay: &RelayProcess, key: &str) -> anyhow::Result<HttpResponse> {
+    let auth = format!("Bearer {key}");
+    http_request(relay.addr, "GET", "/v1/key", &[("authorization", &auth)], b"").await
+}
+
+/// A REST admin request with `Authorization: Bearer <token>`.
+async fn admin(relay: &RelayProcess, method: &str, path: &str, token: &str) -> anyhow::Result<HttpResponse> {
+    let auth = format!("Bearer {token}");
+    http_request(relay.addr, method, path, &[("authorization", &auth)], b"").await
+}
+
+/// `GET path` with no headers (the Sodot admin paths carry the token in the path).
+async fn get(relay: &RelayProcess, path: &str) -> anyhow::Result<HttpResponse> {
+    http_request(relay.addr, "GET", path, &[], b"").await
+}
+
+/// Creates a key through `/createkey` and returns it.
+async fn sodot_create(relay: &RelayProcess, name: &str, expires_at: u64) -> anyhow::Result<String> {
+    let resp = get(relay, &format!("/createkey/{name}/{expires_at}/{TOKEN}")).await?;
+    anyhow::ensure!(resp.status == StatusCode::OK, "createkey {name}: {} {}", resp.status, resp.text());
+    let key = resp.json()["key"].as_str().context("key in createkey answer")?.to_owned();
+    Ok(key)
+}
+
+/// The `/rooms/<token>` listing's entry for `name`.
+async fn license(relay: &RelayProcess, name: &str) -> anyhow::Result<Option<Value>> {
+    let resp = get(relay, &format!("/rooms/{TOKEN}")).await?;
+    anyhow::ensure!(resp.status == StatusCode::OK, "rooms listing: {} {}", resp.status, resp.text());
+    let all = resp.json()["Licenses"].as_array().context("Licenses array")?.clone();
+    Ok(all.into_iter().find(|k| k["name"] == name))
+}
+
+fn error_code(resp: &HttpResponse) -> String {
+    resp.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[tokio::test]
+async fn preconfigured_key_is_accepted_in_every_presentation_and_others_are_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), &["--api-key", &format!("{PRE_KEY},backend")]).await?;
+
+    let bearer = check_key(&relay, PRE_KEY).await?;
+    assert_eq!(bearer.status, StatusCode::OK, "{}", bearer.text());
+    assert_eq!(bearer.json()["name"], "backend");
+    assert_eq!(bearer.json()["tenant"], "backend");
+    let raw = http_request(relay.addr, "GET", "/v1/key", &[("authorization", PRE_KEY)], b"").await?;
+    assert_eq!(raw.status, StatusCode::OK, "{}", raw.text());
+    let query = get(&relay, "/v1/key?api_key=ABEiM0RVZneImaq7zN3u%2Fw%3D%3D").await?;
+    assert_eq!(query.status, StatusCode::OK, "{}", query.text());
+
+    let missing = get(&relay, "/v1/key").await?;
+    assert_eq!(
+        (missing.status, error_code(&missing).as_str()),
+        (StatusCode::UNAUTHORIZED, "missing_api_key")
+    );
+    let unknown = check_key(&relay, STRANGER_KEY).await?;
+    assert_eq!(
+        (unknown.status, error_code(&unknown).as_str()),
+        (StatusCode::UNAUTHORIZED, "unknown_api_key")
+    );
+    let malformed = check_key(&relay, "not-a-key").await?;
+    assert_eq!(
+        (malformed.status, error_code(&malformed).as_str()),
+        (StatusCode::UNAUTHORIZED, "unknown_api_key")
+    );
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn keys_created_by_the_sodot_path_and_by_rest_work_and_carry_their_tenant() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), &[]).await?;
+
+    let resp = get(&relay, &format!("/createkey/phone-app/0/{TOKEN}")).await?;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let body = resp.json();
+    assert_eq!((body["name"].as_str(), body["expires_at"].as_u64()), (Some("phone-app"), Some(0)));
+    let sodot_key = body["key"].as_str().context("key")?.to_owned();
+    let who = check_key(&relay, &sodot_key).await?;
+    assert_eq!((who.status, who.json()["tenant"].clone()), (StatusCode::OK, json!("phone-app")));
+
+    let auth = format!("Bearer {TOKEN}");
+    let created = post_json(
+        relay.addr,
+        "/v1/admin/keys",
+        &[("authorization", &auth)],
+        &json!({"name": "backend", "tenant": "acme", "expires_at": now() + 3600}),
+    )
+    .await?;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    assert_eq!(created.json()["tenant"], "acme");
+    let rest_key = created.json()["key"].as_str().context("key")?.to_owned();
+    assert_ne!(rest_key, sodot_key);
+    let who = check_key(&relay, &rest_key).await?;
+    assert_eq!((who.status, who.json()["name"].clone()), (StatusCode::OK, json!("backend")));
+    assert_eq!(who.json()["tenant"], "acme");
+
+    let listed = admin(&relay, "GET", "/v1/admin/keys", TOKEN).await?;
+    assert_eq!(listed.status, StatusCode::OK);
+    let names: Vec<String> =
+        listed.json()["keys"].as_array().context("keys")?.iter().map(|k| k["name"].to_string()).collect();
+    assert_eq!(names, ["\"backend\"", "\"phone-app\""]);
+    assert!(!listed.text().contains(&rest_key) && !listed.text().contains(&sodot_key), "listing shows a key");
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn revoked_key_is_refused_on_the_next_request() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), &[]).await?;
+    let sodot = sodot_create(&relay, "via-sodot", 0).await?;
+    let rest = sodot_create(&relay, "via-rest", 0).await?;
+    assert_eq!(check_key(&relay, &sodot).await?.status, StatusCode::OK);
+    assert_eq!(check_key(&relay, &rest).await?.status, StatusCode::OK);
+
+    let revoked = get(&relay, &format!("/revokekey/via-sodot/{TOKEN}")).await?;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
+    assert_eq!(revoked.json()["revoked"], true);
+    let revoked = admin(&relay, "DELETE", "/v1/admin/keys/via-rest", TOKEN).await?;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
+    assert_eq!(revoked.json()["status"], "revoked");
+
+    for key in [&sodot, &rest] {
+        let refused = check_key(&relay, key).await?;
+        assert_eq!(
+            (refused.status, error_code(&refused).as_str()),
+            (StatusCode::FORBIDDEN, "revoked_api_key")
+        );
+    }
+    assert_eq!(license(&relay, "via-sodot").await?.context("listed")?["revoked"], true);
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn expired_key_is_refused_once_its_expiry_passes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), &[]).await?;
+    let key = sodot_create(&relay, "short-lived", now() + 2).await?;
+    assert_eq!(check_key(&relay, &key).await?.status, StatusCode::OK);
+
+    // Poll until it is refused: bounded, and no assertion on how long it took.
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    let refused = loop {
+        let resp = check_key(&relay, &key).await?;
+        if resp.status != StatusCode::OK || tokio::time::Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((refused.status, error_code(&refused).as_str()), (StatusCode::FORBIDDEN, "expired_api_key"));
+    assert_eq!(license(&relay, "short-lived").await?.context("listed")?["status"], "expired");
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn restart_keeps_keys_expiry_and_revocation() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pre = format!("{PRE_KEY},backend");
+    let relay = start(dir.path(), &["--api-key", &pre]).await?;
+    let kept = sodot_create(&relay, "kept", 0).await?;
+    let expiring = now() + 86_400;
+    let later = sodot_create(&relay, "expires-later", expiring).await?;
+    let gone = sodot_create(&relay, "gone", 0).await?;
+    assert_eq!(get(&relay, &format!("/revokekey/gone/{TOKEN}")).await?.status, StatusCode::OK);
+    stop(relay).await?;
+
+    let relay = start(dir.path(), &["--api-key", &pre]).await?;
+    assert_eq!(check_key(&relay, PRE_KEY).await?.status, StatusCode::OK);
+    assert_eq!(check_key(&relay, &kept).await?.status, StatusCode::OK);
+    assert_eq!(check_key(&relay, &later).await?.status, StatusCode::OK);
+    assert_eq!(check_key(&relay, &gone).await?.status, StatusCode::FORBIDDEN);
+    assert_eq!(license(&relay, "expires-later").await?.context("listed")?["expires_at"], expiring);
+    assert_eq!(license(&relay, "gone").await?.context("listed")?["revoked"], true);
+    // The name of a revoked key stays taken.
+    let again = get(&relay, &format!("/createkey/gone/0/{TOKEN}")).await?;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn revoked_preconfigured_key_stays_revoked_though_the_flag_still_passes_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pre = format!("{PRE_KEY},backend");
+    let relay = start(dir.path(), &["--api-key", &pre]).await?;
+    assert_eq!(check_key(&relay, PRE_KEY).await?.status, StatusCode::OK);
+    assert_eq!(admin(&relay, "DELETE", "/v1/admin/keys/backend", TOKEN).await?.status, StatusCode::OK);
+    assert_eq!(check_key(&relay, PRE_KEY).await?.status, StatusCode::FORBIDDEN);
+    stop(relay).await?;
+
+    let relay = start(dir.path(), &["--api-key", &pre]).await?;
+    let refused = check_key(&relay, PRE_KEY).await?;
+    assert_eq!((refused.status, error_code(&refused).as_str()), (StatusCode::FORBIDDEN, "revoked_api_key"));
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn admin_refusals_wrong_token_taken_name_bad_expiry_unknown_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), &[]).await?;
+    sodot_create(&relay, "taken", 0).await?;
+
+    // A wrong token and no token get the same 401, on every admin route.
+    let wrong = "wrong-token";
+    let sodot_paths =
+        [format!("/createkey/new/0/{wrong}"), format!("/rooms/{wrong}"), format!("/revokekey/taken/{wrong}")];
+    let mut bodies = Vec::new();
+    for path in &sodot_paths {
+        let resp = get(&relay, path).await?;
+        assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{path}: {}", resp.text());
+        bodies.push(resp.text());
+    }
+    for (method, path) in [
+        ("GET", "/v1/admin/keys"),
+        ("POST", "/v1/admin/keys"),
+        ("DELETE", "/v1/admin/keys/taken"),
+        ("GET", "/v1/admin/rooms"),
+        ("GET", "/v1/admin/usage"),
+    ] {
+        let resp = admin(&relay, method, path, wrong).await?;
+        assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{method} {path}: {}", resp.text());
+        bodies.push(resp.text());
+        let resp = http_request(relay.addr, method, path, &[], b"").await?;
+        assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{method} {path} without token");
+        bodies.push(resp.text());
+    }
+    bodies.dedup();
+    assert_eq!(bodies.len(), 1, "401 bodies differ: {bodies:?}");
+    // The key was not revoked by the refused calls.
+    assert_eq!(license(&relay, "taken").await?.context("listed")?["revoked"], false);
+
+    let taken = get(&relay, &format!("/createkey/taken/0/{TOKEN}")).await?;
+    assert_eq!((taken.status, error_code(&taken).as_str()), (StatusCode::CONFLICT, "key_name_taken"));
+    let auth = format!("Bearer {TOKEN}");
+    let taken =
+        post_json(relay.addr, "/v1/admin/keys", &[("authorization", &auth)], &json!({"name": "taken"}))
+            .await?;
+    assert_eq!(taken.status, StatusCode::CONFLICT);
+
+    for expiry in ["soon", "-5", "1"] {
+        let resp = get(&relay, &format!("/createkey/fresh/{expiry}/{TOKEN}")).await?;
+        assert_eq!(
+            (resp.status, error_code(&resp).as_str()),
+            (StatusCode::BAD_REQUEST, "bad_expiry"),
+            "{expiry}"
+        );
+    }
+    for body in
+        [json!({"name": "fresh", "expires_at": 1}), json!({"name": "fresh", "expires_at": "tomorrow"})]
+    {
+        let resp = post_json(relay.addr, "/v1/admin/keys", &[("authorization", &auth)], &body).await?;
+        assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{body}: {}", resp.text());
+    }
+    let bad_name = get(&relay, &format!("/createkey/bad%20name/0/{TOKEN}")).await?;
+    assert_eq!(bad_name.status, StatusCode::BAD_REQUEST);
+    let unknown = get(&relay, &format!("/revokekey/nobody/{TOKEN}")).await?;
+    assert_eq!((unknown.status, error_code(&unknown).as_str()), (StatusCode::NOT_FOUND, "key_not_found"));
+    assert!(license(&relay, "fresh").await?.is_none(), "a refused create left a key behind");
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn bad_api_key_values_exit_2_naming_the_position_not_the_key() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_str().context("utf-8")?;
+    let good = format!("{PRE_KEY},good");
+    let cases: [(&str, &str, &str); 5] = [
+        ("c2VjcmV0LWJ1dC1ub3QtMTZi,app", "#2", "16 bytes"),
+        ("/+7dzLuqmYh3ZlVEMyIRAA==", "#2", "comma"),
+        ("/+7dzLuqmYh3ZlVEMyIRAA==,", "#2", "NAME is missing"),
+        ("/+7dzLuqmYh3ZlVEMyIRAA==,good", "#2", "#1"),
+        ("app,/+7dzLuqmYh3ZlVEMyIRAA==", "#2", "base64"),
+    ];
+    for (value, position, problem) in cases {
+        let out = run_binary(&["--data-dir", data_dir, "--api-key", &good, "--api-key", value]).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{value}: {stderr}");
+        assert!(stderr.contains(position) && stderr.contains(problem), "{value}: {stderr}");
+        for secret in [PRE_KEY, "/+7dzLuqmYh3ZlVEMyIRAA", "c2VjcmV0LWJ1dC1ub3QtMTZi"] {
+            assert!(!stderr.contains(secret) && !stdout.contains(secret), "{value} echoed: {stderr}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unusable_data_dir_stops_the_server_with_a_clear_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x")?;
+    let out = run_binary(&["--data-dir", file.to_str().context("utf-8")?]).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("data directory") && stderr.contains("not-a-dir"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn generated_admin_token_is_printed_once_and_works_after_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_str().context("utf-8")?;
+    let relay = RelayProcess::start(&["--data-dir", data_dir]).await?;
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    let token = loop {
+        let found = relay
+            .output()
+            .lines()
+            .find_map(|l| l.split("only its hash is kept): ").nth(1).map(str::to_owned));
+        match found {
+            Some(t) => break t,
+            None if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("no token line: {}", relay.output())
+            }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert_eq!(admin(&relay, "GET", "/v1/admin/keys", &token).await?.status, StatusCode::OK);
+    stop(relay).await?;
+
+    let relay = RelayProcess::start(&["--data-dir", data_dir]).await?;
+    assert_eq!(admin(&relay, "GET", "/v1/admin/usage", &token).await?.status, StatusCode::OK);
+    let output = relay.output();
+    stop(relay).await?;
+    assert!(!output.contains("admin token") && !output.contains(&token), "token printed again: {output}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn insecure_mode_checks_no_key_and_warns() -> anyhow::Result<()> {
+    let relay = RelayProcess::start(&["--insecure-api-keys-not-enforced"]).await?;
+    assert_eq!(get(&relay, "/v1/key").await?.status, StatusCode::OK);
+    assert!(relay.output().contains("NOT enforced"), "{}", relay.output());
+    // No key store without --data-dir: the admin API says so instead of guessing.
+    assert_eq!(get(&relay, &format!("/rooms/{TOKEN}")).await?.status, StatusCode::SERVICE_UNAVAILABLE);
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn logs_at_debug_hold_no_key_and_no_admin_token() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_str().context("utf-8")?;
+    let pre = format!("{PRE_KEY},backend");
+    let relay = RelayProcess::start_with_env(
+        &["--data-dir", data_dir, "--api-key", &pre, "--log-format", "json"],
+        &[("RUST_LOG", "debug")],
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    let token = loop {
+        let found = relay
+            .output()
+            .lines()
+            .find_map(|l| l.split("only its hash is kept): ").nth(1).map(str::to_owned));
+        match found {
+            Some(t) => break t,
+            None if tokio::time::Instant::now() > deadline => anyhow::bail!("no token line"),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let created = get(&relay, &format!("/createkey/app/0/{token}")).await?;
+    let key = created.json()["key"].as_str().context("key")?.to_owned();
+    assert_eq!(check_key(&relay, &key).await?.status, StatusCode::OK);
+    assert_eq!(get(&relay, "/v1/key?api_key=ABEiM0RVZneImaq7zN3u%2Fw%3D%3D").await?.status, StatusCode::OK);
+    assert_eq!(get(&relay, &format!("/rooms/{token}")).await?.status, StatusCode::OK);
+    assert_eq!(get(&relay, &format!("/revokekey/app/{token}")).await?.status, StatusCode::OK);
+    assert_eq!(check_key(&relay, &key).await?.status, StatusCode::FORBIDDEN);
+    assert_eq!(get(&relay, "/rooms/wrong-token").await?.status, StatusCode::UNAUTHORIZED);
+    let listed = admin(&relay, "GET", "/v1/admin/keys", &token).await?;
+    assert_eq!(listed.status, StatusCode::OK);
+    let output = relay.output();
+    stop(relay).await?;
+
+    assert!(output.lines().count() > 3, "expected debug logs: {output}");
+    let token_lines: Vec<&str> = output.lines().filter(|l| l.contains(&token)).collect();
+    assert_eq!(token_lines.len(), 1, "the admin token is shown once only: {token_lines:?}");
+    assert!(token_lines[0].starts_with("admin token (shown once"), "{token_lines:?}");
+    for secret in [key.as_str(), PRE_KEY, "ABEiM0RVZneImaq7zN3u%2Fw", "ABEiM0RVZneImaq7zN3u"] {
+        assert!(!output.contains(secret), "a key is in the logs: {secret}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn acknowledged_create_and_revoke_survive_kill_9() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut keys: Vec<(String, String)> = Vec::new();
+    let mut revoked: Vec<String> = Vec::new();
+    for round in 0..20 {
+        let mut relay = start(dir.path(), &[]).await?;
+        // Every change acknowledged before the last kill -9 is there.
+        for (name, key) in &keys {
+            let status = check_key(&relay, key).await?.status;
+            let expected = if revoked.contains(name) { StatusCode::FORBIDDEN } else { StatusCode::OK };
+            assert_eq!(status, expected, "round {round}: key {name}");
+        }
+        if round % 2 == 0 {
+            let name = format!("crash-{round}");
+            let key = sodot_create(&relay, &name, 0).await?;
+            keys.push((name, key));
+        } else {
+            let (name, _) = keys.last().context("a key from the round before")?.clone();
+            let resp = admin(&relay, "DELETE", &format!("/v1/admin/keys/{name}"), TOKEN).await?;
+            assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+            revoked.push(name);
+        }
+        relay.signal(9);
+        relay.wait_exit(STEP_TIMEOUT).await?;
+    }
+    let relay = start(dir.path(), &[]).await?;
+    for (name, key) in &keys {
+        let expected = if revoked.contains(name) { StatusCode::FORBIDDEN } else { StatusCode::OK };
+        assert_eq!(check_key(&relay, key).await?.status, expected, "after the last crash: {name}");
+    }
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn offline_keys_commands_work_when_stopped_and_refuse_while_running() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().to_str().context("utf-8")?;
+    let future = (now() + 3600).to_string();
+    let out = run_binary(&[
+        "keys",
+        "create",
+        "offline",
+        "--expires-at",
+        &future,
+        "--tenant",
+        "acme",
+        "--data-dir",
+        data_dir,
+    ])
+    .await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!((created["name"].as_str(), created["tenant"].as_str()), (Some("offline"), Some("acme")));
+    let key = created["key"].as_str().context("key")?.to_owned();
+    let out = run_binary(&["keys", "create", "doomed", "--data-dir", data_dir]).await?;
+    assert!(out.status.success());
+    let doomed: Value = serde_json::from_slice(&out.stdout)?;
+    let out = run_binary(&["--data-dir", data_dir, "keys", "revoke", "doomed"]).await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_binary(&["keys", "revoke", "nobody", "--data-dir", data_dir]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key named \"nobody\""));
+    let out = run_binary(&["keys", "list", "--data-dir", data_dir]).await?;
+    let listed: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(listed["keys"].as_array().map(Vec::len), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&key), "list shows a key");
+
+    let relay = start(dir.path(), &[]).await?;
+    let who = check_key(&relay, &key).await?;
+    assert_eq!((who.status, who.json()["tenant"].clone()), (StatusCode::OK, json!("acme")));
+    let doomed_key = doomed["key"].as_str().context("key")?;
+    assert_eq!(check_key(&relay, doomed_key).await?.status, StatusCode::FORBIDDEN);
+    for args in [vec!["keys", "list"], vec!["keys", "revoke", "offline"]] {
+        let mut args = args;
+        args.extend(["--data-dir", data_dir]);
+        let out = run_binary(&args).await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("already running"), "{stderr}");
+    }
+    // The refused revoke changed nothing.
+    assert_eq!(check_key(&relay, &key).await?.status, StatusCode::OK);
+    stop(relay).await
+}
