@@ -82,11 +82,11 @@ impl RelayProcess {
         tokio::spawn(async move {
             let mut addr_tx = Some(addr_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    if let Some(tx) = addr_tx.take() {
-                        let first = rest.split([',', ' ']).next().unwrap_or_default().to_owned();
-                        let _ = tx.send(first);
-                    }
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some(tx) = addr_tx.take()
+                {
+                    let first = rest.split([',', ' ']).next().unwrap_or_default().to_owned();
+                    let _ = tx.send(first);
                 }
                 sink.lock().unwrap().push(line);
             }

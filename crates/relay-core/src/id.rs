@@ -65,7 +65,7 @@ impl FromStr for RoomId {
                 continue;
             }
             let v = lower_hex_value(c).ok_or(RoomIdError::Malformed)?;
-            out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+            out[nibbles / 2] |= if nibbles.is_multiple_of(2) { v << 4 } else { v };
             nibbles += 1;
         }
         Ok(RoomId(out))
@@ -102,7 +102,7 @@ impl FromStr for RoomIdPrefix {
         let mut out = [0u8; 4];
         for (i, &c) in b.iter().enumerate() {
             let v = lower_hex_value(c).ok_or_else(|| RoomIdError::BadPrefix(s.to_owned()))?;
-            out[i / 2] |= if i % 2 == 0 { v << 4 } else { v };
+            out[i / 2] |= if i.is_multiple_of(2) { v << 4 } else { v };
         }
         Ok(RoomIdPrefix(out))
     }

@@ -209,9 +209,24 @@ pub(crate) fn whoami(state: &AppState, req: &Request<Incoming>) -> Result<Respon
     Ok(json(StatusCode::OK, &body))
 }
 
-/// The live rooms, as the admin sees them.
-fn live_rooms(_state: &AppState) -> Vec<Value> {
-    Vec::new()
+/// The live rooms, as the admin sees them, with the name of the key that created each.
+fn live_rooms(state: &AppState) -> Vec<Value> {
+    let mut rooms = state.rooms().list();
+    rooms.sort_by_key(|r| r.id.to_string());
+    let owners = state.inner.room_owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    rooms
+        .iter()
+        .map(|r| {
+            json!({
+                "room_uuid": r.id,
+                "room_size": r.room_size,
+                "expires_at": r.expires_at,
+                "present": r.present,
+                "ready": r.ready,
+                "key": owners.get(&r.id),
+            })
+        })
+        .collect()
 }
 
 /// The key store, once `presented` is the admin token. A missing and a wrong token get

@@ -9,7 +9,10 @@
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode, header};
-use relay_keystore::{VerifyError, unix_now};
+use std::sync::{Arc, PoisonError};
+
+use relay_core::RoomId;
+use relay_keystore::{KeyStore, VerifyError, unix_now};
 
 use crate::error::ApiError;
 use crate::http::query_param;
@@ -73,12 +76,54 @@ impl AppState {
     /// Adds to the usage of `caller`'s key (in memory; written by the periodic flush).
     /// Does nothing for callers without a key (keys not enforced).
     pub(crate) fn record_usage(&self, caller: &Caller, messages: u64, bytes: u64, rooms: u64) {
-        let (Some(store), Some(name)) = (self.keystore(), caller.key_name.as_deref()) else {
-            return;
-        };
-        if let Err(e) = store.record_usage(name, messages, bytes, rooms) {
-            tracing::debug!(key = name, "usage not counted: {e}");
+        self.usage_meter(caller).add(messages, bytes, rooms);
+    }
+
+    /// A meter that counts one connection's messages against `caller`'s key.
+    pub(crate) fn usage_meter(&self, caller: &Caller) -> UsageMeter {
+        UsageMeter(self.keystore().cloned().zip(caller.key_name.clone()))
+    }
+
+    /// Remembers that `caller`'s key created `room`, so the room's messages count
+    /// against that key (parties join with the room ID alone, no key).
+    pub(crate) fn set_room_owner(&self, room: RoomId, caller: &Caller) {
+        let Some(name) = caller.key_name.clone() else { return };
+        let mut owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget closed rooms now and then: amortized, and bounded by the live rooms.
+        if owners.len() >= 2 * self.rooms().len() + ROOM_OWNERS_SLACK {
+            owners.retain(|id, _| self.rooms().info(id).is_some());
         }
+        owners.insert(room, name);
+    }
+
+    /// A meter that counts a room party's messages against the key that created the room.
+    pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
+        let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
+        UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
+    }
+}
+
+/// Closed rooms whose owner entry may linger before the owner map is pruned.
+const ROOM_OWNERS_SLACK: usize = 64;
+
+/// Counts messages against one key, in memory (a read lock and three atomic adds per
+/// call). Empty when keys are not enforced or the key is unknown.
+#[derive(Clone, Default)]
+pub(crate) struct UsageMeter(Option<(Arc<KeyStore>, String)>);
+
+impl UsageMeter {
+    /// Adds `messages`, `bytes` and `rooms` to the key's usage.
+    pub(crate) fn add(&self, messages: u64, bytes: u64, rooms: u64) {
+        if let Some((store, name)) = &self.0
+            && let Err(e) = store.record_usage(name, messages, bytes, rooms)
+        {
+            tracing::debug!(key = name.as_str(), "usage not counted: {e}");
+        }
+    }
+
+    /// Counts one relayed message of `bytes` payload bytes.
+    pub(crate) fn message(&self, bytes: usize) {
+        self.add(1, u64::try_from(bytes).unwrap_or(u64::MAX), 0);
     }
 }
 

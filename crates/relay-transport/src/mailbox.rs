@@ -1,26 +1,249 @@
-//! Mailbox routes over WebSocket. (Filled in by the mailbox work.)
+//! Mailbox routes over WebSocket (docs/protocol.md section 4): `GET /v1/msg-relay` in the
+//! caller's tenant namespace and `GET /v1/rooms/{room_id}/msg-relay` in the room's.
+//!
+//! Refusals before the upgrade are JSON HTTP errors. After it, one task per connection
+//! moves frames between the socket and a [`relay_core::MailboxConn`]: binary frames in
+//! go to the core as the `Bytes` tungstenite produced, frames out are fed to the socket
+//! as they come and flushed once per batch. Errors close the socket with a code.
 
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use relay_core::RoomId;
+use relay_core::mailbox::{HEADER_LEN, Mailbox, MailboxConn, MailboxError, Namespace};
+use tokio::io::AsyncReadExt;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
+use crate::auth::UsageMeter;
 use crate::error::ApiError;
 use crate::http::Body;
-use crate::server::AppState;
+use crate::server::{AppState, DrainGuard};
+use crate::ws::{self, WsStream, close, close_message};
 
-fn unbuilt() -> ApiError {
-    ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", "the mailbox is not built yet")
+/// Frames taken from the connection's queue per batch; one flush per batch.
+const OUT_BATCH: usize = 64;
+
+/// After sending a close frame, how long the peer gets to read it and answer before the
+/// socket is dropped (dropping with unread input would reset the connection and could
+/// destroy the close frame in flight).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// `GET /v1/msg-relay` (WebSocket): the namespace is the API key's tenant.
+pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let caller = crate::auth::authenticate(state, &req)?;
+    let meter = state.usage_meter(&caller);
+    open(state, req, Namespace::tenant(&caller.tenant), meter)
 }
 
-/// `GET /v1/msg-relay` (WebSocket).
-pub(crate) async fn connect(_state: &AppState, _req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    Err(unbuilt())
-}
-
-/// `GET /v1/rooms/{room_id}/msg-relay` (WebSocket).
+/// `GET /v1/rooms/{room_id}/msg-relay` (WebSocket): the namespace is the room; whoever
+/// holds the room ID may use it, no key needed.
 pub(crate) async fn connect_room(
-    _state: &AppState,
-    _req: Request<Incoming>,
-    _room_id: &str,
+    state: &AppState,
+    req: Request<Incoming>,
+    room_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    Err(unbuilt())
+    let room = RoomId::from_str(room_id).map_err(|e| ApiError::bad_request("bad_room_id", e.to_string()))?;
+    if state.rooms().info(&room).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "room_not_found",
+            "no such room (it never existed, expired or closed)",
+        ));
+    }
+    open(state, req, Namespace::room(&room), UsageMeter::default())
+}
+
+/// Validates the handshake, takes a drain guard and upgrades into [`run`].
+fn open(
+    state: &AppState,
+    req: Request<Incoming>,
+    namespace: Namespace,
+    meter: UsageMeter,
+) -> Result<Response<Body>, ApiError> {
+    let accept_key = ws::validate_handshake(&req)?;
+    let guard = state.drain_guard().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the relay is shutting down")
+    })?;
+    let task_state = state.clone();
+    Ok(ws::upgrade(req, accept_key, state.config(), move |socket| async move {
+        let conn = task_state.mailbox().connect(namespace);
+        run(task_state, conn, socket, guard, meter).await;
+    }))
+}
+
+/// How a connection ends.
+enum End {
+    /// Send this close code and reason.
+    Close(u16, &'static str),
+    /// The peer closed or the socket failed: answer a close if one is owed, nothing else.
+    Gone,
+}
+
+/// One mailbox connection, from upgrade to close.
+async fn run(
+    state: AppState,
+    mut conn: MailboxConn,
+    mut socket: WsStream,
+    _guard: DrainGuard,
+    meter: UsageMeter,
+) {
+    let config = state.config();
+    let mut shutdown = state.shutdown_watch();
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + config.ws_ping_interval, config.ws_ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut heard = false;
+    let mut last_heard = Instant::now();
+    let mut batch: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            true = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
+                break End::Close(close::GOING_AWAY, "server shutting down");
+            }
+            out = conn.recv_many(&mut batch, OUT_BATCH) => {
+                if let Err(e) = out {
+                    break close_for(&e);
+                }
+                if let Some(end) = write_batch(&mut socket, &conn, &mut batch, config.ws_idle_timeout).await {
+                    break end;
+                }
+            }
+            incoming = socket.next() => {
+                heard = true;
+                match incoming {
+                    Some(Ok(Message::Binary(frame))) => {
+                        // Usage: a publish (longer than an ask) is a message of its payload.
+                        let payload = frame.len().checked_sub(HEADER_LEN).filter(|&n| n > 0);
+                        if let Err(e) = conn.handle_frame(frame) {
+                            break close_for(&e);
+                        }
+                        if let Some(bytes) = payload {
+                            meter.message(bytes);
+                        }
+                        // Frames already buffered by tungstenite come without touching the
+                        // socket, so they cost no coop budget: charge one per frame, so a
+                        // burst yields to the receivers it feeds instead of overflowing
+                        // their queues before they get to run.
+                        tokio::task::consume_budget().await;
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        break End::Close(close::MALFORMED, "text frames are not accepted: send binary frames");
+                    }
+                    Some(Ok(Message::Close(_))) | None => break End::Gone,
+                    Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        break End::Close(close::TOO_BIG, "message too big");
+                    }
+                    Some(Err(WsError::Utf8(_))) => break End::Close(close::MALFORMED, "invalid utf-8 in a text frame"),
+                    Some(Err(e)) => {
+                        tracing::debug!("mailbox socket error: {e}");
+                        break End::Gone;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                let now = Instant::now();
+                if heard {
+                    heard = false;
+                    last_heard = now;
+                } else if now.duration_since(last_heard) >= config.ws_idle_timeout {
+                    break End::Close(close::GOING_AWAY, "idle timeout");
+                }
+                let sent = tokio::time::timeout(config.ws_idle_timeout, socket.send(Message::Ping(Bytes::new()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break End::Gone;
+                }
+            }
+        }
+    };
+    drop(conn); // withdraw this connection's asks before the close handshake
+    finish(socket, end, config.limits.max_message_bytes).await;
+}
+
+/// Writes `batch`, and whatever else is ready meanwhile, then flushes once. Gives up
+/// when the connection turns slow or the write does not finish within `timeout`.
+async fn write_batch(
+    socket: &mut WsStream,
+    conn: &MailboxConn,
+    batch: &mut Vec<Bytes>,
+    timeout: Duration,
+) -> Option<End> {
+    let write = async {
+        loop {
+            for frame in batch.drain(..) {
+                socket.feed(Message::Binary(frame)).await?;
+            }
+            match conn.try_recv_many(batch, OUT_BATCH) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => return Ok(false),
+            }
+        }
+        socket.flush().await?;
+        Ok::<bool, WsError>(true)
+    };
+    tokio::select! {
+        written = tokio::time::timeout(timeout, write) => match written {
+            Ok(Ok(true)) => None,
+            Ok(Ok(false)) => Some(close_for(&MailboxError::SlowConsumer)),
+            Ok(Err(e)) => {
+                tracing::debug!("mailbox write failed: {e}");
+                Some(End::Gone)
+            }
+            Err(_) => Some(End::Close(close::TRY_AGAIN_LATER, "slow consumer")),
+        },
+        // Wins only while the write is blocked on a peer that stopped reading.
+        () = conn.slow_consumer() => Some(close_for(&MailboxError::SlowConsumer)),
+    }
+}
+
+/// The close code and reason for a refusal from the core.
+fn close_for(err: &MailboxError) -> End {
+    match err {
+        MailboxError::FrameTooShort { .. } => End::Close(close::MALFORMED, "frame shorter than 36 bytes"),
+        MailboxError::FrameTooBig { .. } => End::Close(close::TOO_BIG, "message too big"),
+        MailboxError::NamespaceFull { .. } => End::Close(close::TRY_AGAIN_LATER, "namespace storage full"),
+        MailboxError::TooManyAsks { .. } => End::Close(close::TRY_AGAIN_LATER, "too many pending asks"),
+        MailboxError::SlowConsumer => End::Close(close::TRY_AGAIN_LATER, "slow consumer"),
+    }
+}
+
+/// Sends the close frame (or answers the peer's), then reads and drops what the peer
+/// still sends, bounded in time and bytes, so the close frame is read before the socket
+/// goes away.
+async fn finish(mut socket: WsStream, end: End, max_message_bytes: usize) {
+    match end {
+        End::Close(code, reason) => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(close_message(code, reason))).await;
+        }
+        End::Gone => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, socket.close(None)).await;
+            return;
+        }
+    }
+    let io = socket.get_mut();
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left = max_message_bytes.saturating_mul(2);
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
+}
+
+/// The hub as the routes see it.
+pub(crate) fn new_hub(config: &crate::ServerConfig) -> Mailbox {
+    Mailbox::new(config.limits.clone())
 }

@@ -1,34 +1,386 @@
-//! Room routes: create over REST, join over WebSocket. (Filled in by the rooms work.)
+//! Room routes (docs/protocol.md section 3): create over REST (`POST /v1/rooms`, and the
+//! Sodot shape `POST /create-room`), join over WebSocket (`GET /v1/rooms/{room_id}`).
+//!
+//! Every refusal of a join happens before the upgrade, as a JSON error. After the
+//! upgrade one task per connection moves frames between the socket and a
+//! [`relay_core::rooms::Party`]: it pulls events from the room only as fast as the
+//! socket takes them, so a slow reader never costs more memory than the room's
+//! held-bytes bound; it feeds every event that is ready and flushes once.
 
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use relay_core::CoreError;
+use relay_core::rooms::{CloseReason, Destination, JoinRequest, Party, PartyEvent, Resume, RoomInfo};
+use serde::Deserialize;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::auth::{Caller, UsageMeter, authenticate};
 use crate::error::ApiError;
-use crate::http::Body;
-use crate::server::AppState;
+use crate::http::{Body, json, parse_json, query_param, read_body};
+use crate::server::{AppState, DrainGuard};
+use crate::ws::{WsStream, close, close_message, upgrade, validate_handshake};
 
-fn unbuilt() -> ApiError {
-    ApiError::new(StatusCode::NOT_IMPLEMENTED, "not_implemented", "rooms are not built yet")
+/// Destination slot meaning "every other party" in a client data frame.
+const BROADCAST_SLOT: u16 = 0xFFFF;
+/// Bytes before the payload in a client data frame: `[to u16]`.
+const CLIENT_HEADER: usize = 2;
+/// Bytes before the payload in a relay data frame: `[seq u64][from u16][flags u16]`.
+const RELAY_HEADER: usize = 12;
+/// Flag bit of a relay data frame: the message was a broadcast.
+const FLAG_BROADCAST: u16 = 0x0001;
+/// Room size of a Sodot `/create-room` call without a body.
+const SODOT_DEFAULT_ROOM_SIZE: u64 = 2;
+
+/// The JSON body of a room creation.
+#[derive(Debug, Default, Deserialize)]
+struct CreateBody {
+    room_size: Option<u64>,
+    ttl_secs: Option<u64>,
 }
 
-/// `POST /v1/rooms`.
-pub(crate) async fn create(_state: &AppState, _req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    Err(unbuilt())
+/// `POST /v1/rooms`: `{"room_size": N, "ttl_secs": T?}` -> 201
+/// `{"room_uuid", "room_size", "expires_at"}`.
+pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let caller = authenticate(state, &req)?;
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    let body: CreateBody = parse_json(&body)?;
+    let size = body.room_size.ok_or_else(|| ApiError::bad_request("bad_request", "room_size is required"))?;
+    let room = create_room(state, size, body.ttl_secs)?;
+    count_room(state, &caller, &room);
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"room_uuid": room.id, "room_size": room.room_size, "expires_at": room.expires_at}),
+    ))
 }
 
-/// `POST /create-room` (Sodot shape).
+/// `POST /create-room` (Sodot shape): optional `{"room_size": N}` (2 without a body)
+/// -> 200 `{"room_uuid"}`.
 pub(crate) async fn create_sodot(
-    _state: &AppState,
-    _req: Request<Incoming>,
+    state: &AppState,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    Err(unbuilt())
+    let caller = authenticate(state, &req)?;
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    let body: CreateBody =
+        if body.iter().all(u8::is_ascii_whitespace) { CreateBody::default() } else { parse_json(&body)? };
+    let room = create_room(state, body.room_size.unwrap_or(SODOT_DEFAULT_ROOM_SIZE), body.ttl_secs)?;
+    count_room(state, &caller, &room);
+    Ok(json(StatusCode::OK, &serde_json::json!({"room_uuid": room.id})))
 }
 
-/// `GET /v1/rooms/{room_id}` (WebSocket).
+/// `GET /v1/rooms/{room_id}` (WebSocket), with `slot`, or `resume_token` and `last_seq`.
 pub(crate) async fn join(
-    _state: &AppState,
-    _req: Request<Incoming>,
-    _room_id: &str,
+    state: &AppState,
+    req: Request<Incoming>,
+    room_id: &str,
 ) -> Result<Response<Body>, ApiError> {
-    Err(unbuilt())
+    let id = room_id
+        .parse()
+        .map_err(|e: relay_core::id::RoomIdError| ApiError::bad_request("bad_room_id", e.to_string()))?;
+    let accept_key = validate_handshake(&req)?;
+    let request = join_request(req.uri().query())?;
+    let guard = state.drain_guard().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the relay is shutting down")
+    })?;
+    let party = state.rooms().join(&id, request).map_err(|e| core_error(&e))?;
+    tracing::debug!(room = %id, slot = party.slot(), resumed = party.welcome().resumed, "party joined");
+    let task_state = state.clone();
+    let meter = state.room_usage_meter(&id);
+    Ok(upgrade(req, accept_key, state.config(), move |ws| run_party(ws, party, task_state, guard, meter)))
+}
+
+/// Usage: the room counts against the caller's key, and so will its messages.
+fn count_room(state: &AppState, caller: &Caller, room: &RoomInfo) {
+    state.record_usage(caller, 0, 0, 1);
+    state.set_room_owner(room.id, caller);
+}
+
+fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<RoomInfo, ApiError> {
+    let max = state.rooms().limits().max_room_size;
+    let size = u16::try_from(size).map_err(|_| core_error(&CoreError::BadRoomSize { got: size, max }))?;
+    let room = state.rooms().create(size, ttl_secs.map(Duration::from_secs)).map_err(|e| core_error(&e))?;
+    tracing::debug!(room = %room.id, size, "room created");
+    Ok(room)
+}
+
+/// Reads `slot`, `resume_token` and `last_seq` from the query string.
+fn join_request(query: Option<&str>) -> Result<JoinRequest, ApiError> {
+    let slot = match query_param(query, "slot") {
+        Some(s) => Some(s.parse::<u16>().map_err(|_| {
+            ApiError::bad_request("bad_request", format!("slot must be a slot number, got {s:?}"))
+        })?),
+        None => None,
+    };
+    let last_seq = match query_param(query, "last_seq") {
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_request",
+                format!("last_seq must be a non-negative integer, got {s:?}"),
+            )
+        })?),
+        None => None,
+    };
+    let resume = match (query_param(query, "resume_token").filter(|t| !t.is_empty()), last_seq) {
+        (Some(token), last_seq) => Some(Resume { token, last_seq }),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request("bad_request", "last_seq needs a resume_token"));
+        }
+        (None, None) => None,
+    };
+    Ok(JoinRequest { slot, resume })
+}
+
+/// The HTTP refusal for a core error (docs/protocol.md section 3).
+fn core_error(e: &CoreError) -> ApiError {
+    let (status, code) = match e {
+        CoreError::RoomId(_) => (StatusCode::BAD_REQUEST, "bad_room_id"),
+        CoreError::BadRoomSize { .. }
+        | CoreError::BadTtl { .. }
+        | CoreError::BadSlot { .. }
+        | CoreError::ResumeAhead { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        CoreError::TooManyRooms(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms"),
+        CoreError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
+        CoreError::RoomFull(_) => (StatusCode::CONFLICT, "room_full"),
+        CoreError::SlotTaken(_) => (StatusCode::CONFLICT, "slot_taken"),
+        CoreError::ResumeGap { .. } => (StatusCode::CONFLICT, "resume_gap"),
+        CoreError::BadResumeToken => (StatusCode::FORBIDDEN, "bad_resume_token"),
+        CoreError::BadDestination(_) => (StatusCode::BAD_REQUEST, "bad_destination"),
+        CoreError::RoomBufferFull { .. } => (StatusCode::CONFLICT, "room_buffer_full"),
+        CoreError::MessageTooBig { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_big"),
+        CoreError::NoRuntime | CoreError::PartyClosed | CoreError::Mailbox(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+/// How a party's WebSocket ends.
+enum Exit {
+    /// The socket is gone (dropped, errored, or the client closed it): the slot is held.
+    Dropped,
+    /// The client sent `leave`.
+    Leave,
+    /// The relay closes with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The WebSocket task of one party: welcome, then events out and frames in until the
+/// room closes, the party leaves, the socket drops or the server shuts down.
+async fn run_party(
+    mut ws: WsStream,
+    mut party: Party,
+    state: AppState,
+    _guard: DrainGuard,
+    meter: UsageMeter,
+) {
+    let config = state.config();
+    let mut shutdown = state.shutdown_watch();
+    let welcome = welcome_json(&party);
+    let exit = if ws.send(Message::text(welcome)).await.is_err() {
+        Exit::Dropped
+    } else {
+        let ping_every = config.ws_ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let mut last_seen = Instant::now();
+        loop {
+            tokio::select! {
+                () = async { drop(shutdown.wait_for(|stopping| *stopping).await) } => {
+                    break Exit::Close(close::GOING_AWAY, "server shutting down");
+                }
+                incoming = ws.next() => {
+                    last_seen = Instant::now();
+                    match incoming {
+                        Some(Ok(msg)) => {
+                            if let Some(exit) = handle_frame(&mut ws, &party, msg, &meter).await {
+                                break exit;
+                            }
+                        }
+                        Some(Err(WsError::Capacity(_))) => break Exit::Close(close::TOO_BIG, "message too big"),
+                        Some(Err(_)) | None => break Exit::Dropped,
+                    }
+                }
+                event = party.next_event() => {
+                    let written = tokio::time::timeout(
+                        config.ws_idle_timeout,
+                        write_events(&mut ws, &mut party, event, config.limits.send_queue_frames),
+                    )
+                    .await;
+                    match written {
+                        Ok(Ok(None)) => {}
+                        Ok(Ok(Some(reason))) => break Exit::Close(reason.code(), reason.text()),
+                        Ok(Err(_)) => break Exit::Dropped,
+                        Err(_) => break Exit::Close(close::TRY_AGAIN_LATER, "slow consumer"),
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() >= config.ws_idle_timeout {
+                        break Exit::Close(close::POLICY, "idle timeout");
+                    }
+                    if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                        break Exit::Dropped;
+                    }
+                }
+            }
+        }
+    };
+    match exit {
+        Exit::Dropped => drop(party),
+        Exit::Leave => {
+            party.leave();
+            finish(&mut ws, close::NORMAL, "left", config.shutdown_grace).await;
+        }
+        Exit::Close(code, reason) => {
+            // Free the slot first: a closed socket is a dropped connection (slot held).
+            drop(party);
+            finish(&mut ws, code, reason, config.shutdown_grace).await;
+        }
+    }
+}
+
+/// Handles one frame from the client; `Some` ends the connection.
+async fn handle_frame(ws: &mut WsStream, party: &Party, msg: Message, meter: &UsageMeter) -> Option<Exit> {
+    let refusal = match msg {
+        Message::Binary(frame) => {
+            let payload = frame.len().saturating_sub(CLIENT_HEADER);
+            let refusal = send_data(party, frame);
+            if refusal.is_none() {
+                meter.message(payload);
+            }
+            refusal
+        }
+        Message::Text(text) => match control(&text) {
+            Control::Ack(seq) => {
+                party.ack(seq);
+                None
+            }
+            Control::Leave => return Some(Exit::Leave),
+            Control::Bad => Some((
+                "bad_control",
+                "text frames must be {\"type\":\"ack\",\"seq\":N} or {\"type\":\"leave\"}".to_owned(),
+            )),
+        },
+        Message::Close(_) => return Some(Exit::Dropped),
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+    };
+    let (code, message) = refusal?;
+    let event = serde_json::json!({"type": "error", "code": code, "message": message});
+    match ws.send(Message::text(event.to_string())).await {
+        Ok(()) => None,
+        Err(_) => Some(Exit::Dropped),
+    }
+}
+
+/// Sends a client data frame `[to u16 LE][payload]`; returns the error event to answer
+/// with when it is refused.
+fn send_data(party: &Party, frame: Bytes) -> Option<(&'static str, String)> {
+    if frame.len() < CLIENT_HEADER {
+        return Some(("malformed_frame", "a data frame starts with a 2-byte destination slot".to_owned()));
+    }
+    let to = u16::from_le_bytes([frame[0], frame[1]]);
+    let to = if to == BROADCAST_SLOT { Destination::Broadcast } else { Destination::To(to) };
+    match party.send(to, frame.slice(CLIENT_HEADER..)) {
+        Ok(()) | Err(CoreError::PartyClosed) => None,
+        Err(e) => Some((core_error(&e).code, e.to_string())),
+    }
+}
+
+/// A client control message.
+enum Control {
+    Ack(u64),
+    Leave,
+    Bad,
+}
+
+fn control(text: &str) -> Control {
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        seq: Option<u64>,
+    }
+    match serde_json::from_str::<Raw<'_>>(text) {
+        Ok(Raw { kind, seq: Some(seq) }) if kind == "ack" => Control::Ack(seq),
+        Ok(Raw { kind, .. }) if kind == "leave" => Control::Leave,
+        _ => Control::Bad,
+    }
+}
+
+/// Feeds `first` and every further event ready now (at most `max_batch`), then flushes
+/// once. Returns the close reason if the party's connection is over.
+async fn write_events(
+    ws: &mut WsStream,
+    party: &mut Party,
+    first: PartyEvent,
+    max_batch: usize,
+) -> Result<Option<CloseReason>, WsError> {
+    let mut next = Some(first);
+    let mut fed = 0usize;
+    while let Some(event) = next.take() {
+        match encode(event) {
+            Ok(msg) => ws.feed(msg).await?,
+            Err(reason) => {
+                ws.flush().await?;
+                return Ok(Some(reason));
+            }
+        }
+        fed += 1;
+        if fed < max_batch {
+            next = party.try_next_event();
+        }
+    }
+    ws.flush().await?;
+    Ok(None)
+}
+
+/// The frame for one event, or the close reason when the event is the end.
+fn encode(event: PartyEvent) -> Result<Message, CloseReason> {
+    let control = match event {
+        PartyEvent::Data(d) => {
+            let mut frame = BytesMut::with_capacity(RELAY_HEADER + d.payload.len());
+            frame.put_u64_le(d.seq);
+            frame.put_u16_le(d.from);
+            frame.put_u16_le(if d.broadcast { FLAG_BROADCAST } else { 0 });
+            frame.extend_from_slice(&d.payload);
+            return Ok(Message::Binary(frame.freeze()));
+        }
+        PartyEvent::Joined(slot) => serde_json::json!({"type": "joined", "slot": slot}),
+        PartyEvent::Left(slot) => serde_json::json!({"type": "left", "slot": slot}),
+        PartyEvent::Ready { room_size } => serde_json::json!({"type": "ready", "room_size": room_size}),
+        PartyEvent::Closed(reason) => return Err(reason),
+    };
+    Ok(Message::text(control.to_string()))
+}
+
+fn welcome_json(party: &Party) -> String {
+    let w = party.welcome();
+    serde_json::json!({
+        "type": "welcome",
+        "room_uuid": w.room_id,
+        "slot": w.slot,
+        "room_size": w.room_size,
+        "resume_token": w.resume_token,
+        "expires_at": w.expires_at,
+        "present": w.present,
+        "resumed": w.resumed,
+        "next_seq": w.next_seq,
+    })
+    .to_string()
+}
+
+/// Sends `closing` and the close frame, then waits (at most `wait`) for the client's
+/// close so the frames are read before the TCP connection goes.
+async fn finish(ws: &mut WsStream, code: u16, reason: &str, wait: Duration) {
+    let closing = serde_json::json!({"type": "closing", "code": code, "reason": reason}).to_string();
+    let _ = tokio::time::timeout(wait, async {
+        ws.feed(Message::text(closing)).await?;
+        ws.send(close_message(code, reason)).await?;
+        while let Some(Ok(_)) = ws.next().await {}
+        Ok::<(), WsError>(())
+    })
+    .await;
 }

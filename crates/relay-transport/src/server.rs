@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use relay_core::rooms::Rooms;
 use relay_keystore::KeyStore;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -26,6 +27,10 @@ pub struct AppState {
 
 pub(crate) struct Inner {
     pub(crate) config: ServerConfig,
+    /// The live rooms, shared by the create routes and every room WebSocket.
+    rooms: Rooms,
+    /// The mailbox hub shared by `/v1/msg-relay` and every room-scoped mailbox.
+    mailbox: relay_core::Mailbox,
     /// Flips to true once shutdown starts; WebSocket handlers watch it to close with 1001.
     shutdown_tx: watch::Sender<bool>,
     /// Every live WebSocket task holds a clone; shutdown waits until all are dropped.
@@ -35,6 +40,8 @@ pub(crate) struct Inner {
     /// The API keys and admin token; `None` only when keys are not enforced and no
     /// data directory was given (then the admin routes answer 503).
     pub(crate) keystore: Option<Arc<KeyStore>>,
+    /// The key that created each room, so the room's messages count against it.
+    pub(crate) room_owners: Mutex<std::collections::HashMap<relay_core::RoomId, String>>,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -66,11 +73,14 @@ impl AppState {
         let (drain_tx, drain_rx) = mpsc::channel(1);
         AppState {
             inner: Arc::new(Inner {
+                rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
+                mailbox: crate::mailbox::new_hub(&config),
                 config,
                 shutdown_tx,
                 drain_tx: Mutex::new(Some(drain_tx)),
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
                 keystore,
+                room_owners: Mutex::default(),
             }),
         }
     }
@@ -78,6 +88,16 @@ impl AppState {
     /// The configuration this state was built with.
     pub fn config(&self) -> &ServerConfig {
         &self.inner.config
+    }
+
+    /// The room registry.
+    pub fn rooms(&self) -> &Rooms {
+        &self.inner.rooms
+    }
+
+    /// The mailbox hub: every mailbox namespace of this server.
+    pub fn mailbox(&self) -> &relay_core::Mailbox {
+        &self.inner.mailbox
     }
 
     /// Starts shutdown: new WebSockets are refused, open ones close with 1001.

@@ -1,0 +1,336 @@
+//! The mailbox: the Silence Labs compatible message relay (docs/protocol.md section 4),
+//! without sockets.
+//!
+//! A [`Mailbox`] holds namespaces; [`Mailbox::connect`] joins one and returns a
+//! [`MailboxConn`]. Frames from the client go to [`MailboxConn::handle_frame`]; frames
+//! for the client come out of [`MailboxConn::recv`] / [`MailboxConn::recv_many`]. A PUB
+//! is stored until its TTL and sent to every connection waiting for its ID; an ASK is
+//! answered from storage at once or waits until its own TTL. Stored frames are the
+//! [`Bytes`] the client sent: never copied, only reference-counted.
+//!
+//! Bounds: a frame is at most `max_message_bytes`; a namespace stores at most
+//! `max_namespace_held_bytes`; a connection has at most `max_pending_asks` waiting asks
+//! and `send_queue_frames` frames queued towards it, past which it is a slow consumer.
+//! Expiry is a per-namespace min-heap of deadlines popped by whoever next touches the
+//! namespace, plus one sweeper task per [`Mailbox`] that also forgets idle namespaces.
+
+mod frame;
+mod queue;
+mod space;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+pub use frame::{FLAG_ONE_RECEIVER, FrameHeader, FrameKind, HEADER_LEN, MessageId, ask_frame, publish_frame};
+
+use crate::{Limits, RoomId};
+use queue::ConnQueue;
+use space::Space;
+
+/// How often the background sweeper forgets expired messages and asks in namespaces
+/// nobody touches, and removes idle namespaces. Active namespaces expire lazily on every
+/// frame, so this only bounds how long idle memory lingers.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the mailbox refused a frame or a connection. The transport closes the
+/// connection with the code named on each variant.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum MailboxError {
+    /// Close 1007: a frame shorter than the 36-byte header.
+    #[error("frame shorter than 36 bytes ({len} bytes)")]
+    FrameTooShort {
+        /// The frame's length.
+        len: usize,
+    },
+    /// Close 1009: a frame over `max_message_bytes`.
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    FrameTooBig {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Close 1013: storing the message would pass `max_namespace_held_bytes`.
+    #[error("namespace storage full ({max} bytes)")]
+    NamespaceFull {
+        /// The limit.
+        max: usize,
+    },
+    /// Close 1013: the connection already has `max_pending_asks` asks waiting.
+    #[error("too many pending asks (limit {max})")]
+    TooManyAsks {
+        /// The limit.
+        max: usize,
+    },
+    /// Close 1013: more than `send_queue_frames` frames waited to be sent to the
+    /// connection; what it had queued was dropped.
+    #[error("slow consumer")]
+    SlowConsumer,
+}
+
+/// A namespace: message IDs of different namespaces never meet. Any bytes; use
+/// [`Namespace::tenant`] and [`Namespace::room`] so tenants and rooms cannot collide.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(Bytes);
+
+impl Namespace {
+    /// A namespace named by `name` exactly.
+    pub fn new(name: impl Into<Bytes>) -> Namespace {
+        Namespace(name.into())
+    }
+
+    /// The namespace of an API-key tenant: `t:<tenant>`.
+    pub fn tenant(tenant: &str) -> Namespace {
+        Namespace(Bytes::from(format!("t:{tenant}")))
+    }
+
+    /// The namespace of a room-scoped mailbox: `r:<room id>`.
+    pub fn room(room: &RoomId) -> Namespace {
+        Namespace(Bytes::from(format!("r:{room}")))
+    }
+
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&str> for Namespace {
+    fn from(s: &str) -> Namespace {
+        Namespace(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for Namespace {
+    fn from(s: String) -> Namespace {
+        Namespace(Bytes::from(s))
+    }
+}
+
+impl From<Vec<u8>> for Namespace {
+    fn from(v: Vec<u8>) -> Namespace {
+        Namespace(Bytes::from(v))
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Namespace({:?})", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// A snapshot of what the mailbox holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailboxStats {
+    /// Namespaces alive (with a connection or a stored message).
+    pub namespaces: usize,
+    /// Stored messages.
+    pub entries: usize,
+    /// Bytes of stored frames, headers included.
+    pub bytes: usize,
+    /// Asks waiting for a message.
+    pub pending_asks: usize,
+    /// Open connections.
+    pub connections: usize,
+}
+
+/// The mailbox hub: every namespace of one server. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Mailbox {
+    hub: Arc<Hub>,
+}
+
+struct Hub {
+    limits: Limits,
+    namespaces: Mutex<HashMap<Namespace, Arc<Space>>>,
+    next_conn: AtomicU64,
+}
+
+/// One connection to a namespace: frames in through [`MailboxConn::handle_frame`],
+/// frames out through [`MailboxConn::recv`]. Dropping it withdraws its waiting asks.
+pub struct MailboxConn {
+    hub: Arc<Hub>,
+    space: Arc<Space>,
+    id: u64,
+    queue: Arc<ConnQueue>,
+}
+
+impl Mailbox {
+    /// An empty mailbox enforcing `limits`. Inside a tokio runtime it also starts one
+    /// sweeper task (every [`SWEEP_INTERVAL`]) that ends when the last clone is dropped;
+    /// outside one, call [`Mailbox::sweep`] yourself.
+    pub fn new(limits: Limits) -> Mailbox {
+        let hub =
+            Arc::new(Hub { limits, namespaces: Mutex::new(HashMap::new()), next_conn: AtomicU64::new(1) });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweeper(Arc::downgrade(&hub)));
+        }
+        Mailbox { hub }
+    }
+
+    /// The limits this mailbox enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.hub.limits
+    }
+
+    /// Opens a connection to `namespace`, creating the namespace if needed.
+    pub fn connect(&self, namespace: impl Into<Namespace>) -> MailboxConn {
+        let namespace = namespace.into();
+        let id = self.hub.next_conn.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(ConnQueue::new(self.hub.limits.send_queue_frames));
+        let mut namespaces = self.hub.lock_namespaces();
+        let space =
+            namespaces.entry(namespace.clone()).or_insert_with(|| Arc::new(Space::new(namespace))).clone();
+        // Registered under the registry lock, so an idle check cannot remove it meanwhile.
+        space.lock().add_conn(id, queue.clone());
+        drop(namespaces);
+        MailboxConn { hub: self.hub.clone(), space, id, queue }
+    }
+
+    /// Forgets every message and ask due at `now` and removes idle namespaces. The
+    /// sweeper task calls this; call it directly when running without one.
+    pub fn sweep(&self, now: Instant) {
+        self.hub.sweep(now);
+    }
+
+    /// What the mailbox holds right now. Walks every namespace: for metrics scrapes, not
+    /// for the hot path.
+    pub fn stats(&self) -> MailboxStats {
+        let spaces: Vec<Arc<Space>> = self.hub.lock_namespaces().values().cloned().collect();
+        let mut stats = MailboxStats { namespaces: spaces.len(), ..MailboxStats::default() };
+        for space in spaces {
+            let state = space.lock();
+            stats.entries += state.stored_messages();
+            stats.bytes += state.held_bytes;
+            stats.pending_asks += state.pending_asks;
+            stats.connections += state.connections();
+        }
+        stats
+    }
+}
+
+impl fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailbox").field("limits", &self.hub.limits).finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    fn lock_namespaces(&self) -> MutexGuard<'_, HashMap<Namespace, Arc<Space>>> {
+        self.namespaces.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sweep(&self, now: Instant) {
+        let spaces: Vec<Arc<Space>> = self.lock_namespaces().values().cloned().collect();
+        for space in spaces {
+            let idle = {
+                let mut state = space.lock();
+                state.expire(now);
+                state.is_idle()
+            };
+            if idle {
+                self.remove_if_idle(&space);
+            }
+        }
+    }
+
+    /// Removes `space` from the registry if it is still the registered one and idle.
+    fn remove_if_idle(&self, space: &Arc<Space>) {
+        let mut namespaces = self.lock_namespaces();
+        if let Some(current) = namespaces.get(&space.namespace)
+            && Arc::ptr_eq(current, space)
+            && space.lock().is_idle()
+        {
+            namespaces.remove(&space.namespace);
+        }
+    }
+}
+
+async fn sweeper(hub: Weak<Hub>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        hub.sweep(Instant::now());
+    }
+}
+
+impl MailboxConn {
+    /// The namespace this connection is in.
+    pub fn namespace(&self) -> &Namespace {
+        &self.space.namespace
+    }
+
+    /// Handles one frame from the client at the current (tokio) time.
+    pub fn handle_frame(&self, frame: Bytes) -> Result<(), MailboxError> {
+        self.handle_frame_at(frame, Instant::now())
+    }
+
+    /// Handles one frame from the client at `now`: an ASK (exactly 36 bytes) or a PUB
+    /// (longer). An error means the connection must be closed with the code it names.
+    pub fn handle_frame_at(&self, frame: Bytes, now: Instant) -> Result<(), MailboxError> {
+        let max = self.hub.limits.max_message_bytes;
+        if frame.len() > max {
+            return Err(MailboxError::FrameTooBig { len: frame.len(), max });
+        }
+        let header = FrameHeader::parse(&frame).ok_or(MailboxError::FrameTooShort { len: frame.len() })?;
+        if self.queue.is_slow() {
+            return Err(MailboxError::SlowConsumer);
+        }
+        self.space.lock().handle(self.id, &self.queue, frame, &header, &self.hub.limits, now)
+    }
+
+    /// Waits for the next frame to send to the client. Cancel-safe. Fails only when the
+    /// connection became a slow consumer.
+    pub async fn recv(&mut self) -> Result<Bytes, MailboxError> {
+        let mut one = Vec::with_capacity(1);
+        self.queue.recv_many(&mut one, 1).await?;
+        one.pop().ok_or(MailboxError::SlowConsumer)
+    }
+
+    /// Waits until a frame is ready, then moves up to `max` ready frames into `out` in
+    /// one go; returns how many. Cancel-safe. Fails only for a slow consumer.
+    pub async fn recv_many(&mut self, out: &mut Vec<Bytes>, max: usize) -> Result<usize, MailboxError> {
+        self.queue.recv_many(out, max).await
+    }
+
+    /// Resolves once this connection has become a slow consumer: lets a writer blocked
+    /// on a stalled socket give up without waiting for its write to time out.
+    pub async fn slow_consumer(&self) {
+        self.queue.wait_slow().await;
+    }
+
+    /// Moves up to `max` ready frames into `out` without waiting; returns how many.
+    pub fn try_recv_many(&self, out: &mut Vec<Bytes>, max: usize) -> Result<usize, MailboxError> {
+        self.queue.try_recv_many(out, max)
+    }
+}
+
+impl Drop for MailboxConn {
+    fn drop(&mut self) {
+        let idle = {
+            let mut state = self.space.lock();
+            state.remove_conn(self.id);
+            state.is_idle()
+        };
+        if idle {
+            self.hub.remove_if_idle(&self.space);
+        }
+    }
+}
+
+impl fmt::Debug for MailboxConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailboxConn").field("namespace", &self.space.namespace).field("id", &self.id).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,305 @@
+//! Unit tests of the mailbox with paused tokio time: no sockets, no sleeping.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::{Instant, advance};
+
+use super::*;
+
+fn limits() -> Limits {
+    Limits { max_mailbox_ttl: Duration::from_secs(100), ..Limits::default() }
+}
+
+fn id(n: u8) -> MessageId {
+    [n; 32]
+}
+
+/// Everything queued for `conn` right now.
+fn drain(conn: &mut MailboxConn) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    conn.try_recv_many(&mut out, usize::MAX).unwrap();
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn publish_then_ask_sends_the_stored_frame_and_keeps_it() {
+    let mb = Mailbox::new(limits());
+    let publisher = mb.connect("ns");
+    let mut a = mb.connect("ns");
+    let mut b = mb.connect("ns");
+    let msg = publish_frame(&id(1), 10, 0, b"payload");
+    publisher.handle_frame(msg.clone()).unwrap();
+    a.handle_frame(ask_frame(&id(1), 10)).unwrap();
+    b.handle_frame(ask_frame(&id(1), 10)).unwrap();
+    assert_eq!(a.recv().await.unwrap(), msg);
+    assert_eq!(b.recv().await.unwrap(), msg);
+    assert_eq!(mb.stats().entries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ask_then_publish_delivers_to_every_waiter() {
+    let mb = Mailbox::new(limits());
+    let mut a = mb.connect("ns");
+    let mut b = mb.connect("ns");
+    let publisher = mb.connect("ns");
+    a.handle_frame(ask_frame(&id(2), 10)).unwrap();
+    b.handle_frame(ask_frame(&id(2), 10)).unwrap();
+    assert_eq!(mb.stats().pending_asks, 2);
+    let msg = publish_frame(&id(2), 10, 0, b"x");
+    publisher.handle_frame(msg.clone()).unwrap();
+    assert_eq!(drain(&mut a), vec![msg.clone()]);
+    assert_eq!(drain(&mut b), vec![msg]);
+    assert_eq!(mb.stats().pending_asks, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_publish_wins_while_it_lives() {
+    let mb = Mailbox::new(limits());
+    let mut c = mb.connect("ns");
+    let first = publish_frame(&id(3), 5, 0, b"first");
+    c.handle_frame(first.clone()).unwrap();
+    c.handle_frame(publish_frame(&id(3), 5, 0, b"second")).unwrap();
+    c.handle_frame(ask_frame(&id(3), 5)).unwrap();
+    assert_eq!(drain(&mut c), vec![first]);
+
+    // Once the first has expired, a new publish of the same ID is stored.
+    advance(Duration::from_secs(5)).await;
+    let third = publish_frame(&id(3), 5, 0, b"third");
+    c.handle_frame(third.clone()).unwrap();
+    c.handle_frame(ask_frame(&id(3), 5)).unwrap();
+    assert_eq!(drain(&mut c), vec![third]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_expire_at_their_ttl() {
+    let mb = Mailbox::new(limits());
+    let mut c = mb.connect("ns");
+    c.handle_frame(publish_frame(&id(4), 2, 0, b"short-lived")).unwrap();
+    advance(Duration::from_millis(1999)).await;
+    c.handle_frame(ask_frame(&id(4), 0)).unwrap();
+    assert_eq!(drain(&mut c).len(), 1, "still stored just before its ttl");
+    advance(Duration::from_millis(1)).await;
+    c.handle_frame(ask_frame(&id(4), 0)).unwrap();
+    assert!(drain(&mut c).is_empty(), "gone at its ttl");
+    assert_eq!(mb.stats().entries, 0);
+    assert_eq!(mb.stats().bytes, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unanswered_asks_expire_and_are_not_answered_later() {
+    let mb = Mailbox::new(limits());
+    let mut asker = mb.connect("ns");
+    let publisher = mb.connect("ns");
+    asker.handle_frame(ask_frame(&id(5), 1)).unwrap();
+    assert_eq!(mb.stats().pending_asks, 1);
+    advance(Duration::from_secs(1)).await;
+    mb.sweep(Instant::now());
+    assert_eq!(mb.stats().pending_asks, 0);
+    publisher.handle_frame(publish_frame(&id(5), 10, 0, b"late")).unwrap();
+    assert!(drain(&mut asker).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn ttls_are_capped_by_the_server() {
+    let mb = Mailbox::new(limits());
+    let mut c = mb.connect("ns");
+    c.handle_frame(publish_frame(&id(6), u16::MAX, 0, b"capped")).unwrap();
+    advance(limits().max_mailbox_ttl).await;
+    c.handle_frame(ask_frame(&id(6), 0)).unwrap();
+    assert!(drain(&mut c).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_receiver_messages_go_to_exactly_one_asker() {
+    let mb = Mailbox::new(limits());
+    let publisher = mb.connect("ns");
+    let mut a = mb.connect("ns");
+    let mut b = mb.connect("ns");
+    // Stored, then asked twice: only the first asker gets it.
+    let msg = publish_frame(&id(7), 10, FLAG_ONE_RECEIVER, b"once");
+    publisher.handle_frame(msg.clone()).unwrap();
+    a.handle_frame(ask_frame(&id(7), 10)).unwrap();
+    assert_eq!(drain(&mut a), vec![msg]);
+    assert_eq!(mb.stats().entries, 0);
+    b.handle_frame(ask_frame(&id(7), 10)).unwrap();
+    assert!(drain(&mut b).is_empty());
+
+    // Two waiting, then published: one gets it and the other keeps waiting.
+    a.handle_frame(ask_frame(&id(8), 10)).unwrap();
+    b.handle_frame(ask_frame(&id(8), 10)).unwrap();
+    publisher.handle_frame(publish_frame(&id(8), 10, FLAG_ONE_RECEIVER, b"once")).unwrap();
+    assert_eq!(drain(&mut a).len() + drain(&mut b).len(), 1);
+    // b still waits for id 7 (taken by a), and one of them still waits for id 8.
+    assert_eq!(mb.stats().pending_asks, 2);
+    assert_eq!(mb.stats().entries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn namespaces_never_meet() {
+    let mb = Mailbox::new(limits());
+    let mut a = mb.connect(Namespace::tenant("a"));
+    let b = mb.connect(Namespace::tenant("b"));
+    a.handle_frame(ask_frame(&id(9), 10)).unwrap();
+    b.handle_frame(publish_frame(&id(9), 10, 0, b"other tenant")).unwrap();
+    assert!(drain(&mut a).is_empty());
+    assert_eq!(mb.stats().namespaces, 2);
+    assert_ne!(Namespace::tenant("x"), Namespace::from("x"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_ask_is_answered_once() {
+    let mb = Mailbox::new(limits());
+    let mut a = mb.connect("ns");
+    a.handle_frame(ask_frame(&id(10), 10)).unwrap();
+    a.handle_frame(ask_frame(&id(10), 10)).unwrap();
+    assert_eq!(mb.stats().pending_asks, 1);
+    a.handle_frame(publish_frame(&id(10), 10, 0, b"self")).unwrap();
+    assert_eq!(drain(&mut a).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_ttl_publish_reaches_waiters_but_is_not_stored() {
+    let mb = Mailbox::new(limits());
+    let mut a = mb.connect("ns");
+    let b = mb.connect("ns");
+    a.handle_frame(ask_frame(&id(11), 10)).unwrap();
+    b.handle_frame(publish_frame(&id(11), 0, 0, b"now or never")).unwrap();
+    assert_eq!(drain(&mut a).len(), 1);
+    assert_eq!(mb.stats().entries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_and_oversized_frames_are_refused() {
+    let mb = Mailbox::new(Limits { max_message_bytes: 100, ..limits() });
+    let c = mb.connect("ns");
+    assert_eq!(c.handle_frame(Bytes::from(vec![0u8; 35])), Err(MailboxError::FrameTooShort { len: 35 }));
+    assert_eq!(c.handle_frame(Bytes::new()), Err(MailboxError::FrameTooShort { len: 0 }));
+    assert_eq!(
+        c.handle_frame(Bytes::from(vec![0u8; 101])),
+        Err(MailboxError::FrameTooBig { len: 101, max: 100 })
+    );
+    assert_eq!(c.handle_frame(Bytes::from(vec![0u8; 100])), Ok(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn namespace_storage_is_bounded() {
+    let mb = Mailbox::new(Limits { max_namespace_held_bytes: 100, ..limits() });
+    let c = mb.connect("ns");
+    c.handle_frame(publish_frame(&id(1), 10, 0, &[0; 64])).unwrap(); // 100 bytes
+    assert_eq!(
+        c.handle_frame(publish_frame(&id(2), 10, 0, &[0; 1])),
+        Err(MailboxError::NamespaceFull { max: 100 })
+    );
+    // Another namespace has its own budget.
+    let other = mb.connect("other");
+    other.handle_frame(publish_frame(&id(2), 10, 0, &[0; 64])).unwrap();
+    // Expiry frees the space.
+    advance(Duration::from_secs(10)).await;
+    c.handle_frame(publish_frame(&id(2), 10, 0, &[0; 64])).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_asks_per_connection_are_bounded() {
+    let mb = Mailbox::new(Limits { max_pending_asks: 3, ..limits() });
+    let a = mb.connect("ns");
+    for n in 0..3 {
+        a.handle_frame(ask_frame(&id(n), 10)).unwrap();
+    }
+    assert_eq!(a.handle_frame(ask_frame(&id(3), 10)), Err(MailboxError::TooManyAsks { max: 3 }));
+    // Another connection has its own budget; answered asks free it.
+    let b = mb.connect("ns");
+    b.handle_frame(publish_frame(&id(0), 10, 0, b"x")).unwrap();
+    a.handle_frame(ask_frame(&id(3), 10)).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_send_queue_makes_a_slow_consumer() {
+    let mb = Mailbox::new(Limits { send_queue_frames: 2, ..limits() });
+    let mut reader = mb.connect("ns");
+    let writer = mb.connect("ns");
+    for n in 0..3 {
+        reader.handle_frame(ask_frame(&id(n), 10)).unwrap();
+    }
+    let stalled_writer = {
+        let reader = &reader;
+        async move { reader.slow_consumer().await }
+    };
+    for n in 0..2 {
+        writer.handle_frame(publish_frame(&id(n), 10, 0, b"x")).unwrap();
+    }
+    assert!(!reader.queue.is_slow(), "two frames fit");
+    // The waiter is polled first, so it is woken by the overflow rather than finding it.
+    let ((), ()) = tokio::join!(
+        async { tokio::time::timeout(Duration::from_secs(1), stalled_writer).await.unwrap() },
+        async { writer.handle_frame(publish_frame(&id(2), 10, 0, b"x")).unwrap() },
+    );
+    assert_eq!(reader.recv().await, Err(MailboxError::SlowConsumer));
+    assert_eq!(reader.handle_frame(ask_frame(&id(0), 10)), Err(MailboxError::SlowConsumer));
+    // The writer is unaffected.
+    assert_eq!(writer.handle_frame(ask_frame(&id(0), 10)), Ok(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn recv_waits_for_a_later_publish() {
+    let mb = Mailbox::new(limits());
+    let mut a = mb.connect("ns");
+    let b = mb.connect("ns");
+    a.handle_frame(ask_frame(&id(12), 30)).unwrap();
+    let msg = publish_frame(&id(12), 30, 0, b"later");
+    let expected = msg.clone();
+    let waiter = tokio::spawn(async move { a.recv().await });
+    tokio::task::yield_now().await;
+    advance(Duration::from_secs(5)).await;
+    b.handle_frame(msg).unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
+    assert_eq!(got, Ok(expected));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_connection_withdraws_its_asks_and_idle_namespaces_go() {
+    let mb = Mailbox::new(limits());
+    let a = mb.connect("ns");
+    a.handle_frame(ask_frame(&id(1), 10)).unwrap();
+    a.handle_frame(publish_frame(&id(2), 5, 0, b"outlives its publisher")).unwrap();
+    drop(a);
+    let stats = mb.stats();
+    assert_eq!((stats.pending_asks, stats.connections, stats.namespaces), (0, 0, 1));
+    // A later party still gets the stored message.
+    let mut b = mb.connect("ns");
+    b.handle_frame(ask_frame(&id(2), 5)).unwrap();
+    assert_eq!(drain(&mut b).len(), 1);
+    drop(b);
+    advance(Duration::from_secs(5)).await;
+    mb.sweep(Instant::now());
+    assert_eq!(mb.stats(), MailboxStats::default());
+
+    // An empty namespace goes as soon as its last connection does.
+    drop(mb.connect("empty"));
+    assert_eq!(mb.stats().namespaces, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_background_sweeper_forgets_idle_namespaces() {
+    let mb = Mailbox::new(limits());
+    mb.connect("ns").handle_frame(publish_frame(&id(1), 2, 0, b"x")).unwrap();
+    assert_eq!(mb.stats().namespaces, 1);
+    tokio::time::sleep(Duration::from_secs(2) + SWEEP_INTERVAL * 2).await;
+    assert_eq!(mb.stats(), MailboxStats::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_heap_stays_proportional_to_what_lives() {
+    let mb = Mailbox::new(limits());
+    let mut a = mb.connect("ns");
+    let b = mb.connect("ns");
+    // Unique one-receiver messages taken at once leave stale deadlines behind.
+    for n in 0..10_000u32 {
+        let mut mid = [0u8; 32];
+        mid[..4].copy_from_slice(&n.to_le_bytes());
+        b.handle_frame(publish_frame(&mid, 100, FLAG_ONE_RECEIVER, b"x")).unwrap();
+        a.handle_frame(ask_frame(&mid, 100)).unwrap();
+        drain(&mut a);
+    }
+    assert!(a.space.lock().heap_len() <= 2 * 64 + 2, "{}", a.space.lock().heap_len());
+}

@@ -1,0 +1,780 @@
+//! Rooms: one MPC operation = one room of N parties (docs/protocol.md section 3).
+//!
+//! [`Rooms`] is the registry; [`Party`] is one connected party. The relay stamps each
+//! message with its sender's slot, numbers what it delivers to each receiver (`seq`
+//! 1, 2, 3, ... per receiver), holds messages for parties that are absent, keeps what
+//! was delivered but not acked so a dropped party can resume without loss, and bounds
+//! everything a room holds by [`Limits::max_room_held_bytes`].
+//!
+//! No sockets here: the transport moves frames between a WebSocket and a [`Party`], and
+//! a Rust service can drive a [`Party`] directly. Deadlines (TTL, reconnect grace) run
+//! on `tokio::time`, so tests pause and advance time; only `expires_at` (the Unix
+//! second reported to clients) reads the wall clock.
+//!
+//! Concurrency: one `std::sync::Mutex` per room, never held across an `.await`. Each
+//! connection has its own [`Notify`] that a sender pokes after queueing for it. A
+//! payload is a [`Bytes`]: a broadcast shares one buffer among all its receivers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::CoreError;
+use crate::id::{RoomId, RoomIdPrefix};
+use crate::limits::Limits;
+
+/// What one held message costs against [`Limits::max_room_held_bytes`] on top of its
+/// payload: its bookkeeping, so that empty payloads cannot grow a room without bound.
+pub const HELD_MESSAGE_OVERHEAD: usize = std::mem::size_of::<Held>();
+
+/// The registry of live rooms. Cheap to clone (an `Arc` inside); every clone sees the
+/// same rooms.
+#[derive(Clone)]
+pub struct Rooms {
+    inner: Arc<Registry>,
+}
+
+/// A room as the registry describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room's ID.
+    pub id: RoomId,
+    /// Number of slots.
+    pub room_size: u16,
+    /// When the room expires, in Unix seconds.
+    pub expires_at: u64,
+    /// Slots with a live connection now.
+    pub present: Vec<u16>,
+    /// Whether every slot has joined at least once.
+    pub ready: bool,
+}
+
+/// How a party joins: a first join (next free slot, or the slot it asks for), or a
+/// reconnect with the resume token it was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// The slot to take on a first join; ignored when resuming.
+    pub slot: Option<u16>,
+    /// Reconnect to the slot this token belongs to.
+    pub resume: Option<Resume>,
+}
+
+/// A reconnect: the slot's resume token and the last `seq` the party received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The `resume_token` from the party's welcome.
+    pub token: String,
+    /// Everything up to this seq was received; replay starts after it. `None` replays
+    /// everything not yet acked.
+    pub last_seq: Option<u64>,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// One party, by slot.
+    To(u16),
+    /// Every other party of the room that has not left.
+    Broadcast,
+}
+
+/// What a party learns when it joins: the first frame the transport sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The room's ID.
+    pub room_id: RoomId,
+    /// This party's slot.
+    pub slot: u16,
+    /// Number of slots.
+    pub room_size: u16,
+    /// Give this back (with `last_seq`) to reconnect to the same slot.
+    pub resume_token: String,
+    /// When the room expires, in Unix seconds.
+    pub expires_at: u64,
+    /// Slots connected now, this one included.
+    pub present: Vec<u16>,
+    /// Whether this join resumed an earlier connection.
+    pub resumed: bool,
+    /// The seq the next data message to this party will carry.
+    pub next_seq: u64,
+}
+
+/// One message delivered to a party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Per-receiver number: 1, 2, 3, ... without gaps.
+    pub seq: u64,
+    /// The sender's slot, stamped by the relay.
+    pub from: u16,
+    /// Whether the sender broadcast it.
+    pub broadcast: bool,
+    /// The payload, shared with the other receivers of a broadcast.
+    pub payload: Bytes,
+}
+
+/// Why a party's connection is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The room's TTL passed.
+    Expired,
+    /// Every party left (or dropped and did not come back within the grace).
+    AllLeft,
+    /// The same slot resumed on a newer connection.
+    Replaced,
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+/// What a party receives, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartyEvent {
+    /// A data message.
+    Data(Delivery),
+    /// Another party connected (first time or reconnect).
+    Joined(u16),
+    /// Another party's connection dropped (its slot is held) or it left.
+    Left(u16),
+    /// Every slot has joined at least once.
+    Ready {
+        /// Number of slots.
+        room_size: u16,
+    },
+    /// This connection is over; every later call returns the same.
+    Closed(CloseReason),
+}
+
+/// One connected party of a room. Dropping it is a dropped connection: the slot is
+/// held for a reconnect and the others are told it left. [`Party::leave`] ends the
+/// party for good.
+pub struct Party {
+    room: Arc<Room>,
+    slot: u16,
+    conn: u64,
+    notify: Arc<Notify>,
+    welcome: Welcome,
+    /// Set by `leave`, so that drop does not report a second departure.
+    done: bool,
+}
+
+struct Registry {
+    limits: Limits,
+    prefix: Option<RoomIdPrefix>,
+    rooms: Mutex<HashMap<RoomId, Arc<Room>>>,
+}
+
+struct Room {
+    id: RoomId,
+    size: u16,
+    expires_at: u64,
+    deadline: Instant,
+    max_held_bytes: usize,
+    max_message_bytes: usize,
+    reconnect_grace: Duration,
+    state: Mutex<RoomState>,
+    /// Wakes the room's timer task when the grace deadline changes or the room closes.
+    timer: Notify,
+    registry: Weak<Registry>,
+}
+
+struct RoomState {
+    slots: Vec<Slot>,
+    /// Bytes held in all queues, each message counted per receiver (payload plus
+    /// [`HELD_MESSAGE_OVERHEAD`]).
+    held_bytes: usize,
+    ready: bool,
+    closed: Option<CloseReason>,
+    next_conn: u64,
+    /// Set while nobody is connected: the room closes then unless someone comes back.
+    grace_until: Option<Instant>,
+}
+
+struct Slot {
+    /// `Some` once a party joined this slot.
+    token: Option<String>,
+    /// The party sent `leave`: nothing more is held for it and it cannot come back.
+    left: bool,
+    conn: Option<Conn>,
+    /// The seq the next message to this slot gets.
+    next_seq: u64,
+    /// Everything up to this seq was acked and dropped.
+    acked: u64,
+    /// The highest seq handed to the current connection.
+    delivered: u64,
+    /// Messages `acked+1 .. next_seq`, oldest first.
+    queue: VecDeque<Held>,
+    /// Control events waiting for the current connection.
+    events: VecDeque<PartyEvent>,
+}
+
+struct Conn {
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+struct Held {
+    seq: u64,
+    from: u16,
+    broadcast: bool,
+    payload: Bytes,
+}
+
+impl Rooms {
+    /// An empty registry enforcing `limits`; every room ID it issues starts with
+    /// `prefix` when given.
+    pub fn new(limits: Limits, prefix: Option<RoomIdPrefix>) -> Rooms {
+        Rooms { inner: Arc::new(Registry { limits, prefix, rooms: Mutex::new(HashMap::new()) }) }
+    }
+
+    /// The limits this registry enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Creates a room of `room_size` parties living `ttl` (the default TTL when `None`).
+    /// Must run inside a tokio runtime: the room's expiry timer is a task.
+    pub fn create(&self, room_size: u16, ttl: Option<Duration>) -> Result<RoomInfo, CoreError> {
+        let limits = &self.inner.limits;
+        if room_size < 2 || room_size > limits.max_room_size {
+            return Err(CoreError::BadRoomSize { got: room_size.into(), max: limits.max_room_size });
+        }
+        let ttl = ttl.unwrap_or(limits.room_ttl_default);
+        if ttl.is_zero() || ttl > limits.room_ttl_max {
+            return Err(CoreError::BadTtl {
+                got_secs: ttl.as_secs(),
+                max_secs: limits.room_ttl_max.as_secs(),
+            });
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| CoreError::NoRuntime)?;
+        let expires_at =
+            (SystemTime::now() + ttl).duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+
+        let room = {
+            let mut rooms = lock(&self.inner.rooms);
+            if rooms.len() >= limits.max_rooms {
+                return Err(CoreError::TooManyRooms(limits.max_rooms));
+            }
+            let id = loop {
+                let id = RoomId::generate(self.inner.prefix);
+                if !rooms.contains_key(&id) {
+                    break id;
+                }
+            };
+            let room = Arc::new(Room {
+                id,
+                size: room_size,
+                expires_at,
+                deadline: Instant::now() + ttl,
+                max_held_bytes: limits.max_room_held_bytes,
+                max_message_bytes: limits.max_message_bytes,
+                reconnect_grace: limits.reconnect_grace,
+                state: Mutex::new(RoomState {
+                    slots: (0..room_size).map(|_| Slot::new()).collect(),
+                    held_bytes: 0,
+                    ready: false,
+                    closed: None,
+                    next_conn: 0,
+                    grace_until: None,
+                }),
+                timer: Notify::new(),
+                registry: Arc::downgrade(&self.inner),
+            });
+            rooms.insert(id, room.clone());
+            room
+        };
+        let info = room.info();
+        runtime.spawn(run_room_timer(room));
+        Ok(info)
+    }
+
+    /// Joins room `id` as a new party or resumes a dropped one.
+    pub fn join(&self, id: &RoomId, request: JoinRequest) -> Result<Party, CoreError> {
+        let room = lock(&self.inner.rooms).get(id).cloned().ok_or(CoreError::RoomNotFound)?;
+        Room::join(room, request)
+    }
+
+    /// The room `id`, if it is live.
+    pub fn info(&self, id: &RoomId) -> Option<RoomInfo> {
+        let room = lock(&self.inner.rooms).get(id).cloned()?;
+        Some(room.info())
+    }
+
+    /// Every live room.
+    pub fn list(&self) -> Vec<RoomInfo> {
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        rooms.iter().map(|r| r.info()).collect()
+    }
+
+    /// Number of live rooms.
+    pub fn len(&self) -> usize {
+        lock(&self.inner.rooms).len()
+    }
+
+    /// Whether no room is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every room with `reason` (for a shutdown); their parties get
+    /// [`PartyEvent::Closed`].
+    pub fn close_all(&self, reason: CloseReason) {
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        for room in rooms {
+            room.close(reason);
+        }
+    }
+}
+
+impl CloseReason {
+    /// The WebSocket close code docs/protocol.md gives this reason.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Expired => 4000,
+            CloseReason::AllLeft => 1000,
+            CloseReason::Replaced => 4001,
+            CloseReason::Shutdown => 1001,
+        }
+    }
+
+    /// The close reason text docs/protocol.md gives this reason.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Expired => "room expired",
+            CloseReason::AllLeft => "room closed",
+            CloseReason::Replaced => "replaced by a newer connection",
+            CloseReason::Shutdown => "server shutting down",
+        }
+    }
+}
+
+impl Party {
+    /// What the party was told when it joined.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// This party's slot.
+    pub fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    /// The room's ID.
+    pub fn room_id(&self) -> RoomId {
+        self.room.id
+    }
+
+    /// Sends `payload` from this party's slot. All or nothing: a message over the
+    /// room's held-bytes bound is refused for every destination. A message to a party
+    /// that left is dropped.
+    pub fn send(&self, to: Destination, payload: Bytes) -> Result<(), CoreError> {
+        let room = &*self.room;
+        if payload.len() > room.max_message_bytes {
+            return Err(CoreError::MessageTooBig { got: payload.len(), max: room.max_message_bytes });
+        }
+        let mut st = lock(&room.state);
+        if st.closed.is_some() || !st.is_current(self.slot, self.conn) {
+            return Err(CoreError::PartyClosed);
+        }
+        let broadcast = matches!(to, Destination::Broadcast);
+        let receivers = match to {
+            Destination::To(slot) if slot == self.slot || slot >= room.size => {
+                return Err(CoreError::BadDestination(slot));
+            }
+            Destination::To(slot) => usize::from(!st.slots[usize::from(slot)].left),
+            Destination::Broadcast => {
+                st.slots.iter().enumerate().filter(|(i, s)| *i != usize::from(self.slot) && !s.left).count()
+            }
+        };
+        let cost = (payload.len() + HELD_MESSAGE_OVERHEAD) * receivers;
+        if st.held_bytes + cost > room.max_held_bytes {
+            return Err(CoreError::RoomBufferFull { max: room.max_held_bytes });
+        }
+        st.held_bytes += cost;
+        let from = self.slot;
+        let push = |slot: &mut Slot| {
+            slot.queue.push_back(Held { seq: slot.next_seq, from, broadcast, payload: payload.clone() });
+            slot.next_seq += 1;
+            if let Some(conn) = &slot.conn {
+                conn.notify.notify_one();
+            }
+        };
+        match to {
+            Destination::To(slot) => {
+                let slot = &mut st.slots[usize::from(slot)];
+                if !slot.left {
+                    push(slot);
+                }
+            }
+            Destination::Broadcast => {
+                for (i, slot) in st.slots.iter_mut().enumerate() {
+                    if i != usize::from(from) && !slot.left {
+                        push(slot);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything up to `seq` was received: the relay forgets it. An ack past what was
+    /// delivered counts up to what was delivered.
+    pub fn ack(&self, seq: u64) {
+        let mut st = lock(&self.room.state);
+        if !st.is_current(self.slot, self.conn) {
+            return;
+        }
+        let st = &mut *st;
+        let slot = &mut st.slots[usize::from(self.slot)];
+        let upto = seq.min(slot.delivered);
+        if upto <= slot.acked {
+            return;
+        }
+        st.held_bytes -= slot.drop_through(upto);
+    }
+
+    /// Leaves the room for good: nothing more is held for this slot and it cannot be
+    /// resumed. The others are told it left.
+    pub fn leave(mut self) {
+        self.done = true;
+        let close_now = {
+            let mut st = lock(&self.room.state);
+            if !st.is_current(self.slot, self.conn) {
+                return;
+            }
+            let st = &mut *st;
+            let slot = &mut st.slots[usize::from(self.slot)];
+            slot.left = true;
+            slot.conn = None;
+            slot.events.clear();
+            let upto = slot.next_seq - 1;
+            st.held_bytes -= slot.drop_through(upto);
+            self.room.after_disconnect(st, self.slot)
+        };
+        if close_now {
+            self.room.close(CloseReason::AllLeft);
+        }
+    }
+
+    /// The next event for this party: control events first, then data in `seq` order.
+    /// Cancel-safe: nothing is lost if the future is dropped.
+    pub async fn next_event(&mut self) -> PartyEvent {
+        loop {
+            if let Some(event) = self.try_next_event() {
+                return event;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// The next event if one is ready now, without waiting (to batch writes).
+    pub fn try_next_event(&mut self) -> Option<PartyEvent> {
+        let mut st = lock(&self.room.state);
+        if let Some(reason) = st.closed {
+            return Some(PartyEvent::Closed(reason));
+        }
+        if !st.is_current(self.slot, self.conn) {
+            return Some(PartyEvent::Closed(CloseReason::Replaced));
+        }
+        let slot = &mut st.slots[usize::from(self.slot)];
+        if let Some(event) = slot.events.pop_front() {
+            return Some(event);
+        }
+        if slot.delivered + 1 >= slot.next_seq {
+            return None;
+        }
+        // The queue starts at seq acked+1, so seq delivered+1 sits at index delivered-acked.
+        let index = usize::try_from(slot.delivered - slot.acked).ok()?;
+        let held = slot.queue.get(index)?;
+        slot.delivered = held.seq;
+        Some(PartyEvent::Data(Delivery {
+            seq: held.seq,
+            from: held.from,
+            broadcast: held.broadcast,
+            payload: held.payload.clone(),
+        }))
+    }
+}
+
+impl Drop for Party {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let close_now = {
+            let mut st = lock(&self.room.state);
+            if st.closed.is_some() || !st.is_current(self.slot, self.conn) {
+                return;
+            }
+            st.slots[usize::from(self.slot)].conn = None;
+            self.room.after_disconnect(&mut st, self.slot)
+        };
+        if close_now {
+            self.room.close(CloseReason::AllLeft);
+        }
+    }
+}
+
+impl std::fmt::Debug for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Party").field("room", &self.room.id).field("slot", &self.slot).finish()
+    }
+}
+
+impl Room {
+    fn join(room: Arc<Room>, request: JoinRequest) -> Result<Party, CoreError> {
+        let mut guard = lock(&room.state);
+        let st = &mut *guard;
+        if st.closed.is_some() {
+            return Err(CoreError::RoomNotFound);
+        }
+        let (index, resumed) = match &request.resume {
+            Some(resume) => {
+                let index = st
+                    .slots
+                    .iter()
+                    .position(|s| s.token.as_deref().is_some_and(|t| tokens_equal(t, &resume.token)))
+                    .ok_or(CoreError::BadResumeToken)?;
+                let slot = &mut st.slots[index];
+                if slot.left {
+                    return Err(CoreError::BadResumeToken);
+                }
+                let last = resume.last_seq.unwrap_or(slot.acked);
+                if last < slot.acked {
+                    return Err(CoreError::ResumeGap { last_seq: last, acked: slot.acked });
+                }
+                if last >= slot.next_seq {
+                    return Err(CoreError::ResumeAhead { last_seq: last, last: slot.next_seq - 1 });
+                }
+                st.held_bytes -= slot.drop_through(last);
+                slot.delivered = last;
+                if let Some(old) = slot.conn.take() {
+                    old.notify.notify_one();
+                }
+                (index, true)
+            }
+            None => {
+                let index = match request.slot {
+                    Some(s) if s >= room.size => {
+                        return Err(CoreError::BadSlot { slot: s, room_size: room.size });
+                    }
+                    Some(s) if st.slots[usize::from(s)].token.is_some() => {
+                        return Err(CoreError::SlotTaken(s));
+                    }
+                    Some(s) => usize::from(s),
+                    None => st
+                        .slots
+                        .iter()
+                        .position(|s| s.token.is_none())
+                        .ok_or(CoreError::RoomFull(room.size))?,
+                };
+                st.slots[index].token = Some(uuid::Uuid::new_v4().simple().to_string());
+                (index, false)
+            }
+        };
+        let slot_no = u16::try_from(index).unwrap_or(u16::MAX);
+        let conn_id = st.next_conn;
+        st.next_conn += 1;
+        let notify = Arc::new(Notify::new());
+        {
+            let slot = &mut st.slots[index];
+            slot.conn = Some(Conn { id: conn_id, notify: notify.clone() });
+            slot.events.clear();
+        }
+        if st.grace_until.take().is_some() {
+            room.timer.notify_one();
+        }
+        for (i, other) in st.slots.iter_mut().enumerate() {
+            if i != index {
+                other.push_event(PartyEvent::Joined(slot_no));
+            }
+        }
+        if !st.ready && st.slots.iter().all(|s| s.token.is_some()) {
+            st.ready = true;
+            for slot in &mut st.slots {
+                slot.push_event(PartyEvent::Ready { room_size: room.size });
+            }
+        } else if st.ready {
+            st.slots[index].push_event(PartyEvent::Ready { room_size: room.size });
+        }
+        let slot = &st.slots[index];
+        let welcome = Welcome {
+            room_id: room.id,
+            slot: slot_no,
+            room_size: room.size,
+            resume_token: slot.token.clone().unwrap_or_default(),
+            expires_at: room.expires_at,
+            present: st.present(),
+            resumed,
+            next_seq: slot.delivered + 1,
+        };
+        drop(guard);
+        Ok(Party { room, slot: slot_no, conn: conn_id, notify, welcome, done: false })
+    }
+
+    fn info(&self) -> RoomInfo {
+        let st = lock(&self.state);
+        RoomInfo {
+            id: self.id,
+            room_size: self.size,
+            expires_at: self.expires_at,
+            present: st.present(),
+            ready: st.ready,
+        }
+    }
+
+    /// After `slot`'s connection ended: tells the others, and when nobody is left
+    /// connected starts the reconnect grace. Returns true when the room must close now
+    /// (every party left for good).
+    fn after_disconnect(&self, st: &mut RoomState, slot: u16) -> bool {
+        for (i, other) in st.slots.iter_mut().enumerate() {
+            if i != usize::from(slot) {
+                other.push_event(PartyEvent::Left(slot));
+            }
+        }
+        if st.slots.iter().any(|s| s.conn.is_some()) {
+            return false;
+        }
+        if st.slots.iter().all(|s| s.left) {
+            return true;
+        }
+        st.grace_until = Some(Instant::now() + self.reconnect_grace);
+        self.timer.notify_one();
+        false
+    }
+
+    /// Closes the room: every connection gets [`PartyEvent::Closed`], held messages are
+    /// freed and the registry forgets it. Idempotent.
+    fn close(&self, reason: CloseReason) {
+        {
+            let mut st = lock(&self.state);
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(reason);
+            st.held_bytes = 0;
+            for slot in &mut st.slots {
+                slot.queue = VecDeque::new();
+                slot.events = VecDeque::new();
+                if let Some(conn) = &slot.conn {
+                    conn.notify.notify_one();
+                }
+            }
+        }
+        self.timer.notify_one();
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry.rooms).remove(&self.id);
+        }
+        tracing::debug!(room = %self.id, ?reason, "room closed");
+    }
+}
+
+impl RoomState {
+    fn is_current(&self, slot: u16, conn: u64) -> bool {
+        self.slots[usize::from(slot)].conn.as_ref().is_some_and(|c| c.id == conn)
+    }
+
+    fn present(&self) -> Vec<u16> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].conn.is_some())
+            .filter_map(|i| u16::try_from(i).ok())
+            .collect()
+    }
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            token: None,
+            left: false,
+            conn: None,
+            next_seq: 1,
+            acked: 0,
+            delivered: 0,
+            queue: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Drops held messages up to `seq` and marks them acked; returns the bytes freed.
+    fn drop_through(&mut self, seq: u64) -> usize {
+        let mut freed = 0;
+        while self.queue.front().is_some_and(|h| h.seq <= seq) {
+            if let Some(held) = self.queue.pop_front() {
+                freed += held.payload.len() + HELD_MESSAGE_OVERHEAD;
+            }
+        }
+        self.acked = self.acked.max(seq);
+        freed
+    }
+
+    /// Queues a control event for the connected party, if any. A pending `joined` or
+    /// `left` of the same slot is superseded by the newer one, so a party that flaps
+    /// cannot grow a slow reader's queue: at most one pending event per slot, plus
+    /// `ready`.
+    fn push_event(&mut self, event: PartyEvent) {
+        if let Some(conn) = &self.conn {
+            if let PartyEvent::Joined(s) | PartyEvent::Left(s) = event {
+                self.events.retain(|e| !matches!(e, PartyEvent::Joined(x) | PartyEvent::Left(x) if *x == s));
+            }
+            self.events.push_back(event);
+            conn.notify.notify_one();
+        }
+    }
+}
+
+/// The room's clock: closes it at its TTL, or when the reconnect grace after the last
+/// connection passes with nobody back. Ends when the room closes.
+async fn run_room_timer(room: Arc<Room>) {
+    loop {
+        let grace_until = {
+            let st = lock(&room.state);
+            if st.closed.is_some() {
+                return;
+            }
+            st.grace_until
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(room.deadline) => {
+                room.close(CloseReason::Expired);
+                return;
+            }
+            () = sleep_until_some(grace_until) => {
+                let empty = {
+                    let st = lock(&room.state);
+                    st.grace_until.is_some_and(|t| t <= Instant::now())
+                        && st.slots.iter().all(|s| s.conn.is_none())
+                };
+                if empty {
+                    room.close(CloseReason::AllLeft);
+                    return;
+                }
+            }
+            () = room.timer.notified() => {}
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Compares two tokens without stopping at the first difference.
+fn tokens_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Locks `m`, recovering from poisoning: room state stays consistent between
+/// statements, and one panicked task must not take a room down for everyone.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+#[path = "rooms_tests.rs"]
+mod tests;

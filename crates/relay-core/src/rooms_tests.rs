@@ -1,0 +1,389 @@
+//! Unit tests of the room state machine, on paused tokio time.
+
+use super::*;
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+fn join(rooms: &Rooms, id: &RoomId) -> Party {
+    rooms.join(id, JoinRequest::default()).expect("join")
+}
+
+fn resume(rooms: &Rooms, id: &RoomId, token: &str, last_seq: Option<u64>) -> Result<Party, CoreError> {
+    rooms.join(id, JoinRequest { slot: None, resume: Some(Resume { token: token.to_owned(), last_seq }) })
+}
+
+/// Every event ready now, without waiting.
+fn drain(party: &mut Party) -> Vec<PartyEvent> {
+    std::iter::from_fn(|| party.try_next_event()).take(100_000).collect()
+}
+
+/// The data events ready now, as (seq, from, payload).
+fn data(party: &mut Party) -> Vec<(u64, u16, Bytes)> {
+    drain(party)
+        .into_iter()
+        .filter_map(|e| match e {
+            PartyEvent::Data(d) => Some((d.seq, d.from, d.payload)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Lets spawned tasks (the room timers) run after a time change.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ready_is_sent_when_all_joined_and_broadcast_reaches_the_others_only() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(3, None).unwrap();
+    let mut a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    assert_eq!(b.welcome().present, vec![0, 1]);
+    let mut c = join(&rooms, &room.id);
+    assert_eq!((a.slot(), b.slot(), c.slot()), (0, 1, 2));
+    assert_eq!(c.welcome().present, vec![0, 1, 2]);
+    let ready = PartyEvent::Ready { room_size: 3 };
+    assert_eq!(drain(&mut a), vec![PartyEvent::Joined(1), PartyEvent::Joined(2), ready.clone()]);
+    assert_eq!(drain(&mut b), vec![PartyEvent::Joined(2), ready.clone()]);
+    assert_eq!(drain(&mut c), vec![ready]);
+
+    a.send(Destination::Broadcast, Bytes::from_static(b"hi all")).unwrap();
+    for p in [&mut b, &mut c] {
+        let ev = p.next_event().await;
+        assert_eq!(
+            ev,
+            PartyEvent::Data(Delivery {
+                seq: 1,
+                from: 0,
+                broadcast: true,
+                payload: Bytes::from_static(b"hi all")
+            })
+        );
+    }
+    assert!(a.try_next_event().is_none(), "a sender never receives its own broadcast");
+    assert!(rooms.info(&room.id).unwrap().ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_from_one_sender_arrive_in_order_with_contiguous_seq() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(3, None).unwrap();
+    let a = join(&rooms, &room.id);
+    let b = join(&rooms, &room.id);
+    let mut c = join(&rooms, &room.id);
+    drain(&mut c);
+    for i in 0u32..1000 {
+        a.send(Destination::To(2), Bytes::from(i.to_le_bytes().to_vec())).unwrap();
+        b.send(Destination::To(2), Bytes::from(i.to_le_bytes().to_vec())).unwrap();
+    }
+    let got = data(&mut c);
+    assert_eq!(got.len(), 2000);
+    assert!(got.iter().enumerate().all(|(i, (seq, _, _))| *seq == i as u64 + 1));
+    for sender in [0u16, 1] {
+        let from: Vec<u32> = got
+            .iter()
+            .filter(|(_, f, _)| *f == sender)
+            .map(|(_, _, p)| u32::from_le_bytes(p[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(from, (0..1000).collect::<Vec<_>>(), "FIFO from slot {sender}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_for_a_party_not_joined_yet_are_held_until_it_joins() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let a = join(&rooms, &room.id);
+    for p in [&b"one"[..], b"two", b"three"] {
+        a.send(Destination::To(1), Bytes::copy_from_slice(p)).unwrap();
+    }
+    let mut b = join(&rooms, &room.id);
+    assert_eq!(b.welcome().next_seq, 1);
+    assert_eq!(b.next_event().await, PartyEvent::Ready { room_size: 2 }, "ready comes right after welcome");
+    let got: Vec<_> = data(&mut b).into_iter().map(|(s, f, p)| (s, f, p.to_vec())).collect();
+    assert_eq!(got, vec![(1, 0, b"one".to_vec()), (2, 0, b"two".to_vec()), (3, 0, b"three".to_vec())]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_replays_everything_after_last_seq_exactly_once() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let mut a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    drain(&mut b);
+    for i in 1u8..=5 {
+        a.send(Destination::To(1), Bytes::from(vec![i])).unwrap();
+    }
+    let first: Vec<u64> = (0..3)
+        .map(|_| match b.try_next_event() {
+            Some(PartyEvent::Data(d)) => d.seq,
+            other => panic!("expected data, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(first, vec![1, 2, 3]);
+    b.ack(2);
+    let token = b.welcome().resume_token.clone();
+    drop(b);
+    drain(&mut a);
+    for i in 6u8..=7 {
+        a.send(Destination::To(1), Bytes::from(vec![i])).unwrap();
+    }
+    let mut b = resume(&rooms, &room.id, &token, Some(3)).unwrap();
+    assert!(b.welcome().resumed);
+    assert_eq!(b.welcome().slot, 1);
+    assert_eq!(b.welcome().next_seq, 4);
+    assert_eq!(b.next_event().await, PartyEvent::Ready { room_size: 2 });
+    let got: Vec<(u64, u8)> = data(&mut b).into_iter().map(|(s, _, p)| (s, p[0])).collect();
+    assert_eq!(got, vec![(4, 4), (5, 5), (6, 6), (7, 7)]);
+    assert_eq!(drain(&mut a), vec![PartyEvent::Joined(1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_older_than_what_is_held_is_a_gap_and_bad_tokens_are_refused() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    for i in 1u8..=4 {
+        a.send(Destination::To(1), Bytes::from(vec![i])).unwrap();
+    }
+    assert_eq!(data(&mut b).len(), 4);
+    b.ack(3);
+    let token = b.welcome().resume_token.clone();
+    drop(b);
+    assert_eq!(
+        resume(&rooms, &room.id, &token, Some(1)).unwrap_err(),
+        CoreError::ResumeGap { last_seq: 1, acked: 3 }
+    );
+    assert_eq!(
+        resume(&rooms, &room.id, &token, Some(9)).unwrap_err(),
+        CoreError::ResumeAhead { last_seq: 9, last: 4 }
+    );
+    assert_eq!(resume(&rooms, &room.id, "not-a-token", Some(3)).unwrap_err(), CoreError::BadResumeToken);
+    let other = rooms.create(2, None).unwrap();
+    assert_eq!(resume(&rooms, &other.id, &token, Some(3)).unwrap_err(), CoreError::BadResumeToken);
+    // Without last_seq, everything not acked is replayed.
+    let mut b = resume(&rooms, &room.id, &token, None).unwrap();
+    assert_eq!(b.welcome().next_seq, 4);
+    assert_eq!(data(&mut b).into_iter().map(|(s, _, _)| s).collect::<Vec<_>>(), vec![4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_over_the_held_bound_is_refused_for_every_destination_and_acks_free_space() {
+    let unit = 100 + HELD_MESSAGE_OVERHEAD;
+    let rooms = Rooms::new(Limits { max_room_held_bytes: 3 * unit, ..limits() }, None);
+    let room = rooms.create(3, None).unwrap();
+    let a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    let mut c = join(&rooms, &room.id);
+    let payload = Bytes::from(vec![7u8; 100]);
+    a.send(Destination::Broadcast, payload.clone()).unwrap(); // 2 units held
+    assert_eq!(
+        a.send(Destination::Broadcast, payload.clone()).unwrap_err(),
+        CoreError::RoomBufferFull { max: 3 * unit }
+    );
+    a.send(Destination::To(2), payload.clone()).unwrap(); // 3 units held
+    assert_eq!(
+        a.send(Destination::To(1), payload.clone()).unwrap_err(),
+        CoreError::RoomBufferFull { max: 3 * unit }
+    );
+    assert_eq!(data(&mut b).len(), 1, "the refused broadcast reached nobody");
+    assert_eq!(data(&mut c).len(), 2);
+    // Delivered but not acked still counts.
+    assert!(a.send(Destination::To(1), payload.clone()).is_err());
+    b.ack(1);
+    a.send(Destination::To(1), payload.clone()).unwrap();
+    c.ack(2);
+    a.send(Destination::Broadcast, payload).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_room_closes_at_its_ttl_and_leaves_the_registry() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, Some(Duration::from_secs(5))).unwrap();
+    let mut a = join(&rooms, &room.id);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    settle().await;
+    assert_eq!(rooms.len(), 1);
+    assert!(a.try_next_event().is_none());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(a.next_event().await, PartyEvent::Closed(CloseReason::Expired));
+    assert_eq!(CloseReason::Expired.code(), 4000);
+    assert_eq!(rooms.len(), 0);
+    assert_eq!(rooms.join(&room.id, JoinRequest::default()).unwrap_err(), CoreError::RoomNotFound);
+    assert_eq!(a.send(Destination::To(1), Bytes::new()).unwrap_err(), CoreError::PartyClosed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_room_closes_after_the_reconnect_grace_unless_someone_comes_back() {
+    let grace = Duration::from_secs(30);
+    let rooms = Rooms::new(Limits { reconnect_grace: grace, ..limits() }, None);
+    let room = rooms.create(2, None).unwrap();
+    let a = join(&rooms, &room.id);
+    let b = join(&rooms, &room.id);
+    let token = a.welcome().resume_token.clone();
+    drop(a);
+    drop(b);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    settle().await;
+    assert_eq!(rooms.len(), 1, "still within the grace");
+    let a = resume(&rooms, &room.id, &token, None).unwrap();
+    tokio::time::advance(Duration::from_secs(60)).await;
+    settle().await;
+    assert_eq!(rooms.len(), 1, "a party came back, so the room stays");
+    drop(a);
+    tokio::time::advance(grace - Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(rooms.len(), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    assert_eq!(rooms.len(), 0, "closed once the grace passed with nobody back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_room_closes_at_once_when_every_party_left() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    drain(&mut b);
+    a.leave();
+    assert_eq!(b.next_event().await, PartyEvent::Left(0));
+    assert_eq!(rooms.len(), 1);
+    b.leave();
+    assert_eq!(rooms.len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_party_that_left_gets_nothing_more_and_cannot_resume() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(3, None).unwrap();
+    let a = join(&rooms, &room.id);
+    let b = join(&rooms, &room.id);
+    let mut c = join(&rooms, &room.id);
+    drain(&mut c);
+    let token = b.welcome().resume_token.clone();
+    b.leave();
+    a.send(Destination::To(1), Bytes::from_static(b"dropped")).unwrap();
+    a.send(Destination::Broadcast, Bytes::from_static(b"to c")).unwrap();
+    assert_eq!(data(&mut c).len(), 1);
+    assert_eq!(resume(&rooms, &room.id, &token, None).unwrap_err(), CoreError::BadResumeToken);
+    assert_eq!(
+        rooms.join(&room.id, JoinRequest { slot: Some(1), resume: None }).unwrap_err(),
+        CoreError::SlotTaken(1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn slots_full_rooms_and_destinations_are_checked() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let b = rooms.join(&room.id, JoinRequest { slot: Some(1), resume: None }).unwrap();
+    assert_eq!(b.slot(), 1);
+    assert_eq!(
+        rooms.join(&room.id, JoinRequest { slot: Some(1), resume: None }).unwrap_err(),
+        CoreError::SlotTaken(1)
+    );
+    assert_eq!(
+        rooms.join(&room.id, JoinRequest { slot: Some(2), resume: None }).unwrap_err(),
+        CoreError::BadSlot { slot: 2, room_size: 2 }
+    );
+    let a = join(&rooms, &room.id);
+    assert_eq!(a.slot(), 0);
+    assert_eq!(rooms.join(&room.id, JoinRequest::default()).unwrap_err(), CoreError::RoomFull(2));
+    drop(a);
+    assert_eq!(
+        rooms.join(&room.id, JoinRequest::default()).unwrap_err(),
+        CoreError::RoomFull(2),
+        "a dropped party keeps its slot"
+    );
+    assert_eq!(b.send(Destination::To(1), Bytes::new()).unwrap_err(), CoreError::BadDestination(1));
+    assert_eq!(b.send(Destination::To(2), Bytes::new()).unwrap_err(), CoreError::BadDestination(2));
+    let big = Bytes::from(vec![0u8; limits().max_message_bytes + 1]);
+    assert!(matches!(b.send(Destination::To(0), big).unwrap_err(), CoreError::MessageTooBig { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_connection_for_a_slot_replaces_the_old_one() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let mut old = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    drain(&mut old);
+    drain(&mut b);
+    let token = old.welcome().resume_token.clone();
+    let mut new = resume(&rooms, &room.id, &token, None).unwrap();
+    assert_eq!(old.next_event().await, PartyEvent::Closed(CloseReason::Replaced));
+    assert_eq!(CloseReason::Replaced.code(), 4001);
+    assert_eq!(old.send(Destination::To(1), Bytes::new()).unwrap_err(), CoreError::PartyClosed);
+    drop(old);
+    assert!(
+        drain(&mut b).iter().all(|e| *e != PartyEvent::Left(0)),
+        "dropping a replaced connection is not a departure"
+    );
+    b.send(Destination::To(0), Bytes::from_static(b"x")).unwrap();
+    assert!(matches!(new.next_event().await, PartyEvent::Ready { .. }));
+    assert!(matches!(new.next_event().await, PartyEvent::Data(Delivery { seq: 1, from: 1, .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_rooms_is_enforced_and_expired_rooms_free_their_place() {
+    let rooms = Rooms::new(Limits { max_rooms: 2, ..limits() }, Some("1a2b3c4d".parse().unwrap()));
+    let r1 = rooms.create(2, Some(Duration::from_secs(1))).unwrap();
+    assert!(r1.id.to_string().starts_with("1a2b3c4d-"));
+    rooms.create(2, None).unwrap();
+    assert_eq!(rooms.create(2, None).unwrap_err(), CoreError::TooManyRooms(2));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(rooms.list().len(), 1);
+    rooms.create(2, None).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn sizes_and_ttls_out_of_range_are_refused() {
+    let rooms = Rooms::new(limits(), None);
+    assert!(matches!(rooms.create(1, None), Err(CoreError::BadRoomSize { got: 1, .. })));
+    assert!(matches!(rooms.create(65, None), Err(CoreError::BadRoomSize { got: 65, .. })));
+    assert!(matches!(rooms.create(2, Some(Duration::ZERO)), Err(CoreError::BadTtl { .. })));
+    assert!(matches!(rooms.create(2, Some(Duration::from_secs(86_401))), Err(CoreError::BadTtl { .. })));
+    assert!(rooms.is_empty());
+}
+
+#[test]
+fn creating_a_room_outside_a_runtime_is_an_error_not_a_panic() {
+    let rooms = Rooms::new(limits(), None);
+    assert_eq!(rooms.create(2, None).unwrap_err(), CoreError::NoRuntime);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_all_closes_every_party() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let mut a = join(&rooms, &room.id);
+    drain(&mut a);
+    rooms.close_all(CloseReason::Shutdown);
+    assert_eq!(a.next_event().await, PartyEvent::Closed(CloseReason::Shutdown));
+    assert!(rooms.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flapping_party_leaves_one_pending_event_for_a_reader_that_is_away() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None).unwrap();
+    let mut a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    drain(&mut a);
+    let token = b.welcome().resume_token.clone();
+    for _ in 0..1000 {
+        drop(b);
+        b = resume(&rooms, &room.id, &token, None).unwrap();
+    }
+    assert_eq!(drain(&mut a), vec![PartyEvent::Joined(1)]);
+    drop(b);
+    assert_eq!(drain(&mut a), vec![PartyEvent::Left(1)]);
+}
