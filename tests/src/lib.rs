@@ -52,11 +52,15 @@ pub struct RelayProcess {
     pub addr: SocketAddr,
     /// Every line it wrote to stderr so far.
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// A fresh data dir when the caller gave none: the store locks its directory, so
+    /// binaries started in parallel from one working directory must not share one.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 impl RelayProcess {
     /// Starts the binary with `args`, adding `--listen 127.0.0.1:0` unless a listen
-    /// address is given, and waits for its "listening on" line.
+    /// address is given and `--data-dir <fresh temp dir>` unless a data dir is given,
+    /// and waits for its "listening on" line.
     pub async fn start(args: &[&str]) -> anyhow::Result<RelayProcess> {
         Self::start_with_env(args, &[]).await
     }
@@ -66,6 +70,13 @@ impl RelayProcess {
         let mut cmd = Command::new(binary_path());
         if !args.iter().any(|a| a.starts_with("--listen")) {
             cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let gives_data_dir = args.iter().any(|a| a.starts_with("--data-dir"))
+            || env.iter().any(|(k, _)| *k == "RELAY_DATA_DIR");
+        let data_dir =
+            if gives_data_dir { None } else { Some(tempfile::tempdir().context("temp data dir")?) };
+        if let Some(dir) = &data_dir {
+            cmd.arg("--data-dir").arg(dir.path());
         }
         cmd.args(args)
             .env_remove("LISTEN")
@@ -109,7 +120,7 @@ impl RelayProcess {
                 );
             }
         };
-        Ok(RelayProcess { child, addr, stderr })
+        Ok(RelayProcess { child, addr, stderr, _data_dir: data_dir })
     }
 
     /// Sends a Unix signal by number (15 = SIGTERM, 9 = SIGKILL, 1 = SIGHUP).

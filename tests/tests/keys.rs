@@ -6,9 +6,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
-use relay_e2e::{HttpResponse, RelayProcess, STEP_TIMEOUT, http_request, post_json, run_binary};
+use relay_e2e::{
+    HttpResponse, RelayProcess, STEP_TIMEOUT, Ws, http_request, post_json, refusal_status, run_binary,
+    ws_connect,
+};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 /// A preconfigured key as the Sodot page writes it: `00112233..eeff` in base64.
 const PRE_KEY: &str = "ABEiM0RVZneImaq7zN3u/w==";
@@ -370,8 +375,8 @@ async fn insecure_mode_checks_no_key_and_warns() -> anyhow::Result<()> {
     let relay = RelayProcess::start(&["--insecure-api-keys-not-enforced"]).await?;
     assert_eq!(get(&relay, "/v1/key").await?.status, StatusCode::OK);
     assert!(relay.output().contains("NOT enforced"), "{}", relay.output());
-    // No key store without --data-dir: the admin API says so instead of guessing.
-    assert_eq!(get(&relay, &format!("/rooms/{TOKEN}")).await?.status, StatusCode::SERVICE_UNAVAILABLE);
+    // The admin API still needs its token.
+    assert_eq!(get(&relay, "/rooms/wrong-token").await?.status, StatusCode::UNAUTHORIZED);
     stop(relay).await
 }
 
@@ -503,5 +508,181 @@ async fn offline_keys_commands_work_when_stopped_and_refuse_while_running() -> a
     }
     // The refused revoke changed nothing.
     assert_eq!(check_key(&relay, &key).await?.status, StatusCode::OK);
+    stop(relay).await
+}
+
+/// `?api_key=` value: standard base64 percent-encoded for a query string.
+fn query_key(key: &str) -> String {
+    key.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+}
+
+/// A mailbox frame: 32-byte ID, TTL (u16 LE), flags (u16 LE), payload; no payload = ask.
+fn mailbox_frame(tag: &str, payload: &[u8]) -> Vec<u8> {
+    let mut id = [0u8; 32];
+    id[..tag.len()].copy_from_slice(tag.as_bytes());
+    let mut frame = id.to_vec();
+    frame.extend_from_slice(&60u16.to_le_bytes());
+    frame.extend_from_slice(&0u16.to_le_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+async fn send_binary(ws: &mut Ws, frame: Vec<u8>) -> anyhow::Result<()> {
+    tokio::time::timeout(STEP_TIMEOUT, ws.send(Message::binary(frame))).await??;
+    Ok(())
+}
+
+/// The next binary frame's payload (after the 36-byte header), skipping pings.
+async fn next_payload(ws: &mut Ws) -> anyhow::Result<Vec<u8>> {
+    loop {
+        let msg = tokio::time::timeout(STEP_TIMEOUT, ws.next()).await?.context("socket closed")??;
+        match msg {
+            Message::Binary(b) => return Ok(b.get(36..).unwrap_or_default().to_vec()),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// The next text frame of a room connection as JSON, skipping pings.
+async fn next_event(ws: &mut Ws, kind: &str) -> anyhow::Result<Value> {
+    loop {
+        let msg = tokio::time::timeout(STEP_TIMEOUT, ws.next()).await?.context("socket closed")??;
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(t.as_str())?;
+            if v["type"] == kind {
+                return Ok(v);
+            }
+        }
+    }
+}
+
+/// Polls `/v1/admin/usage` until `name`'s usage satisfies `done` (bounded); returns it.
+async fn usage_of(relay: &RelayProcess, name: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let resp = admin(relay, "GET", "/v1/admin/usage", TOKEN).await?;
+        let entry =
+            resp.json()["keys"].as_array().and_then(|k| k.iter().find(|k| k["name"] == name).cloned());
+        let entry = entry.context("key in usage")?;
+        if done(&entry) || tokio::time::Instant::now() > deadline {
+            return Ok(entry);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn preconfigured_key_creates_rooms_and_a_revoked_key_is_refused_before_the_upgrade()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), &["--api-key", &format!("{PRE_KEY},backend")]).await?;
+    let bearer = format!("Bearer {PRE_KEY}");
+    let room =
+        post_json(relay.addr, "/v1/rooms", &[("authorization", &bearer)], &json!({"room_size": 2})).await?;
+    assert_eq!(room.status, StatusCode::CREATED, "{}", room.text());
+    let sodot = http_request(relay.addr, "POST", "/create-room", &[("authorization", PRE_KEY)], b"").await?;
+    assert_eq!(sodot.status, StatusCode::OK, "{}", sodot.text());
+    let refused = post_json(relay.addr, "/v1/rooms", &[], &json!({"room_size": 2})).await?;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+
+    let key = sodot_create(&relay, "browser", 0).await?;
+    let path = format!("/v1/msg-relay?api_key={}", query_key(&key));
+    let ws = ws_connect(relay.addr, &path).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(ws);
+    let auth = format!("Bearer {key}");
+    let room =
+        post_json(relay.addr, "/v1/rooms", &[("authorization", &auth)], &json!({"room_size": 2})).await?;
+    assert_eq!(room.status, StatusCode::CREATED);
+
+    assert_eq!(get(&relay, &format!("/revokekey/browser/{TOKEN}")).await?.status, StatusCode::OK);
+    let err = ws_connect(relay.addr, &path).await.err().context("a revoked key was upgraded")?;
+    assert_eq!(refusal_status(&err), Some(StatusCode::FORBIDDEN), "{err}");
+    let room =
+        post_json(relay.addr, "/v1/rooms", &[("authorization", &auth)], &json!({"room_size": 2})).await?;
+    assert_eq!((room.status, error_code(&room).as_str()), (StatusCode::FORBIDDEN, "revoked_api_key"));
+    let err = ws_connect(relay.addr, &format!("/v1/msg-relay?api_key={}", query_key(STRANGER_KEY))).await;
+    assert_eq!(err.err().as_ref().and_then(refusal_status), Some(StatusCode::UNAUTHORIZED));
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn keys_of_different_tenants_never_see_each_others_mailbox_messages() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), &[]).await?;
+    let auth = format!("Bearer {TOKEN}");
+    let mut keys = Vec::new();
+    for (name, tenant) in [("phone", "acme"), ("backend", "acme"), ("rival", "other")] {
+        let body = json!({"name": name, "tenant": tenant});
+        let resp = post_json(relay.addr, "/v1/admin/keys", &[("authorization", &auth)], &body).await?;
+        assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
+        keys.push(resp.json()["key"].as_str().context("key")?.to_owned());
+    }
+    let connect = |key: &str| {
+        let path = format!("/v1/msg-relay?api_key={}", query_key(key));
+        async move { ws_connect(relay.addr, &path).await.map_err(|e| anyhow::anyhow!("{e}")) }
+    };
+    let mut phone = connect(&keys[0]).await?;
+    let mut backend = connect(&keys[1]).await?;
+    let mut rival = connect(&keys[2]).await?;
+
+    // The rival asks first; acme publishes; acme's other key gets it.
+    send_binary(&mut rival, mailbox_frame("round-1", b"")).await?;
+    send_binary(&mut phone, mailbox_frame("round-1", b"acme secret share")).await?;
+    send_binary(&mut backend, mailbox_frame("round-1", b"")).await?;
+    assert_eq!(next_payload(&mut backend).await?, b"acme secret share");
+    // Had the namespaces met, the rival's waiting ask would have been answered by now
+    // with acme's message; instead the first thing it sees is its own publish.
+    send_binary(&mut rival, mailbox_frame("round-1", b"rival data")).await?;
+    assert_eq!(next_payload(&mut rival).await?, b"rival data");
+    // And acme still sees its own message under that ID.
+    send_binary(&mut phone, mailbox_frame("round-1", b"")).await?;
+    assert_eq!(next_payload(&mut phone).await?, b"acme secret share");
+    stop(relay).await
+}
+
+#[tokio::test]
+async fn usage_is_counted_listed_and_kept_across_a_restart() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start(dir.path(), &[]).await?;
+    let key = sodot_create(&relay, "counted", 0).await?;
+    let auth = format!("Bearer {key}");
+
+    // One room created by the key; a room message counts against it.
+    let room =
+        post_json(relay.addr, "/v1/rooms", &[("authorization", &auth)], &json!({"room_size": 2})).await?;
+    let room_id = room.json()["room_uuid"].as_str().context("room_uuid")?.to_owned();
+    let mut a = ws_connect(relay.addr, &format!("/v1/rooms/{room_id}")).await?;
+    let mut b = ws_connect(relay.addr, &format!("/v1/rooms/{room_id}")).await?;
+    next_event(&mut a, "ready").await?;
+    let mut frame = 1u16.to_le_bytes().to_vec();
+    frame.extend_from_slice(b"0123456789");
+    send_binary(&mut a, frame).await?;
+    loop {
+        let msg = tokio::time::timeout(STEP_TIMEOUT, b.next()).await?.context("closed")??;
+        if matches!(msg, Message::Binary(_)) {
+            break;
+        }
+    }
+    // One mailbox publish of 5 payload bytes; an ask is not a message.
+    let mut mb = ws_connect(relay.addr, &format!("/v1/msg-relay?api_key={}", query_key(&key))).await?;
+    send_binary(&mut mb, mailbox_frame("x", b"hello")).await?;
+    send_binary(&mut mb, mailbox_frame("x", b"")).await?;
+    assert_eq!(next_payload(&mut mb).await?, b"hello");
+
+    let expected = json!({"name": "counted", "tenant": "counted", "messages": 2, "bytes": 15, "rooms": 1});
+    assert_eq!(usage_of(&relay, "counted", |u| u == &expected).await?, expected);
+    let listing = get(&relay, &format!("/rooms/{TOKEN}")).await?.json();
+    let rooms = listing["Rooms"].as_array().context("Rooms")?;
+    assert!(rooms.iter().any(|r| r["room_uuid"] == room_id.as_str() && r["key"] == "counted"), "{listing}");
+    let admin_rooms = admin(&relay, "GET", "/v1/admin/rooms", TOKEN).await?.json();
+    assert_eq!(admin_rooms["rooms"].as_array().map(Vec::len), Some(1), "{admin_rooms}");
+    drop((a, b, mb));
+    stop(relay).await?;
+
+    let relay = start(dir.path(), &[]).await?;
+    assert_eq!(usage_of(&relay, "counted", |_| true).await?, expected);
+    let license = license(&relay, "counted").await?.context("listed")?;
+    assert_eq!(license["usage"], json!({"messages": 2, "bytes": 15, "rooms": 1}));
     stop(relay).await
 }

@@ -2,7 +2,6 @@
 //! a validated [`relay_transport::ServerConfig`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -38,21 +37,19 @@ pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) keys: KeyArgs,
 
+    #[command(flatten)]
+    pub(crate) discovery: crate::discovery::DiscoveryArgs,
+
     /// Manage API keys offline (the server must be stopped); without a subcommand the
     /// server runs.
     #[command(subcommand)]
     pub(crate) command: Option<Command>,
 }
 
-/// API keys, the admin token and where they are kept.
+/// API keys and the admin token. They are kept in `<--data-dir>/keys` (the flag is
+/// shared with discovery).
 #[derive(Debug, clap::Args)]
 pub(crate) struct KeyArgs {
-    /// Directory of the key store (API key digests, admin token digest, usage). Created
-    /// if missing; back it up. With --insecure-api-keys-not-enforced the key store is
-    /// opened only when this is given. [default: ./relay-data]
-    #[arg(long, env = "RELAY_DATA_DIR", global = true)]
-    pub(crate) data_dir: Option<PathBuf>,
-
     /// A preconfigured API key, KEY,NAME with KEY standard base64 of 16 bytes; repeat for
     /// several. Never expires, can be revoked (and stays revoked). The environment
     /// variable takes several values separated by spaces.
@@ -181,12 +178,14 @@ impl LimitArgs {
 
 impl Cli {
     /// The server configuration these flags describe.
-    pub(crate) fn server_config(&self) -> ServerConfig {
-        ServerConfig {
+    pub(crate) fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig {
             limits: self.limits.to_limits(),
             room_id_prefix: self.room_id_prefix,
             api_keys_enforced: !self.insecure_api_keys_not_enforced,
+            data_dir: Some(self.discovery.data_dir.clone()),
+            discovery: self.discovery.config()?,
             ..ServerConfig::default()
-        }
+        })
     }
 }

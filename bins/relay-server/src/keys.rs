@@ -3,7 +3,7 @@
 //! offline `relay-server keys ...` commands.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +13,8 @@ use relay_transport::admin::{created_key_json, key_json};
 
 use crate::cli::{KeyArgs, KeysCommand};
 
-/// Where the key store lives when `--data-dir` is not given.
-pub(crate) const DEFAULT_DATA_DIR: &str = "./relay-data";
+/// The key store's directory under `--data-dir` (discovery has its own beside it).
+pub(crate) const KEYS_SUBDIR: &str = "keys";
 
 /// How often counted usage is written to disk while the server runs.
 pub(crate) const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
@@ -42,29 +42,16 @@ impl StartError {
     }
 }
 
-/// The data directory: `--data-dir`, or the default.
-pub(crate) fn data_dir(args: &KeyArgs) -> PathBuf {
-    args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
-}
-
 /// Opens the key store for the server: checks every `--api-key` value (before touching
 /// the disk), opens `--data-dir`, records the preconfigured keys and the admin token.
-/// A token generated now is printed once on stdout. Returns `None` when keys are not
-/// enforced and no `--data-dir` was given.
-pub(crate) fn open_for_server(args: &KeyArgs, enforced: bool) -> Result<Option<Arc<KeyStore>>, StartError> {
+/// A token generated now is printed once on stdout. Opened also when keys are not
+/// enforced, so the admin API and `relay-server keys` keep working in development.
+pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<KeyStore>, StartError> {
     let preconfigured =
         PreconfiguredKey::parse_all(&args.api_keys).map_err(|e| StartError::from_store(&e))?;
     let admin_token = args.secret_auth.clone().map(AdminToken::new).transpose();
     let admin_token = admin_token.map_err(|e| StartError::from_store(&e))?;
-    if !enforced && args.data_dir.is_none() {
-        if !preconfigured.is_empty() || admin_token.is_some() {
-            tracing::warn!(
-                "--api-key and --secret-auth are ignored: keys are not enforced and no --data-dir"
-            );
-        }
-        return Ok(None);
-    }
-    let dir = data_dir(args);
+    let dir = data_dir.join(KEYS_SUBDIR);
     let store = KeyStore::open(&dir).map_err(|e| StartError::from_store(&e))?;
     store.preconfigure(&preconfigured, unix_now()).map_err(|e| StartError::from_store(&e))?;
     if let Some(token) =
@@ -81,7 +68,7 @@ pub(crate) fn open_for_server(args: &KeyArgs, enforced: bool) -> Result<Option<A
         }
     }
     tracing::info!(dir = %dir.display(), keys = store.list().len(), "key store open");
-    Ok(Some(Arc::new(store)))
+    Ok(Arc::new(store))
 }
 
 /// Writes counted usage to disk every [`USAGE_FLUSH_INTERVAL`] until the task is
@@ -129,7 +116,7 @@ pub(crate) fn run_offline(command: &KeysCommand, data_dir: &Path) -> ExitCode {
 }
 
 fn offline(command: &KeysCommand, data_dir: &Path) -> Result<serde_json::Value, KeystoreError> {
-    let store = KeyStore::open(data_dir)?;
+    let store = KeyStore::open(&data_dir.join(KEYS_SUBDIR))?;
     let now = unix_now();
     Ok(match command {
         KeysCommand::Create { name, expires_at, tenant } => {

@@ -2,6 +2,7 @@
 //! binds the listeners and runs [`relay_transport::serve`] until SIGTERM or SIGINT.
 
 mod cli;
+mod discovery;
 mod keys;
 
 use std::process::ExitCode;
@@ -21,10 +22,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     if let Some(Command::Keys(command)) = &cli.command {
-        return keys::run_offline(command, &keys::data_dir(&cli.keys));
+        return keys::run_offline(command, &cli.discovery.data_dir);
     }
-    let enforced = !cli.insecure_api_keys_not_enforced;
-    let keystore = match keys::open_for_server(&cli.keys, enforced) {
+    let keystore = match keys::open_for_server(&cli.keys, &cli.discovery.data_dir) {
         Ok(store) => store,
         Err(e) => {
             eprintln!("error: {}", e.message);
@@ -47,8 +47,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, keystore: Option<Arc<KeyStore>>) -> anyhow::Result<()> {
-    let config = cli.server_config();
+async fn run(cli: Cli, keystore: Arc<KeyStore>) -> anyhow::Result<()> {
+    let config = cli.server_config()?;
+    let announcer = cli.discovery.announcer(config.room_id_prefix.map(|p| p.to_string()))?;
     if !config.api_keys_enforced {
         tracing::warn!(
             "API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay"
@@ -57,6 +58,13 @@ async fn run(cli: Cli, keystore: Option<Arc<KeyStore>>) -> anyhow::Result<()> {
             "WARNING: API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay"
         );
     }
+
+    let state = AppState::try_with_keystore(config, keystore.clone())?;
+
+    // Before "listening" is printed: a SIGTERM right after start must shut down cleanly
+    // (and flush usage), not kill the process.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
 
     let mut listeners = Vec::new();
     for addr in &cli.listen {
@@ -68,11 +76,11 @@ async fn run(cli: Cli, keystore: Option<Arc<KeyStore>>) -> anyhow::Result<()> {
     eprintln!("relay-server listening on {}", addrs.join(", "));
     tracing::info!(listen = %addrs.join(" "), "listening");
 
-    let state = match &keystore {
-        Some(store) => AppState::with_keystore(config, store.clone()),
-        None => AppState::new(config),
-    };
-    let usage_flusher = keystore.clone().map(|store| tokio::spawn(keys::flush_usage_periodically(store)));
+    tokio::spawn(state.discovery().sweeper());
+    if let Some(announcer) = announcer {
+        tokio::spawn(announcer.run());
+    }
+    let usage_flusher = tokio::spawn(keys::flush_usage_periodically(keystore.clone()));
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let state = state.clone();
@@ -86,8 +94,6 @@ async fn run(cli: Cli, keystore: Option<Arc<KeyStore>>) -> anyhow::Result<()> {
         });
     }
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     tokio::select! {
         _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
@@ -99,10 +105,8 @@ async fn run(cli: Cli, keystore: Option<Arc<KeyStore>>) -> anyhow::Result<()> {
     while let Some(res) = servers.join_next().await {
         res.context("server task panicked")?.context("server stopped with an error")?;
     }
-    if let (Some(flusher), Some(store)) = (usage_flusher, &keystore) {
-        flusher.abort();
-        keys::flush_usage(store).await;
-    }
+    usage_flusher.abort();
+    keys::flush_usage(&keystore).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! The transport's configuration: what the binary hands to [`crate::serve`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use relay_core::{Limits, RoomIdPrefix};
+
+use crate::discovery::DiscoveryConfig;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
 #[derive(Debug, Clone)]
@@ -27,6 +30,11 @@ pub struct ServerConfig {
     /// On shutdown, how long open connections get to close before the server gives up
     /// on them (default 5 s).
     pub shutdown_grace: Duration,
+    /// Directory for persistent state (groups in `discovery/`); `None` keeps everything
+    /// in memory (tests, embedding).
+    pub data_dir: Option<PathBuf>,
+    /// Group TTLs and the relay registry.
+    pub discovery: DiscoveryConfig,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +49,8 @@ impl Default for ServerConfig {
             ws_ping_interval: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            data_dir: None,
+            discovery: DiscoveryConfig::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod admin;
 mod auth;
 mod config;
+pub mod discovery;
 mod error;
 mod http;
 mod mailbox;

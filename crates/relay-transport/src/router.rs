@@ -6,7 +6,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::error::ApiError;
 use crate::http::{Body, error_response, json};
 use crate::server::AppState;
-use crate::{admin, mailbox, rooms};
+use crate::{admin, discovery, mailbox, rooms};
 
 /// Routes one request.
 pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
@@ -43,6 +43,9 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
             | ["v1", "key"],
             _,
         ) => Err(ApiError::method_not_allowed()),
+        (["group" | "groups", ..] | ["v1", "group" | "groups" | "relays", ..], _) => {
+            discovery::route(&state, req, &segments).await
+        }
         (
             ["healthz"]
             | ["v1", "rooms"]

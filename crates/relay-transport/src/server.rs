@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::ServerConfig;
+use crate::discovery::Discovery;
 use crate::error::TransportError;
 use crate::router;
 
@@ -31,6 +32,8 @@ pub(crate) struct Inner {
     rooms: Rooms,
     /// The mailbox hub shared by `/v1/msg-relay` and every room-scoped mailbox.
     mailbox: relay_core::Mailbox,
+    /// Groups and the relay registry (sled in `config.data_dir`, or memory).
+    discovery: Discovery,
     /// Flips to true once shutdown starts; WebSocket handlers watch it to close with 1001.
     shutdown_tx: watch::Sender<bool>,
     /// Every live WebSocket task holds a clone; shutdown waits until all are dropped.
@@ -52,14 +55,26 @@ pub(crate) struct DrainGuard {
 impl AppState {
     /// Builds the shared state for `config`, without a key store: enough for a server
     /// with keys not enforced. With keys enforced, every key-gated request is refused
-    /// (503) until a store is given with [`AppState::with_keystore`].
+    /// (503) until a store is given with [`AppState::try_with_keystore`].
+    ///
+    /// # Panics
+    /// If `config.data_dir` is set and its store cannot be opened; use
+    /// [`AppState::try_new`] to get that as an error. Without a data dir, never.
     pub fn new(config: ServerConfig) -> AppState {
+        AppState::try_new(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Builds the shared state for `config`, opening the stores in `config.data_dir`.
+    pub fn try_new(config: ServerConfig) -> Result<AppState, TransportError> {
         AppState::build(config, None)
     }
 
-    /// Builds the shared state for `config` with the key store that verifies API keys,
-    /// serves the admin routes and counts usage.
-    pub fn with_keystore(config: ServerConfig, keystore: Arc<KeyStore>) -> AppState {
+    /// As [`AppState::try_new`], with the key store that verifies API keys, serves the
+    /// admin routes and counts usage.
+    pub fn try_with_keystore(
+        config: ServerConfig,
+        keystore: Arc<KeyStore>,
+    ) -> Result<AppState, TransportError> {
         AppState::build(config, Some(keystore))
     }
 
@@ -68,21 +83,31 @@ impl AppState {
         self.inner.keystore.as_ref()
     }
 
-    fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> AppState {
+    fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+        let discovery = Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
+            let dir = config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
+            TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))
+        })?;
         let (shutdown_tx, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
-        AppState {
+        Ok(AppState {
             inner: Arc::new(Inner {
                 rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
                 mailbox: crate::mailbox::new_hub(&config),
                 config,
+                discovery,
                 shutdown_tx,
                 drain_tx: Mutex::new(Some(drain_tx)),
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
                 keystore,
                 room_owners: Mutex::default(),
             }),
-        }
+        })
+    }
+
+    /// Groups and the relay registry. Spawn [`Discovery::sweeper`] to purge expired groups.
+    pub fn discovery(&self) -> &Discovery {
+        &self.inner.discovery
     }
 
     /// The configuration this state was built with.

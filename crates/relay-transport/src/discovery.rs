@@ -1,0 +1,325 @@
+//! The discovery REST API: Disco's group routes (at Disco's paths and under `/v1/`) and
+//! the relay registry (`/v1/relays`). The rules live in relay-discovery; this module
+//! authenticates, reads bodies, checks ownership and maps refusals to JSON errors.
+//!
+//! | Route | Does |
+//! |---|---|
+//! | `POST /group`, `POST /v1/group` | create, or replace in place when `ID` names a live group -> `201 "<ID>"` |
+//! | `GET /groups?app-id=`, `GET /v1/groups` | live groups keyed by ID |
+//! | `GET /groups/{ID}` | one group |
+//! | `PATCH /group` (ID in body), `PATCH /groups/{ID}` | change the named fields, refresh the TTL -> `200 "<ID>"` |
+//! | `DELETE /groups/{ID}` | `200 The group with ID {ID} has been deleted successfully` |
+//! | `POST /v1/relays` | announce or refresh a relay (`Authorization: Bearer <registry token>`) |
+//! | `GET /v1/relays` | the live relays |
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+
+pub use relay_discovery::{
+    Announcement, DiscoveryError, Group, GroupRecord, GroupTtl, Groups, RegistryConfig, RegistryToken,
+    RelayEntry, RelayRegistry, validate_relay_url, validate_room_id_prefix,
+};
+use relay_discovery::{GroupInput, GroupStore, MemoryGroupStore, SledGroupStore, sweep_forever, unix_now};
+
+use crate::auth::{Caller, authenticate};
+use crate::error::ApiError;
+use crate::http::{Body, json, query_param, read_body};
+use crate::server::AppState;
+
+/// Discovery settings: group TTLs and the relay registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Default and largest per-group TTL (`--group-ttl`, default 5 minutes).
+    pub group_ttl: GroupTtl,
+    /// How often expired groups are swept from storage (`--group-ttl-heartbeat`,
+    /// default 1 minute). Expired groups are invisible before that anyway.
+    pub group_ttl_heartbeat: Duration,
+    /// The relay registry: its token (none = announcements refused) and entry TTLs.
+    pub registry: RegistryConfig,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> DiscoveryConfig {
+        DiscoveryConfig {
+            group_ttl: GroupTtl::default(),
+            group_ttl_heartbeat: Duration::from_secs(60),
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+/// The server's discovery state: groups and the relay registry.
+pub struct Discovery {
+    groups: Arc<Groups>,
+    registry: RelayRegistry,
+    heartbeat: Duration,
+}
+
+impl Discovery {
+    /// Opens the group store: sled in `data_dir/discovery` when a data directory is
+    /// given, memory otherwise.
+    pub fn open(config: &DiscoveryConfig, data_dir: Option<&Path>) -> Result<Discovery, DiscoveryError> {
+        let store: Arc<dyn GroupStore> = match data_dir {
+            Some(dir) => Arc::new(SledGroupStore::open(dir.join("discovery"))?),
+            None => Arc::new(MemoryGroupStore::new()),
+        };
+        Ok(Discovery {
+            groups: Arc::new(Groups::new(store, config.group_ttl)),
+            registry: RelayRegistry::new(config.registry.clone()),
+            heartbeat: config.group_ttl_heartbeat,
+        })
+    }
+
+    /// The groups.
+    pub fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    /// The relay registry.
+    pub fn registry(&self) -> &RelayRegistry {
+        &self.registry
+    }
+
+    /// The sweeper: removes expired groups every heartbeat, forever. Spawn it once.
+    pub fn sweeper(&self) -> impl Future<Output = ()> + Send + 'static {
+        sweep_forever(self.groups.clone(), self.heartbeat, unix_now)
+    }
+}
+
+/// Routes a request whose path starts with `group`, `groups`, `v1/group`, `v1/groups`
+/// or `v1/relays`.
+pub(crate) async fn route(
+    state: &AppState,
+    req: Request<Incoming>,
+    segments: &[&str],
+) -> Result<Response<Body>, ApiError> {
+    let rest = match segments {
+        ["v1", rest @ ..] => rest,
+        rest => rest,
+    };
+    let method = req.method().clone();
+    match (rest, &method) {
+        (["group"], &Method::POST) => create(state, req).await,
+        (["group"], &Method::PATCH) => update(state, req, None).await,
+        (["groups"], &Method::GET) => list(state, req),
+        (["groups", id], &Method::GET) => get(state, req, id),
+        (["groups", id], &Method::PATCH) => update(state, req, Some(id)).await,
+        (["groups", id], &Method::DELETE) => delete(state, req, id),
+        (["relays"], &Method::POST) if segments[0] == "v1" => announce(state, req).await,
+        (["relays"], &Method::GET) if segments[0] == "v1" => Ok(list_relays(state.discovery())),
+        (["group"] | ["groups"] | ["groups", _], _) => Err(ApiError::method_not_allowed()),
+        (["relays"], _) if segments[0] == "v1" => Err(ApiError::method_not_allowed()),
+        _ => Err(ApiError::no_route()),
+    }
+}
+
+async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let caller = authenticate(state, &req)?;
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    create_group(state.discovery(), &caller, &body, unix_now())
+}
+
+async fn update(
+    state: &AppState,
+    req: Request<Incoming>,
+    id: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let caller = authenticate(state, &req)?;
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    update_group(state.discovery(), &caller, id, &body, unix_now())
+}
+
+fn list(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    authenticate(state, &req)?;
+    let app_id = query_param(req.uri().query(), "app-id");
+    let groups = state.discovery().groups().list(app_id.as_deref(), unix_now()).map_err(api_error)?;
+    Ok(json(StatusCode::OK, &to_json(&groups)))
+}
+
+fn get(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    authenticate(state, &req)?;
+    let group = state.discovery().groups().get(id, unix_now()).map_err(api_error)?;
+    Ok(json(StatusCode::OK, &to_json(&group)))
+}
+
+fn delete(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    let caller = authenticate(state, &req)?;
+    delete_group(state.discovery(), &caller, id, unix_now())
+}
+
+async fn announce(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let token = bearer_token(&req);
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    let announcement = Announcement::from_json(&body).map_err(api_error)?;
+    let entry = state
+        .discovery()
+        .registry()
+        .announce(token.as_deref(), announcement, unix_now())
+        .map_err(api_error)?;
+    Ok(json(StatusCode::OK, &to_json(&entry)))
+}
+
+fn list_relays(discovery: &Discovery) -> Response<Body> {
+    let relays = discovery.registry().list_live(unix_now());
+    json(StatusCode::OK, &serde_json::json!({ "relays": relays }))
+}
+
+/// `POST /group`: Disco answers `201` with the group's ID as a JSON string.
+fn create_group(
+    discovery: &Discovery,
+    caller: &Caller,
+    body: &[u8],
+    now: u64,
+) -> Result<Response<Body>, ApiError> {
+    let input = GroupInput::from_json(body).map_err(api_error)?;
+    let group = discovery
+        .groups()
+        .upsert(input, caller.key_name.as_deref(), now, |r| authorize_owner(caller, r).is_ok())
+        .map_err(api_error)?;
+    Ok(json(StatusCode::CREATED, &serde_json::Value::String(group.id)))
+}
+
+/// `PATCH /group` and `PATCH /groups/{ID}`: `200` with the ID as a JSON string, as Disco.
+fn update_group(
+    discovery: &Discovery,
+    caller: &Caller,
+    id: Option<&str>,
+    body: &[u8],
+    now: u64,
+) -> Result<Response<Body>, ApiError> {
+    let input = GroupInput::from_json(body).map_err(api_error)?;
+    let group = discovery
+        .groups()
+        .update(id, input, now, |r| authorize_owner(caller, r).is_ok())
+        .map_err(api_error)?;
+    Ok(json(StatusCode::OK, &serde_json::Value::String(group.id)))
+}
+
+/// `DELETE /groups/{ID}`: `200` with Disco's sentence as plain text.
+fn delete_group(
+    discovery: &Discovery,
+    caller: &Caller,
+    id: &str,
+    now: u64,
+) -> Result<Response<Body>, ApiError> {
+    discovery.groups().delete(id, now, |r| authorize_owner(caller, r).is_ok()).map_err(api_error)?;
+    let mut resp = Response::new(Full::new(Bytes::from(format!(
+        "The group with ID {id} has been deleted successfully"
+    ))));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    Ok(resp)
+}
+
+/// Whether `caller` may change or delete the group in `record`. With keys not enforced
+/// (no key name) anyone may, as in Disco; otherwise only the key that created it.
+pub(crate) fn authorize_owner(caller: &Caller, record: &GroupRecord) -> Result<(), ApiError> {
+    let Some(key_name) = caller.key_name.as_deref() else { return Ok(()) };
+    // admin: once the key store resolves the admin token, `if caller.is_admin { return Ok(()) }`.
+    if record.owner.as_deref() == Some(key_name) {
+        return Ok(());
+    }
+    Err(api_error(DiscoveryError::NotOwner(record.group.id.clone())))
+}
+
+/// The token of `Authorization: Bearer <token>` (or a bare `Authorization: <token>`).
+fn bearer_token(req: &Request<Incoming>) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let token =
+        value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// The HTTP face of a discovery refusal.
+fn api_error(err: DiscoveryError) -> ApiError {
+    let (status, code) = match &err {
+        DiscoveryError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        DiscoveryError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
+        DiscoveryError::MissingId => (StatusCode::BAD_REQUEST, "missing_id"),
+        DiscoveryError::IdMismatch { .. } => (StatusCode::BAD_REQUEST, "id_mismatch"),
+        DiscoveryError::GroupNotFound(_) => (StatusCode::NOT_FOUND, "group_not_found"),
+        DiscoveryError::NotOwner(_) => (StatusCode::FORBIDDEN, "not_owner"),
+        DiscoveryError::RegistryClosed => (StatusCode::FORBIDDEN, "registry_closed"),
+        DiscoveryError::BadRegistryToken => (StatusCode::UNAUTHORIZED, "bad_registry_token"),
+        DiscoveryError::Storage(_) | DiscoveryError::Corrupt { .. } => {
+            tracing::error!("discovery storage: {err}");
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "group storage failed");
+        }
+    };
+    ApiError::new(status, code, err.to_string())
+}
+
+fn to_json(value: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    const NOW: u64 = 1_583_773_505;
+
+    fn caller(key: Option<&str>) -> Caller {
+        Caller { tenant: key.unwrap_or_default().to_owned(), key_name: key.map(str::to_owned) }
+    }
+
+    fn discovery() -> Discovery {
+        Discovery::open(&DiscoveryConfig::default(), None).unwrap()
+    }
+
+    fn record(owner: Option<&str>) -> GroupRecord {
+        GroupRecord { group: Group { id: "g1".into(), ..Group::default() }, owner: owner.map(str::to_owned) }
+    }
+
+    async fn body_text(resp: Response<Body>) -> String {
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn only_the_creating_key_may_change_a_group() {
+        assert!(authorize_owner(&caller(Some("k1")), &record(Some("k1"))).is_ok());
+        let err = authorize_owner(&caller(Some("k2")), &record(Some("k1"))).unwrap_err();
+        assert_eq!((err.status, err.code), (StatusCode::FORBIDDEN, "not_owner"));
+        let err = authorize_owner(&caller(Some("k1")), &record(None)).unwrap_err();
+        assert_eq!(err.code, "not_owner", "a group made with keys off belongs to no key");
+    }
+
+    #[test]
+    fn with_keys_not_enforced_anyone_may_change_a_group() {
+        assert!(authorize_owner(&caller(None), &record(Some("k1"))).is_ok());
+        assert!(authorize_owner(&caller(None), &record(None)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn another_key_gets_403_not_owner_on_post_patch_and_delete() {
+        let d = discovery();
+        let (k1, k2) = (caller(Some("k1")), caller(Some("k2")));
+        let resp = create_group(&d, &k1, br#"{"ID":"g1","Name":"mine"}"#, NOW).unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(body_text(resp).await, r#""g1""#);
+
+        let refusals = [
+            create_group(&d, &k2, br#"{"ID":"g1","Name":"theirs"}"#, NOW).unwrap_err(),
+            update_group(&d, &k2, Some("g1"), br#"{"Name":"theirs"}"#, NOW).unwrap_err(),
+            update_group(&d, &k2, None, br#"{"ID":"g1","Name":"theirs"}"#, NOW).unwrap_err(),
+            delete_group(&d, &k2, "g1", NOW).unwrap_err(),
+        ];
+        for err in refusals {
+            assert_eq!((err.status, err.code), (StatusCode::FORBIDDEN, "not_owner"), "{err}");
+        }
+        assert_eq!(d.groups().get("g1", NOW).unwrap().name, "mine");
+
+        update_group(&d, &k1, Some("g1"), br#"{"Name":"renamed"}"#, NOW).unwrap();
+        let resp = delete_group(&d, &k1, "g1", NOW).unwrap();
+        assert_eq!(body_text(resp).await, "The group with ID g1 has been deleted successfully");
+    }
+}
