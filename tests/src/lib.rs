@@ -266,3 +266,164 @@ pub fn refusal_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<Sta
         _ => None,
     }
 }
+
+// ---- Operations helpers: TLS clients, generated certificates, raw connections ----
+
+/// A certificate generated for a test: self-signed for `localhost`, with its key.
+pub struct TestCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
+    pub key_pem: String,
+    /// The certificate, DER, to trust it and to recognise it on the wire.
+    pub der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl TestCert {
+    /// A fresh certificate for `localhost` and 127.0.0.1 with a new key pair; `name`
+    /// becomes its subject common name.
+    pub fn generate(name: &str) -> TestCert {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("key pair");
+        let cert = params.self_signed(&key).expect("self-signed certificate");
+        TestCert { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+    }
+
+    /// Writes `chain.pem` and `key.pem` into `dir`, replacing what is there; returns
+    /// their paths.
+    pub fn write_to(&self, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let chain = dir.join("chain.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&chain, &self.cert_pem).expect("write chain");
+        std::fs::write(&key, &self.key_pem).expect("write key");
+        (chain, key)
+    }
+}
+
+/// A rustls client config (ring provider) that trusts exactly `trusted` and offers the
+/// ALPN protocols `alpn`.
+pub fn tls_client_config(trusted: &[&TestCert], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.der.clone()).expect("add root");
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS client stream as the tests use it.
+pub type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects to `addr` and completes a TLS handshake for `localhost` with `config`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<TlsClientStream> {
+    let tcp = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await??;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio::time::timeout(STEP_TIMEOUT, tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await
+        .context("TLS handshake timed out")??;
+    Ok(tls)
+}
+
+/// The end-entity certificate the server presented on `stream`.
+pub fn peer_certificate(stream: &TlsClientStream) -> Option<rustls_pki_types::CertificateDer<'static>> {
+    stream.get_ref().1.peer_certificates()?.first().map(|c| c.clone().into_owned())
+}
+
+/// An open HTTP/1.1 connection that can carry several requests (keep-alive).
+pub struct Http1Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Http1Conn {
+    /// HTTP/1.1 over an already connected stream (TCP or TLS).
+    pub async fn handshake<S>(stream: S) -> anyhow::Result<Http1Conn>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Http1Conn { sender })
+    }
+
+    /// Plain HTTP/1.1 to `addr`.
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Http1Conn> {
+        let stream = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await??;
+        Http1Conn::handshake(stream).await
+    }
+
+    /// `GET path` on this connection.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<HttpResponse> {
+        tokio::time::timeout(STEP_TIMEOUT, self.sender.ready()).await??;
+        let req = Request::get(path).header("host", "localhost").body(Full::new(Bytes::new()))?;
+        let resp = tokio::time::timeout(STEP_TIMEOUT, self.sender.send_request(req)).await??;
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(STEP_TIMEOUT, body.collect()).await??.to_bytes();
+        Ok(HttpResponse { status: parts.status, headers: parts.headers, body })
+    }
+}
+
+/// Reads from `stream` until the peer closes it (EOF or reset), failing if it is
+/// still open after `within`. Returns the bytes received before the close.
+pub async fn read_until_closed<S>(stream: &mut S, within: Duration) -> anyhow::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.context("the server kept the connection open")?;
+    Ok(received)
+}
+
+/// Runs the binary to completion with `args` and extra environment variables.
+pub async fn run_binary_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<std::process::Output> {
+    let out = tokio::time::timeout(
+        STEP_TIMEOUT,
+        Command::new(binary_path())
+            .args(args)
+            .env_remove("LISTEN")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .context("relay-server did not exit")??;
+    Ok(out)
+}
+
+impl RelayProcess {
+    /// Waits until a line containing `needle` appears in its output, failing after
+    /// [`STEP_TIMEOUT`].
+    pub async fn wait_for_output(&self, needle: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+        while !self.output().contains(needle) {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no {needle:?} in the output: {}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}

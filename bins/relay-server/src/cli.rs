@@ -2,6 +2,7 @@
 //! a validated [`relay_transport::ServerConfig`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -39,6 +40,9 @@ pub(crate) struct Cli {
 
     #[command(flatten)]
     pub(crate) discovery: crate::discovery::DiscoveryArgs,
+
+    #[command(flatten)]
+    pub(crate) ops: OpsArgs,
 
     /// Manage API keys offline (the server must be stopped); without a subcommand the
     /// server runs.
@@ -185,7 +189,57 @@ impl Cli {
             api_keys_enforced: !self.insecure_api_keys_not_enforced,
             data_dir: Some(self.discovery.data_dir.clone()),
             discovery: self.discovery.config()?,
+            header_read_timeout: Duration::from_secs(self.ops.header_read_timeout_secs),
+            tls_handshake_timeout: Duration::from_secs(self.ops.tls_handshake_timeout_secs),
+            max_connections: self.ops.max_connections,
             ..ServerConfig::default()
         })
     }
+}
+
+/// Production operations: the config file, TLS, and protection of the accept path.
+/// Defaults are [`ServerConfig::default`]'s.
+#[derive(Debug, clap::Args)]
+pub(crate) struct OpsArgs {
+    /// TOML config file. Its keys are the long flag names in snake_case
+    /// (`max_room_size = 16`, `listen = ["0.0.0.0:8080"]`); flags and environment
+    /// variables win over it.
+    #[arg(long, env = "RELAY_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Print the effective configuration (flags, environment, file, defaults) as TOML,
+    /// with secrets masked, and exit.
+    #[arg(long)]
+    pub(crate) print_config: bool,
+
+    /// PEM certificate chain, end-entity certificate first (e.g. Let's Encrypt's
+    /// fullchain.pem). With --key-path, serve HTTPS/WSS; SIGHUP reloads both files.
+    #[arg(long, env = "RELAY_CHAIN_PATH", value_name = "FILE", requires = "key_path")]
+    pub(crate) chain_path: Option<PathBuf>,
+
+    /// PEM private key matching the first certificate of --chain-path (PKCS#8,
+    /// PKCS#1 or SEC1).
+    #[arg(long, env = "RELAY_KEY_PATH", value_name = "FILE", requires = "chain_path")]
+    pub(crate) key_path: Option<PathBuf>,
+
+    /// Seconds a client has to send a complete HTTP/1 request head (and, on any
+    /// connection, its first bytes) before it is disconnected.
+    #[arg(long, env = "RELAY_HEADER_READ_TIMEOUT_SECS",
+          default_value_t = ServerConfig::default().header_read_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) header_read_timeout_secs: u64,
+
+    /// Seconds a client has to complete the TLS handshake after connecting.
+    #[arg(long, env = "RELAY_TLS_HANDSHAKE_TIMEOUT_SECS",
+          default_value_t = ServerConfig::default().tls_handshake_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) tls_handshake_timeout_secs: u64,
+
+    /// Connections open at once, across all listeners (WebSockets included). Past it,
+    /// new connections are accepted and closed at once. Keep it below the open-file
+    /// limit (ulimit -n / LimitNOFILE).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS",
+          default_value_t = ServerConfig::default().max_connections,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) max_connections: usize,
 }

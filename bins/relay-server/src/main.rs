@@ -1,29 +1,60 @@
-//! `relay-server`: parses the command line into a validated config, starts logging,
-//! binds the listeners and runs [`relay_transport::serve`] until SIGTERM or SIGINT.
+//! `relay-server`: parses the command line, environment and config file into a
+//! validated config, starts logging, loads the TLS certificate, binds the listeners and
+//! runs [`relay_transport::serve`] until SIGTERM or SIGINT. SIGHUP reloads the TLS
+//! certificate and key.
 
 mod cli;
+mod config_file;
 mod discovery;
 mod keys;
+mod notify;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use relay_keystore::KeyStore;
-use relay_transport::{AppState, serve};
+use relay_transport::{AppState, TlsHandle, serve};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, LogFormat};
+use crate::config_file::{ConfigError, Settings};
+
+/// Exit status for a configuration the server refuses to start with (as clap uses for
+/// bad flags): bad file or environment value, missing or mismatched certificate.
+const EXIT_BAD_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let settings = match Settings::parse(std::env::args_os().collect()) {
+        Ok(settings) => settings,
+        Err(ConfigError::Clap(e)) => e.exit(),
+        Err(ConfigError::Invalid(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if settings.cli.ops.print_config {
+        print!("{}", settings.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let cli = settings.cli;
     init_tracing(cli.log_format);
     if let Some(Command::Keys(command)) = &cli.command {
         return keys::run_offline(command, &cli.discovery.data_dir);
     }
+    let tls = match (&cli.ops.chain_path, &cli.ops.key_path) {
+        (Some(chain), Some(key)) => match TlsHandle::load(chain, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        },
+        _ => None,
+    };
+    // After the certificate check, so a bad path exits 2 without touching the data dir.
     let keystore = match keys::open_for_server(&cli.keys, &cli.discovery.data_dir) {
         Ok(store) => store,
         Err(e) => {
@@ -38,7 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, keystore)) {
+    match runtime.block_on(run(cli, keystore, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -47,8 +78,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, keystore: Arc<KeyStore>) -> anyhow::Result<()> {
-    let config = cli.server_config()?;
+async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyhow::Result<()> {
+    let mut config = cli.server_config()?;
+    config.tls = tls.clone();
     let announcer = cli.discovery.announcer(config.room_id_prefix.map(|p| p.to_string()))?;
     if !config.api_keys_enforced {
         tracing::warn!(
@@ -65,6 +97,7 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>) -> anyhow::Result<()> {
     // (and flush usage), not kill the process.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
 
     let mut listeners = Vec::new();
     for addr in &cli.listen {
@@ -73,8 +106,9 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>) -> anyhow::Result<()> {
     }
     let addrs: Vec<String> =
         listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
-    eprintln!("relay-server listening on {}", addrs.join(", "));
-    tracing::info!(listen = %addrs.join(" "), "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("relay-server listening on {} ({scheme})", addrs.join(", "));
+    tracing::info!(listen = %addrs.join(" "), scheme, "listening");
 
     tokio::spawn(state.discovery().sweeper());
     if let Some(announcer) = announcer {
@@ -94,13 +128,19 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>) -> anyhow::Result<()> {
         });
     }
 
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        Some(res) = servers.join_next() => {
-            res.context("server task panicked")?.context("server stopped")?;
+    notify::notify(notify::READY);
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => reload_tls(tls.as_ref()),
+            Some(res) = servers.join_next() => {
+                res.context("server task panicked")?.context("server stopped")?;
+            }
         }
     }
+    notify::notify(notify::STOPPING);
     state.begin_shutdown();
     while let Some(res) = servers.join_next().await {
         res.context("server task panicked")?.context("server stopped with an error")?;
@@ -109,6 +149,21 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>) -> anyhow::Result<()> {
     keys::flush_usage(&keystore).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the certificate chain and key again. New connections get the new pair,
+/// open ones keep theirs; a broken pair is refused and the old one stays.
+fn reload_tls(tls: Option<&TlsHandle>) {
+    let Some(tls) = tls else {
+        tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => tracing::info!(chain = %tls.chain_path().display(), "SIGHUP: TLS certificate reloaded"),
+        Err(e) => {
+            tracing::error!("SIGHUP: TLS certificate NOT reloaded, still serving the previous one: {e}")
+        }
+    }
 }
 
 fn init_tracing(format: LogFormat) {

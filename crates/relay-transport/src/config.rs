@@ -6,6 +6,7 @@ use std::time::Duration;
 use relay_core::{Limits, RoomIdPrefix};
 
 use crate::discovery::DiscoveryConfig;
+use crate::tls::TlsHandle;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
 #[derive(Debug, Clone)]
@@ -35,6 +36,20 @@ pub struct ServerConfig {
     pub data_dir: Option<PathBuf>,
     /// Group TTLs and the relay registry.
     pub discovery: DiscoveryConfig,
+    /// TLS certificate and key served to every new connection; `None` serves plain
+    /// HTTP (for a TLS-terminating proxy in front). Reload it through the handle.
+    pub tls: Option<TlsHandle>,
+    /// An HTTP/1 client must send a complete request head within this long, counted
+    /// from when the server starts waiting for it (also between keep-alive requests).
+    /// The same deadline applies to the first bytes of any connection, so a client
+    /// that connects and stays silent is dropped too (default 10 s).
+    pub header_read_timeout: Duration,
+    /// A TLS handshake must finish within this long after the TCP accept (default 10 s).
+    pub tls_handshake_timeout: Duration,
+    /// Connections served at once, across all listeners and counting those still in
+    /// the TLS handshake and upgraded WebSockets. Past it, a new connection is accepted
+    /// and closed at once without a response (default 10,000).
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +66,10 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             data_dir: None,
             discovery: DiscoveryConfig::default(),
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }

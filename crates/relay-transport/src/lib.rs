@@ -14,8 +14,10 @@ mod mailbox;
 mod rooms;
 mod router;
 mod server;
+mod tls;
 pub mod ws;
 
 pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
 pub use server::{AppState, serve};
+pub use tls::{TlsError, TlsHandle};

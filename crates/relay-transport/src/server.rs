@@ -1,23 +1,37 @@
 //! The accept loop: one hyper connection per TCP connection (HTTP/1.1 with upgrades, or
 //! HTTP/2), TCP_NODELAY on, and a graceful shutdown that closes WebSockets with 1001.
+//!
+//! Protection on the accept path: a cap on concurrent connections (over it, a new
+//! connection is accepted and closed at once), a TLS handshake timeout, an HTTP/1
+//! header read timeout, and the same deadline on the first bytes of any connection so
+//! a silent client cannot hold a slot while hyper sniffs the HTTP version.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use relay_core::rooms::Rooms;
 use relay_keystore::KeyStore;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::config::ServerConfig;
 use crate::discovery::Discovery;
 use crate::error::TransportError;
 use crate::router;
+
+/// At most one "connection cap reached" warning per listener per this interval; the
+/// warning carries how many connections were refused since the previous one.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The state every connection shares: configuration, the core's rooms and mailbox, and
 /// the shutdown signal. Cheap to clone; one per server, shared by all its listeners.
@@ -40,11 +54,15 @@ pub(crate) struct Inner {
     /// `None` once shutdown started, so no new guard is handed out.
     drain_tx: Mutex<Option<mpsc::Sender<()>>>,
     drain_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
-    /// The API keys and admin token; `None` only when keys are not enforced and no
-    /// data directory was given (then the admin routes answer 503).
+    /// The API keys and admin token; `None` only in tests and embeddings built with
+    /// [`AppState::new`] (then key-gated and admin routes answer 503 when enforced).
     pub(crate) keystore: Option<Arc<KeyStore>>,
     /// The key that created each room, so the room's messages count against it.
     pub(crate) room_owners: Mutex<std::collections::HashMap<relay_core::RoomId, String>>,
+    /// One permit per open connection, `max_connections` in all, shared by every
+    /// listener. A connection's permit lives inside its I/O object, so it is held
+    /// through the TLS handshake and after a WebSocket upgrade, until the socket closes.
+    connection_slots: Arc<Semaphore>,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -90,6 +108,7 @@ impl AppState {
         })?;
         let (shutdown_tx, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
+        let connection_slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         Ok(AppState {
             inner: Arc::new(Inner {
                 rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
@@ -101,6 +120,7 @@ impl AppState {
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
                 keystore,
                 room_owners: Mutex::default(),
+                connection_slots,
             }),
         })
     }
@@ -148,6 +168,18 @@ impl AppState {
         Some(DrainGuard { _tx: tx })
     }
 
+    /// How many connections are open right now, across all listeners (including those
+    /// in the TLS handshake and upgraded WebSockets).
+    pub fn open_connections(&self) -> usize {
+        let max = self.inner.config.max_connections.min(Semaphore::MAX_PERMITS);
+        max.saturating_sub(self.inner.connection_slots.available_permits())
+    }
+
+    /// A slot for a new connection, or `None` when `max_connections` are open.
+    fn connection_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.connection_slots.clone().try_acquire_owned().ok()
+    }
+
     /// Waits until every WebSocket task has ended (after [`AppState::begin_shutdown`]).
     pub async fn websockets_closed(&self) {
         let mut rx = self.inner.drain_rx.lock().await;
@@ -155,19 +187,23 @@ impl AppState {
     }
 }
 
-/// Serves HTTP and WebSockets on `listener` until `shutdown` resolves, then stops
-/// accepting, closes WebSockets with 1001 and waits up to the configured grace for open
-/// connections to finish.
+/// Serves HTTP and WebSockets on `listener` (over TLS when the config has a
+/// [`crate::TlsHandle`]) until `shutdown` resolves, then stops accepting, closes
+/// WebSockets with 1001 and waits up to the configured grace for open connections to
+/// finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TransportError> {
+    let config = state.config();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut stop = state.shutdown_watch();
+    let mut refusals = RefusalLog::default();
     tokio::pin!(shutdown);
 
     loop {
@@ -184,19 +220,16 @@ pub async fn serve(
             () = &mut shutdown => break,
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
         };
+        let Some(slot) = state.connection_slot() else {
+            // Over the cap: close at once. Accepting (rather than leaving it in the
+            // backlog) tells the client right away, and each turn of the loop consumes
+            // one pending connection, so this never spins.
+            drop(stream);
+            refusals.record(config.max_connections);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(router::route(state, req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection ended with error: {e}");
-            }
-        });
+        tokio::spawn(serve_connection(stream, slot, state.clone(), builder.clone(), graceful.watcher()));
     }
 
     drop(listener);
@@ -210,6 +243,163 @@ pub async fn serve(
         tracing::warn!("shutdown grace of {grace:?} passed with connections still open");
     }
     Ok(())
+}
+
+/// One connection: the TLS handshake (bounded by the handshake timeout, abandoned if
+/// shutdown starts), then hyper until the client or the graceful shutdown ends it.
+async fn serve_connection(
+    stream: TcpStream,
+    slot: OwnedSemaphorePermit,
+    state: AppState,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+) {
+    let config = state.config();
+    let header_read_timeout = config.header_read_timeout;
+    match &config.tls {
+        None => {
+            let io = ConnIo::new(stream, slot, header_read_timeout);
+            serve_http(io, state, &builder, watcher).await;
+        }
+        Some(tls) => {
+            let handshake = tokio::time::timeout(config.tls_handshake_timeout, tls.acceptor().accept(stream));
+            let mut stop = state.shutdown_watch();
+            let tls_stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake timed out after {:?}", config.tls_handshake_timeout);
+                        return;
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let io = ConnIo::new(tls_stream, slot, header_read_timeout);
+            serve_http(io, state.clone(), &builder, watcher).await;
+        }
+    }
+}
+
+async fn serve_http<IO>(
+    io: ConnIo<IO>,
+    state: AppState,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(router::route(state, req).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!("connection ended with error: {e}");
+    }
+}
+
+/// A connection's byte stream (TCP or TLS) with its connection slot, which it releases
+/// when dropped, and a deadline for the first bytes from the client.
+struct ConnIo<IO> {
+    io: IO,
+    /// Fires if the client sends nothing at all within the header read timeout; cleared
+    /// by the first byte read. Hyper's own header timeout starts only once it has seen
+    /// enough bytes to pick HTTP/1 over HTTP/2.
+    first_read_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<IO> ConnIo<IO> {
+    fn new(io: IO, slot: OwnedSemaphorePermit, first_read_timeout: Duration) -> ConnIo<IO> {
+        ConnIo {
+            io,
+            first_read_deadline: Some(Box::pin(tokio::time::sleep(first_read_timeout))),
+            _slot: slot,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(res) => {
+                if res.is_ok() && buf.filled().len() > before {
+                    this.first_read_deadline = None;
+                }
+                Poll::Ready(res)
+            }
+            Poll::Pending => {
+                let expired =
+                    this.first_read_deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client sent nothing within the header read timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ConnIo<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Rate-limits the "connection cap reached" warning of one listener.
+#[derive(Default)]
+struct RefusalLog {
+    last_logged: Option<Instant>,
+    refused_since: u64,
+}
+
+impl RefusalLog {
+    fn record(&mut self, max_connections: usize) {
+        self.refused_since += 1;
+        let now = Instant::now();
+        if self.last_logged.is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL) {
+            tracing::warn!(
+                refused = self.refused_since,
+                max_connections,
+                "connection cap reached: closing new connections until some end"
+            );
+            self.last_logged = Some(now);
+            self.refused_since = 0;
+        }
+    }
 }
 
 /// Errors that come from one bad connection or a full fd table, not a dead listener.
