@@ -486,8 +486,9 @@ async fn offline_keys_commands_work_when_stopped_and_refuse_while_running() -> a
     let out = run_binary(&["--data-dir", data_dir, "keys", "revoke", "doomed"]).await?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = run_binary(&["keys", "revoke", "nobody", "--data-dir", data_dir]).await?;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no key named \"nobody\""));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no key named \"nobody\""), "{stderr}");
     let out = run_binary(&["keys", "list", "--data-dir", data_dir]).await?;
     let listed: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(listed["keys"].as_array().map(Vec::len), Some(2));

@@ -72,8 +72,8 @@ pub(crate) struct DrainGuard {
 
 impl AppState {
     /// Builds the shared state for `config`, without a key store: enough for a server
-    /// with keys not enforced. With keys enforced, every key-gated request is refused
-    /// (503) until a store is given with [`AppState::try_with_keystore`].
+    /// with keys not enforced. With keys enforced, every key is refused as unknown (401)
+    /// and the admin routes answer 503; give a store with [`AppState::try_with_keystore`].
     ///
     /// # Panics
     /// If `config.data_dir` is set and its store cannot be opened; use
