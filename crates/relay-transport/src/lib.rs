@@ -6,11 +6,13 @@
 
 pub mod admin;
 mod auth;
+mod burst;
 mod config;
 pub mod discovery;
 mod error;
 mod http;
 mod mailbox;
+mod ratelimit;
 mod rooms;
 mod router;
 mod server;
@@ -19,5 +21,6 @@ pub mod ws;
 
 pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
+pub use ratelimit::{Rate, RateLimits};
 pub use server::{AppState, serve};
 pub use tls::{TlsError, TlsHandle};

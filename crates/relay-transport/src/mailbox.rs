@@ -37,6 +37,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// `GET /v1/msg-relay` (WebSocket): the namespace is the API key's tenant.
 pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let caller = crate::auth::authenticate(state, &req)?;
+    if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
+        // metrics: state.metrics().rate_limited("key")
+        return Ok(limited.response());
+    }
     let meter = state.usage_meter(&caller);
     open(state, req, Namespace::tenant(&caller.tenant), meter)
 }
@@ -101,6 +105,7 @@ async fn run(
     let mut heard = false;
     let mut last_heard = Instant::now();
     let mut batch: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
+    let mut message_rate = state.rate_limiter().message_rate(Instant::now());
 
     let end = loop {
         tokio::select! {
@@ -119,6 +124,10 @@ async fn run(
             incoming = socket.next() => {
                 heard = true;
                 match incoming {
+                    Some(Ok(_)) if !message_rate.allow(Instant::now()) => {
+                        // metrics: state.metrics().rate_limited("ws_message")
+                        break End::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
+                    }
                     Some(Ok(Message::Binary(frame))) => {
                         // Usage: a publish (longer than an ask) is a message of its payload.
                         let payload = frame.len().checked_sub(HEADER_LEN).filter(|&n| n > 0);
