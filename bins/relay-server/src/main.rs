@@ -44,6 +44,12 @@ fn main() -> ExitCode {
     if let Some(Command::Keys(command)) = &cli.command {
         return keys::run_offline(command, &cli.discovery.data_dir);
     }
+    // Every connection is a file descriptor: raise the soft limit to the hard one (the
+    // operator sets the hard one, e.g. LimitNOFILE in the systemd unit).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let tls = match (&cli.ops.chain_path, &cli.ops.key_path) {
         (Some(chain), Some(key)) => match TlsHandle::load(chain, key) {
             Ok(tls) => Some(tls),
