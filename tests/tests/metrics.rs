@@ -297,8 +297,10 @@ async fn auth_failures_and_refusals_are_counted_under_templates_not_paths() {
     let (addr, state) = serve_in_process(ServerConfig::default()).await.unwrap();
     let resp = post_json(addr, "/v1/rooms", &[], &serde_json::json!({"room_size": 2})).await.unwrap();
     assert_eq!((resp.status.as_u16(), resp.json()["error"]["code"].clone()), (401, "missing_api_key".into()));
+    // Without a key store the admin API answers 503; its path carries the token.
     let secret_path = "/createkey/alice/0/s3cr3t-admin-token";
-    assert_eq!(http_request(addr, "GET", secret_path, &[], b"").await.unwrap().status, 404);
+    assert_eq!(http_request(addr, "GET", secret_path, &[], b"").await.unwrap().status, 503);
+    assert_eq!(http_request(addr, "GET", "/no/such/route", &[], b"").await.unwrap().status, 404);
     let room_path = "/v1/rooms/1a2b3c4d-9f0e-4c1b-8a7d-2e5f6a7b8c9d";
     let not_upgraded = http_request(addr, "GET", room_path, &[], b"").await.unwrap();
     assert_eq!(not_upgraded.status, 426, "{}", not_upgraded.text());
@@ -307,6 +309,7 @@ async fn auth_failures_and_refusals_are_counted_under_templates_not_paths() {
     assert_eq!(s.get("relay_auth_failures_total{reason=\"missing_api_key\"}"), 1.0);
     assert_eq!(s.get("relay_http_requests_total{route=\"/v1/rooms\",status=\"401\"}"), 1.0);
     assert_eq!(s.get("relay_http_requests_total{route=\"unmatched\",status=\"404\"}"), 1.0);
+    assert_eq!(s.get("relay_http_requests_total{route=\"admin (sodot paths)\",status=\"503\"}"), 1.0);
     assert_eq!(s.get("relay_http_requests_total{route=\"/v1/rooms/{room_id}\",status=\"426\"}"), 1.0);
     assert_eq!(s.get_or_zero("relay_rooms_created_total"), 0.0);
     for leaked in ["s3cr3t", "createkey", "1a2b3c4d"] {

@@ -279,7 +279,12 @@ pub(crate) async fn stalled(t: &Target, count: u64, payload: usize) -> anyhow::R
                 break;
             }
             Ok(Some(Ok(_))) => continue,
-            _ => break,
+            // Dropped without a close frame the stalled reader could still read: 1006.
+            Ok(Some(Err(_)) | None) => {
+                closed_with = 1006.0;
+                break;
+            }
+            Err(_) => break,
         }
     }
     let sent_mib = (count as usize * (payload + 36)) as f64 / (1 << 20) as f64;
@@ -290,7 +295,12 @@ pub(crate) async fn stalled(t: &Target, count: u64, payload: usize) -> anyhow::R
             Better::Lower,
             Goal::None,
         ),
-        Metric::new("stalled receiver close code (0 = none)", closed_with, Better::Higher, Goal::None),
+        Metric::new(
+            "receiver closed with (0 = still open, 1006 = dropped)",
+            closed_with,
+            Better::Higher,
+            Goal::None,
+        ),
         Metric::new("publish phase (s)", publish_secs, Better::Lower, Goal::None),
     ])
 }

@@ -18,6 +18,12 @@ const BROADCAST: u16 = 0xFFFF;
 const TO_HEADER: usize = 2;
 /// Data frame header from the relay: `[seq u64][from u16][flags u16]`.
 const FROM_HEADER: usize = 12;
+/// Broadcasts a fan-out party may send ahead of what it has received from the others.
+const FANOUT_WINDOW: u64 = 32;
+
+fn ack(seq: u64) -> Message {
+    Message::text(format!(r#"{{"type":"ack","seq":{seq}}}"#))
+}
 
 /// Creates a room of `size` and returns its ID.
 async fn create_room(t: &Target, size: u16) -> anyhow::Result<String> {
@@ -81,34 +87,60 @@ pub(crate) async fn fanout(
         wait_ready(ws).await?;
     }
     let epoch = Instant::now();
-    let expected = per_party * (u64::from(size) - 1);
+    let others = u64::from(size) - 1;
+    let expected = per_party * others;
     let mut tasks = Vec::new();
     for (ws, _slot) in parties {
         let (mut sink, mut stream) = ws.split();
+        // Messages this party has received, so its sender stays within FANOUT_WINDOW
+        // rounds of the others (as a real protocol would), and acks for the writer.
+        let progress = Arc::new((AtomicU64::new(0), tokio::sync::Notify::new()));
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let seen = progress.clone();
         let sender = tokio::spawn(async move {
-            for _ in 0..per_party {
+            for i in 0..per_party {
+                let needed = i.saturating_sub(FANOUT_WINDOW) * others;
+                while seen.0.load(Ordering::Acquire) < needed {
+                    sink.flush().await?;
+                    let notified = seen.1.notified();
+                    if seen.0.load(Ordering::Acquire) >= needed {
+                        break;
+                    }
+                    tokio::time::timeout(WAIT, notified).await.context("fan-out sender starved")?;
+                }
+                while let Ok(seq) = ack_rx.try_recv() {
+                    sink.feed(ack(seq)).await?;
+                }
                 sink.feed(Message::binary(data_frame(BROADCAST, epoch.elapsed(), payload))).await?;
             }
             sink.flush().await?;
+            // Keep acking until the receiver is done, so the room never fills.
+            while let Some(seq) = ack_rx.recv().await {
+                sink.send(ack(seq)).await?;
+            }
             anyhow::Ok(sink)
         });
         let receiver = tokio::spawn(async move {
             let mut h = histogram();
             let mut got = 0;
-            let mut acks = Vec::new();
             while got < expected {
                 let msg =
                     tokio::time::timeout(WAIT, stream.next()).await.context("fan-out receive timed out")?;
                 match msg {
                     Some(Ok(Message::Binary(frame))) => {
                         got += 1;
+                        progress.0.store(got, Ordering::Release);
+                        progress.1.notify_one();
                         if let Some(at) = sent_at(&frame) {
                             let us = epoch.elapsed().saturating_sub(at).as_micros().max(1) as u64;
                             let _ = h.record(us.min(60_000_000));
                         }
-                        if got % 64 == 0 {
-                            acks.push(seq_of(&frame));
+                        if got % 64 == 0 || got == expected {
+                            let _ = ack_tx.send(seq_of(&frame));
                         }
+                    }
+                    Some(Ok(Message::Text(t))) if t.contains("\"error\"") => {
+                        bail!("fan-out: relay error {t}")
                     }
                     Some(Ok(Message::Close(c))) => bail!("closed during fan-out: {c:?}"),
                     Some(Ok(_)) => {}
@@ -116,7 +148,8 @@ pub(crate) async fn fanout(
                     None => bail!("fan-out: connection ended"),
                 }
             }
-            anyhow::Ok((h, acks, stream))
+            drop(ack_tx);
+            anyhow::Ok((h, stream))
         });
         tasks.push((sender, receiver));
     }
@@ -124,7 +157,7 @@ pub(crate) async fn fanout(
     let mut keep = Vec::new();
     for (sender, receiver) in tasks {
         let sink = sender.await??;
-        let (h, _acks, stream) = receiver.await??;
+        let (h, stream) = receiver.await??;
         all.add(&h).ok();
         keep.push((sink, stream));
     }
@@ -168,7 +201,7 @@ pub(crate) async fn p2p_latency(t: &Target, iterations: u64, payload: usize) -> 
             crate::util::record(&mut h, start);
         }
         if i % 64 == 63 {
-            b.send(Message::text(format!(r#"{{"type":"ack","seq":{}}}"#, seq_of(&frame)))).await?;
+            b.send(ack(seq_of(&frame))).await?;
         }
     }
     Ok(vec![

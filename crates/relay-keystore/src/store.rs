@@ -81,7 +81,7 @@ impl KeyStore {
         let data_dir_error =
             |source: std::io::Error| KeystoreError::DataDir { path: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(data_dir_error)?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| open_error(dir, e))?;
+        let db = open_db(dir)?;
         let keys = db.open_tree(KEYS_TREE)?;
         let usage = db.open_tree(USAGE_TREE)?;
         let meta = db.open_tree(META_TREE)?;
@@ -467,6 +467,24 @@ impl Entry {
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
             origin: self.origin,
+        }
+    }
+}
+
+/// How long `open` waits for a lock that a store just dropped in this process may still
+/// hold: sled releases its file lock from a background flusher thread, a moment after
+/// the last handle is dropped. A server that really runs holds it far longer.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the sled database in `dir`, waiting up to [`LOCK_RELEASE_WAIT`] for its lock.
+fn open_db(dir: &Path) -> Result<sled::Db, KeystoreError> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open().map_err(|e| open_error(dir, e)) {
+            Err(KeystoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! and the core's channels, and maps the core's refusals to statuses and close codes.
 
 pub mod admin;
+pub mod announce;
 mod auth;
 mod burst;
 mod config;
@@ -27,3 +28,8 @@ pub use metrics::KeyUsage;
 pub use ratelimit::{Rate, RateLimits};
 pub use server::{AppState, serve};
 pub use tls::{TlsError, TlsHandle};
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

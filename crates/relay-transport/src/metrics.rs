@@ -65,12 +65,18 @@ pub(crate) enum Route {
     GroupById,
     V1GroupById,
     Relays,
+    /// The Sodot admin paths, which carry the admin token: one label for all three.
+    AdminSodot,
+    /// The REST admin API under `/v1/admin/`.
+    Admin,
+    /// `GET /v1/key`.
+    Key,
     /// A path no route serves (its raw text is never a label).
     Unmatched,
 }
 
 impl Route {
-    const ALL: [Route; 17] = [
+    const ALL: [Route; 20] = [
         Route::Healthz,
         Route::Readyz,
         Route::Metrics,
@@ -87,6 +93,9 @@ impl Route {
         Route::GroupById,
         Route::V1GroupById,
         Route::Relays,
+        Route::AdminSodot,
+        Route::Admin,
+        Route::Key,
         Route::Unmatched,
     ];
 
@@ -109,6 +118,9 @@ impl Route {
             ["groups", _] => Route::GroupById,
             ["v1", "groups", _] => Route::V1GroupById,
             ["v1", "relays"] => Route::Relays,
+            ["createkey", _, _, _] | ["rooms", _] | ["revokekey", _, _] => Route::AdminSodot,
+            ["v1", "admin", ..] => Route::Admin,
+            ["v1", "key"] => Route::Key,
             _ => Route::Unmatched,
         }
     }
@@ -131,6 +143,9 @@ impl Route {
             Route::GroupById => "/groups/{ID}",
             Route::V1GroupById => "/v1/groups/{ID}",
             Route::Relays => "/v1/relays",
+            Route::AdminSodot => "admin (sodot paths)",
+            Route::Admin => "/v1/admin",
+            Route::Key => "/v1/key",
             Route::Unmatched => "unmatched",
         }
     }
@@ -593,7 +608,9 @@ mod tests {
     fn raw_paths_map_to_templates() {
         assert_eq!(Route::of(&["v1", "rooms", "abc"]), Route::Room);
         assert_eq!(Route::of(&["v1", "rooms", "abc", "msg-relay"]), Route::RoomMsgRelay);
-        assert_eq!(Route::of(&["createkey", "n", "0", "secret"]), Route::Unmatched);
+        assert_eq!(Route::of(&["createkey", "n", "0", "secret"]), Route::AdminSodot);
+        assert_eq!(Route::of(&["v1", "admin", "keys", "n"]), Route::Admin);
+        assert_eq!(Route::of(&["no", "such"]), Route::Unmatched);
         assert_eq!(Route::Room.label(), "/v1/rooms/{room_id}");
     }
 }
