@@ -20,3 +20,10 @@ pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
 pub use server::{AppState, serve};
 pub use tls::{TlsError, TlsHandle};
+
+/// The parsers of client bytes that are otherwise private, for the fuzz targets in
+/// `fuzz/`. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::rooms::{Control, control, parse_data_frame};
+}

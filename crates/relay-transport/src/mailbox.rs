@@ -125,6 +125,7 @@ async fn run(state: AppState, mut conn: MailboxConn, mut socket: WsStream, _guar
                         break End::Close(close::TOO_BIG, "message too big");
                     }
                     Some(Err(WsError::Utf8(_))) => break End::Close(close::MALFORMED, "invalid utf-8 in a text frame"),
+                    Some(Err(WsError::Protocol(_))) => break End::Close(close::PROTOCOL, "protocol error"),
                     Some(Err(e)) => {
                         tracing::debug!("mailbox socket error: {e}");
                         break End::Gone;
