@@ -427,3 +427,141 @@ impl RelayProcess {
         Ok(())
     }
 }
+
+/// A TCP proxy on 127.0.0.1 in front of `target`, for network faults: it forwards bytes
+/// both ways; [`CuttableProxy::freeze`] stops forwarding (what is sent meanwhile piles
+/// up in the proxy's socket buffers, as on a stalled link), and
+/// [`CuttableProxy::cut_all`] drops every connection it carries with `SO_LINGER` 0 (a
+/// reset, no WebSocket close frame; whatever the proxy held is lost), as a dead network
+/// would. While paused it accepts and drops new connections at once, so reconnects fail.
+pub struct CuttableProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    inner: Arc<ProxyInner>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyInner {
+    target: SocketAddr,
+    conns: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    paused: std::sync::atomic::AtomicBool,
+    frozen: tokio::sync::watch::Sender<bool>,
+    forwarded: std::sync::atomic::AtomicUsize,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+impl CuttableProxy {
+    /// Listens on 127.0.0.1:0 and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<CuttableProxy> {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(ProxyInner {
+            target,
+            conns: Mutex::new(Vec::new()),
+            paused: Default::default(),
+            frozen: tokio::sync::watch::Sender::new(false),
+            forwarded: Default::default(),
+            refused: Default::default(),
+        });
+        let state = inner.clone();
+        let accept_task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                client.set_zero_linger().ok();
+                if state.paused.load(Ordering::SeqCst) {
+                    state.refused.fetch_add(1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(state.target).await else { continue };
+                upstream.set_zero_linger().ok();
+                client.set_nodelay(true).ok();
+                upstream.set_nodelay(true).ok();
+                state.forwarded.fetch_add(1, Ordering::SeqCst);
+                let (client_r, client_w) = client.into_split();
+                let (up_r, up_w) = upstream.into_split();
+                let up = forward(client_r, up_w, state.frozen.subscribe());
+                let down = forward(up_r, client_w, state.frozen.subscribe());
+                let task = tokio::spawn(async move {
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+                state.conns.lock().unwrap().push(task);
+            }
+        });
+        Ok(CuttableProxy { addr, inner, accept_task })
+    }
+
+    /// Resets every connection carried now; returns how many there were once their
+    /// sockets are closed.
+    pub async fn cut_all(&self) -> usize {
+        let tasks: Vec<_> = std::mem::take(&mut *self.inner.conns.lock().unwrap());
+        let n = tasks.len();
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = tokio::time::timeout(STEP_TIMEOUT, t).await;
+        }
+        n
+    }
+
+    /// Stops (or resumes) forwarding bytes on every connection, new ones included.
+    pub fn freeze(&self, frozen: bool) {
+        self.inner.frozen.send_replace(frozen);
+    }
+
+    /// While paused, new connections are accepted and dropped at once.
+    pub fn set_paused(&self, paused: bool) {
+        self.inner.paused.store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections forwarded so far.
+    pub fn forwarded(&self) -> usize {
+        self.inner.forwarded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections refused while paused so far.
+    pub fn refused(&self) -> usize {
+        self.inner.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `ws://addr`.
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+/// Copies `from` to `to` until EOF or an error, never reading while frozen.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        for t in self.inner.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
