@@ -5,7 +5,6 @@
 //! than stored.
 #![no_main]
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
@@ -26,13 +25,12 @@ enum Frame {
     Read { party: u8 },
 }
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap())
-}
-
 fuzz_target!(|frames: Vec<Frame>| {
-    let _guard = runtime().enter();
+    // A runtime per input, never driven: the room's timer task is spawned but never
+    // polled, and dropping the runtime at the end drops it (a shared runtime would keep
+    // every input's room alive).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _guard = runtime.enter();
     let limits = Limits { max_message_bytes: 64, max_room_held_bytes: 2048, ..Limits::default() };
     let rooms = Rooms::new(limits, None);
     let room = rooms.create(3, Some(Duration::from_secs(60))).unwrap();
