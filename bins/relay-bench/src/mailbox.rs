@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -87,17 +87,38 @@ pub(crate) async fn throughput(
             }
             rx.flush().await?;
             let mut next_ask = first;
-            for _ in 0..per_pair {
-                let frame = next_binary(&mut rx, WAIT).await.context("receiver")?;
-                if frame.len() != 36 + payload {
-                    bail!("throughput: frame of {} bytes, expected {}", frame.len(), 36 + payload);
+            let mut received = 0;
+            while received < per_pair {
+                // Take every frame already here, then answer them with one batch of asks:
+                // one write per batch keeps the client from being what is measured.
+                let mut batch = vec![next_binary(&mut rx, WAIT).await.context("receiver")?];
+                while let Some(more) = rx.next().now_or_never() {
+                    match more {
+                        Some(Ok(Message::Binary(b))) => batch.push(b),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => bail!("receiver: {e}"),
+                        None => bail!("receiver: connection ended"),
+                    }
                 }
-                prog.0.fetch_add(1, Ordering::Release);
+                for frame in &batch {
+                    if frame.len() != 36 + payload {
+                        bail!("throughput: frame of {} bytes, expected {}", frame.len(), 36 + payload);
+                    }
+                }
+                received += batch.len() as u64;
+                prog.0.fetch_add(batch.len() as u64, Ordering::Release);
                 prog.1.notify_one();
-                if next_ask < per_pair {
-                    rx.send(Message::binary(mailbox_frame(&message_id(run, p, next_ask), 30, 0, &[])))
-                        .await?;
-                    next_ask += 1;
+                let mut asked = false;
+                for _ in 0..batch.len() {
+                    if next_ask < per_pair {
+                        rx.feed(Message::binary(mailbox_frame(&message_id(run, p, next_ask), 30, 0, &[])))
+                            .await?;
+                        next_ask += 1;
+                        asked = true;
+                    }
+                }
+                if asked {
+                    rx.flush().await?;
                 }
             }
             anyhow::Ok(())

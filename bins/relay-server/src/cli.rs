@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use relay_core::{Limits, RoomIdPrefix};
-use relay_transport::ServerConfig;
+use relay_transport::{Rate, RateLimits, ServerConfig};
 
 /// Relay: a self-hosted relay for MPC and peer-to-peer apps (rooms, mailbox, discovery).
 #[derive(Debug, Parser)]
@@ -40,6 +40,9 @@ pub(crate) struct Cli {
 
     #[command(flatten)]
     pub(crate) ops: OpsArgs,
+
+    #[command(flatten)]
+    pub(crate) rate_limits: RateLimitArgs,
 }
 
 /// How log lines are written.
@@ -124,6 +127,7 @@ impl Cli {
             header_read_timeout: Duration::from_secs(self.ops.header_read_timeout_secs),
             tls_handshake_timeout: Duration::from_secs(self.ops.tls_handshake_timeout_secs),
             max_connections: self.ops.max_connections,
+            rate_limits: self.rate_limits.to_rate_limits(),
             ..ServerConfig::default()
         })
     }
@@ -174,4 +178,75 @@ pub(crate) struct OpsArgs {
           default_value_t = ServerConfig::default().max_connections,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) max_connections: usize,
+}
+
+/// Rate limits (docs/operations.md, "Rate limits"): a sustained rate per second and a
+/// burst for each. A rate of 0 turns that limit off. Defaults are
+/// [`RateLimits::default`]'s.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RateLimitArgs {
+    /// New connections per second from one client address (IPv6: per /64). Over it, a
+    /// connection is closed at once without a response. 0 disables.
+    #[arg(long, env = "RELAY_RATE_LIMIT_CONNECTIONS_PER_IP",
+          default_value_t = RateLimits::default().connections_per_ip.per_second)]
+    pub(crate) rate_limit_connections_per_ip: u32,
+    /// New connections one client address may open at once after a quiet period.
+    #[arg(long, env = "RELAY_RATE_LIMIT_CONNECTIONS_PER_IP_BURST",
+          default_value_t = RateLimits::default().connections_per_ip.burst,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rate_limit_connections_per_ip_burst: u32,
+    /// HTTP requests (WebSocket handshakes included) per second from one client
+    /// address. Over it: 429 with Retry-After. 0 disables.
+    #[arg(long, env = "RELAY_RATE_LIMIT_REQUESTS_PER_IP",
+          default_value_t = RateLimits::default().requests_per_ip.per_second)]
+    pub(crate) rate_limit_requests_per_ip: u32,
+    /// HTTP requests one client address may make at once after a quiet period.
+    #[arg(long, env = "RELAY_RATE_LIMIT_REQUESTS_PER_IP_BURST",
+          default_value_t = RateLimits::default().requests_per_ip.burst,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rate_limit_requests_per_ip_burst: u32,
+    /// Room creations and keyed mailbox WebSocket opens per second per API key (when
+    /// keys are enforced). Over it: 429 with Retry-After. 0 disables.
+    #[arg(long, env = "RELAY_RATE_LIMIT_PER_KEY",
+          default_value_t = RateLimits::default().per_key.per_second)]
+    pub(crate) rate_limit_per_key: u32,
+    /// Room creations and keyed WebSocket opens one API key may make at once.
+    #[arg(long, env = "RELAY_RATE_LIMIT_PER_KEY_BURST",
+          default_value_t = RateLimits::default().per_key.burst,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rate_limit_per_key_burst: u32,
+    /// Messages per second one WebSocket may send (any frame). Over it, the WebSocket
+    /// is closed with 1013. 0 disables.
+    #[arg(long, env = "RELAY_RATE_LIMIT_WS_MESSAGES",
+          default_value_t = RateLimits::default().ws_messages.per_second)]
+    pub(crate) rate_limit_ws_messages: u32,
+    /// Messages one WebSocket may send at once.
+    #[arg(long, env = "RELAY_RATE_LIMIT_WS_MESSAGES_BURST",
+          default_value_t = RateLimits::default().ws_messages.burst,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rate_limit_ws_messages_burst: u32,
+    /// Client addresses (and, separately, API keys) tracked at most; bounds the
+    /// limiters' memory. Idle entries are dropped first when the table is full.
+    #[arg(long, env = "RELAY_RATE_LIMIT_TRACKED",
+          default_value_t = RateLimits::default().max_tracked,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) rate_limit_tracked: usize,
+}
+
+impl RateLimitArgs {
+    fn to_rate_limits(&self) -> RateLimits {
+        RateLimits {
+            connections_per_ip: Rate::new(
+                self.rate_limit_connections_per_ip,
+                self.rate_limit_connections_per_ip_burst,
+            ),
+            requests_per_ip: Rate::new(
+                self.rate_limit_requests_per_ip,
+                self.rate_limit_requests_per_ip_burst,
+            ),
+            per_key: Rate::new(self.rate_limit_per_key, self.rate_limit_per_key_burst),
+            ws_messages: Rate::new(self.rate_limit_ws_messages, self.rate_limit_ws_messages_burst),
+            max_tracked: self.rate_limit_tracked,
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use relay_core::{Limits, RoomIdPrefix};
 
 use crate::discovery::DiscoveryConfig;
+use crate::ratelimit::RateLimits;
 use crate::tls::TlsHandle;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
@@ -22,6 +23,10 @@ pub struct ServerConfig {
     /// WebSocket read buffer per connection. tungstenite's 128 KiB default costs about
     /// 140 KiB per idle connection; 4 KiB keeps idle connections cheap (default 4 KiB).
     pub ws_read_buffer_bytes: usize,
+    /// Largest single socket read on a busy WebSocket. The bytes beyond the small read
+    /// buffer live in a buffer that is freed as soon as the socket goes quiet, so this
+    /// costs nothing per idle connection (default 64 KiB).
+    pub ws_burst_read_bytes: usize,
     /// WebSocket write buffer per connection, flushed past this size (default 4 KiB).
     pub ws_write_buffer_bytes: usize,
     /// Interval between pings on an otherwise silent WebSocket (default 20 s).
@@ -50,6 +55,9 @@ pub struct ServerConfig {
     /// the TLS handshake and upgraded WebSockets. Past it, a new connection is accepted
     /// and closed at once without a response (default 10,000).
     pub max_connections: usize,
+    /// Rate limits per client address, per API key and per WebSocket (see
+    /// [`RateLimits`] for each limit, its default and what happens over it).
+    pub rate_limits: RateLimits,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +68,7 @@ impl Default for ServerConfig {
             api_keys_enforced: true,
             max_body_bytes: 64 << 10,
             ws_read_buffer_bytes: 4 << 10,
+            ws_burst_read_bytes: 64 << 10,
             ws_write_buffer_bytes: 4 << 10,
             ws_ping_interval: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
@@ -70,6 +79,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            rate_limits: RateLimits::default(),
         }
     }
 }

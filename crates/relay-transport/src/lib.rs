@@ -5,11 +5,13 @@
 //! and the core's channels, and maps the core's refusals to statuses and close codes.
 
 mod auth;
+mod burst;
 mod config;
 pub mod discovery;
 mod error;
 mod http;
 mod mailbox;
+mod ratelimit;
 mod rooms;
 mod router;
 mod server;
@@ -18,6 +20,7 @@ pub mod ws;
 
 pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
+pub use ratelimit::{Rate, RateLimits};
 pub use server::{AppState, serve};
 pub use tls::{TlsError, TlsHandle};
 

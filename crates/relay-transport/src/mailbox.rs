@@ -36,6 +36,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// `GET /v1/msg-relay` (WebSocket): the namespace is the API key's tenant.
 pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let caller = crate::auth::authenticate(state, &req)?;
+    if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
+        // metrics: state.metrics().rate_limited("key")
+        return Ok(limited.response());
+    }
     open(state, req, Namespace::tenant(&caller.tenant))
 }
 
@@ -88,6 +92,7 @@ async fn run(state: AppState, mut conn: MailboxConn, mut socket: WsStream, _guar
     let mut heard = false;
     let mut last_heard = Instant::now();
     let mut batch: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
+    let mut message_rate = state.rate_limiter().message_rate(Instant::now());
 
     let end = loop {
         tokio::select! {
@@ -106,6 +111,10 @@ async fn run(state: AppState, mut conn: MailboxConn, mut socket: WsStream, _guar
             incoming = socket.next() => {
                 heard = true;
                 match incoming {
+                    Some(Ok(_)) if !message_rate.allow(Instant::now()) => {
+                        // metrics: state.metrics().rate_limited("ws_message")
+                        break End::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
+                    }
                     Some(Ok(Message::Binary(frame))) => {
                         if let Err(e) = conn.handle_frame(frame) {
                             break close_for(&e);

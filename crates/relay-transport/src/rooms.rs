@@ -46,7 +46,11 @@ struct CreateBody {
 /// `POST /v1/rooms`: `{"room_size": N, "ttl_secs": T?}` -> 201
 /// `{"room_uuid", "room_size", "expires_at"}`.
 pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let _caller = authenticate(state, &req)?;
+    let caller = authenticate(state, &req)?;
+    if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
+        // metrics: state.metrics().rate_limited("key")
+        return Ok(limited.response());
+    }
     let body = read_body(req, state.config().max_body_bytes).await?;
     let body: CreateBody = parse_json(&body)?;
     let size = body.room_size.ok_or_else(|| ApiError::bad_request("bad_request", "room_size is required"))?;
@@ -63,7 +67,11 @@ pub(crate) async fn create_sodot(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let _caller = authenticate(state, &req)?;
+    let caller = authenticate(state, &req)?;
+    if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
+        // metrics: state.metrics().rate_limited("key")
+        return Ok(limited.response());
+    }
     let body = read_body(req, state.config().max_body_bytes).await?;
     let body: CreateBody =
         if body.iter().all(u8::is_ascii_whitespace) { CreateBody::default() } else { parse_json(&body)? };
@@ -172,6 +180,7 @@ async fn run_party(mut ws: WsStream, mut party: Party, state: AppState, _guard: 
         let ping_every = config.ws_ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut last_seen = Instant::now();
+        let mut message_rate = state.rate_limiter().message_rate(last_seen);
         loop {
             tokio::select! {
                 () = async { drop(shutdown.wait_for(|stopping| *stopping).await) } => {
@@ -180,6 +189,10 @@ async fn run_party(mut ws: WsStream, mut party: Party, state: AppState, _guard: 
                 incoming = ws.next() => {
                     last_seen = Instant::now();
                     match incoming {
+                        Some(Ok(_)) if !message_rate.allow(last_seen) => {
+                            // metrics: state.metrics().rate_limited("ws_message")
+                            break Exit::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
+                        }
                         Some(Ok(msg)) => {
                             if let Some(exit) = handle_frame(&mut ws, &party, msg).await {
                                 break exit;

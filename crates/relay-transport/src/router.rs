@@ -5,11 +5,19 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::error::ApiError;
 use crate::http::{Body, error_response, json};
+use crate::ratelimit::ClientAddr;
 use crate::server::AppState;
 use crate::{discovery, mailbox, rooms};
 
 /// Routes one request.
 pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
+    // The per-address request rate, before any work; the accept loop sets the address.
+    if let Some(&ClientAddr(ip)) = req.extensions().get::<ClientAddr>()
+        && let Err(limited) = state.rate_limiter().request(ip, tokio::time::Instant::now())
+    {
+        // metrics: state.metrics().rate_limited("request")
+        return limited.response();
+    }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();

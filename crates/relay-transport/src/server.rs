@@ -4,11 +4,15 @@
 //! Protection on the accept path: a cap on concurrent connections (over it, a new
 //! connection is accepted and closed at once), a TLS handshake timeout, an HTTP/1
 //! header read timeout, and the same deadline on the first bytes of any connection so
-//! a silent client cannot hold a slot while hyper sniffs the HTTP version.
+//! a silent client cannot hold a slot while hyper sniffs the HTTP version. Before any
+//! of that, a per-address rate of new connections (over it, the connection is closed
+//! at once, like over the cap); each request then carries its client address for the
+//! per-address request rate in the router.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -26,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::config::ServerConfig;
 use crate::discovery::Discovery;
 use crate::error::TransportError;
+use crate::ratelimit::{ClientAddr, RateLimiter};
 use crate::router;
 
 /// At most one "connection cap reached" warning per listener per this interval; the
@@ -57,6 +62,8 @@ pub(crate) struct Inner {
     /// listener. A connection's permit lives inside its I/O object, so it is held
     /// through the TLS handshake and after a WebSocket upgrade, until the socket closes.
     connection_slots: Arc<Semaphore>,
+    /// The rate limits' buckets: per client address, per API key.
+    rate_limiter: RateLimiter,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -83,6 +90,7 @@ impl AppState {
         let (shutdown_tx, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connection_slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+        let rate_limiter = RateLimiter::new(&config.rate_limits);
         Ok(AppState {
             inner: Arc::new(Inner {
                 rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
@@ -93,6 +101,7 @@ impl AppState {
                 drain_tx: Mutex::new(Some(drain_tx)),
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
                 connection_slots,
+                rate_limiter,
             }),
         })
     }
@@ -152,6 +161,11 @@ impl AppState {
         self.inner.connection_slots.clone().try_acquire_owned().ok()
     }
 
+    /// The rate limiters shared by every connection.
+    pub(crate) fn rate_limiter(&self) -> &RateLimiter {
+        &self.inner.rate_limiter
+    }
+
     /// Waits until every WebSocket task has ended (after [`AppState::begin_shutdown`]).
     pub async fn websockets_closed(&self) {
         let mut rx = self.inner.drain_rx.lock().await;
@@ -179,7 +193,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
 
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) if is_transient_accept_error(&e) => {
@@ -192,6 +206,14 @@ pub async fn serve(
             () = &mut shutdown => break,
             _ = async { stop.wait_for(|s| *s).await.is_ok() } => break,
         };
+        if state.rate_limiter().connection(peer.ip(), tokio::time::Instant::now()).is_err() {
+            // Over this address's connection rate: close at once, as over the cap, and
+            // for the same reason (no TLS handshake or buffer spent on it). The limiter
+            // logs the refusals, at most once per 10 s.
+            // metrics: state.metrics().rate_limited("connection")
+            drop(stream);
+            continue;
+        }
         let Some(slot) = state.connection_slot() else {
             // Over the cap: close at once. Accepting (rather than leaving it in the
             // backlog) tells the client right away, and each turn of the loop consumes
@@ -201,7 +223,14 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, slot, state.clone(), builder.clone(), graceful.watcher()));
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            slot,
+            state.clone(),
+            builder.clone(),
+            graceful.watcher(),
+        ));
     }
 
     drop(listener);
@@ -221,6 +250,7 @@ pub async fn serve(
 /// shutdown starts), then hyper until the client or the graceful shutdown ends it.
 async fn serve_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     slot: OwnedSemaphorePermit,
     state: AppState,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -231,7 +261,7 @@ async fn serve_connection(
     match &config.tls {
         None => {
             let io = ConnIo::new(stream, slot, header_read_timeout);
-            serve_http(io, state, &builder, watcher).await;
+            serve_http(io, peer, state, &builder, watcher).await;
         }
         Some(tls) => {
             let handshake = tokio::time::timeout(config.tls_handshake_timeout, tls.acceptor().accept(stream));
@@ -251,20 +281,22 @@ async fn serve_connection(
                 _ = stop.wait_for(|s| *s) => return,
             };
             let io = ConnIo::new(tls_stream, slot, header_read_timeout);
-            serve_http(io, state.clone(), &builder, watcher).await;
+            serve_http(io, peer, state.clone(), &builder, watcher).await;
         }
     }
 }
 
 async fn serve_http<IO>(
     io: ConnIo<IO>,
+    peer: SocketAddr,
     state: AppState,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer.ip()));
         let state = state.clone();
         async move { Ok::<_, Infallible>(router::route(state, req).await) }
     });

@@ -12,12 +12,13 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
+use crate::burst::BurstReader;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::http::{Body, json};
 
 /// A server-side WebSocket over an upgraded hyper connection.
-pub type WsStream = WebSocketStream<TokioIo<Upgraded>>;
+pub type WsStream = WebSocketStream<BurstReader<TokioIo<Upgraded>>>;
 
 /// Checks that `req` is a valid WebSocket handshake; refuses with 426 or 400 otherwise.
 pub(crate) fn validate_handshake(req: &Request<Incoming>) -> Result<String, ApiError> {
@@ -85,13 +86,17 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let ws_config = ws_config(config);
+    let burst = config.ws_burst_read_bytes;
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                        .await;
+                let ws = WebSocketStream::from_raw_socket(
+                    BurstReader::new(TokioIo::new(upgraded), burst),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
                 handler(ws).await;
             }
             Err(e) => tracing::debug!("websocket upgrade failed: {e}"),

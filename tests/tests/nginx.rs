@@ -1,0 +1,303 @@
+//! Scale-out behind real nginx: two `relay-server` binaries, each with its own
+//! `--room-id-prefix`, behind nginx running `contrib/nginx.conf` itself (its upstream
+//! addresses pointed at the two instances, its TLS lines swapped for a plain listener on
+//! a port chosen here). Rooms created through nginx land on both instances; every party
+//! of a room, joining through nginx, reaches the instance that created it (a join on
+//! the other instance gets 404, which the test checks directly) and the parties
+//! exchange messages; the room-scoped mailbox is routed with its room.
+//!
+//! Needs the `nginx` binary (Debian: `apt-get install nginx`; `.ci/run` installs it).
+//! Without it the test prints why and passes without checking anything.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use futures_util::{SinkExt, StreamExt};
+use hyper::StatusCode;
+use relay_e2e::*;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The instances' prefixes and the addresses `contrib/nginx.conf` gives them.
+const INSTANCES: [(&str, &str); 2] = [("1a2b3c4d", "10.0.0.11:8080"), ("5e6f7a8b", "10.0.0.12:8080")];
+/// Rooms created through nginx; round robin over two instances gives each half.
+const ROOMS: usize = 6;
+/// Parties per room.
+const ROOM_SIZE: u16 = 3;
+/// Destination slot meaning "every other party".
+const BROADCAST: u16 = 0xFFFF;
+
+/// Where nginx lives on Debian when `/usr/sbin` is not on the PATH.
+fn nginx_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into(), "/usr/local/nginx/sbin".into()])
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// `contrib/nginx.conf` made runnable here: upstreams pointed at `relays`, the port-80
+/// redirect dropped, and the TLS listener replaced by plain HTTP on `listen`. Fails if
+/// a line it rewrites is no longer in the file, so the test never silently runs
+/// something other than what ships.
+fn contrib_config_for(relays: &[SocketAddr], listen: SocketAddr) -> anyhow::Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/nginx.conf");
+    let mut conf = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    for ((_, placeholder), relay) in INSTANCES.iter().zip(relays) {
+        ensure!(conf.contains(placeholder), "contrib/nginx.conf no longer names {placeholder}");
+        conf = conf.replace(placeholder, &relay.to_string());
+    }
+    let redirect_start = conf.find("server {\n    listen 80;").context("the port-80 server block")?;
+    let redirect_len = conf[redirect_start..].find("\n}\n").context("end of the port-80 block")? + 3;
+    conf.replace_range(redirect_start..redirect_start + redirect_len, "");
+
+    let mut out = String::new();
+    let (mut tls_listen, mut dropped) = (false, 0);
+    for line in conf.lines() {
+        let t = line.trim_start();
+        if t == "listen 443 ssl;" {
+            out.push_str(&format!("    listen {listen};\n"));
+            tls_listen = true;
+        } else if t.starts_with("listen [::]:") || t.starts_with("ssl_") || t == "http2 on;" {
+            dropped += 1;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    ensure!(tls_listen && dropped >= 3, "contrib/nginx.conf's TLS server block changed shape");
+    Ok(out)
+}
+
+/// nginx in the foreground with everything (pid, temp files) in its own directory and
+/// its log on stderr. Killed on drop.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(binary: &Path, relays: &[SocketAddr]) -> anyhow::Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        // Run as root, nginx's workers switch to an unprivileged user and must still
+        // reach their temp directories in here.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let addr = free_port()?;
+        let d = dir.path().display();
+        std::fs::write(dir.path().join("relay.conf"), contrib_config_for(relays, addr)?)?;
+        let main = format!(
+            "daemon off;\n\
+             worker_processes 1;\n\
+             pid {d}/nginx.pid;\n\
+             error_log stderr notice;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n\
+             \x20   access_log off;\n\
+             \x20   client_body_temp_path {d}/client_body;\n\
+             \x20   proxy_temp_path {d}/proxy;\n\
+             \x20   fastcgi_temp_path {d}/fastcgi;\n\
+             \x20   uwsgi_temp_path {d}/uwsgi;\n\
+             \x20   scgi_temp_path {d}/scgi;\n\
+             \x20   include {d}/relay.conf;\n\
+             }}\n"
+        );
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, main)?;
+        let mut child = Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .args(["-e", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn nginx")?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let nginx = Nginx { child, addr, stderr, _dir: dir };
+        nginx.wait_ready().await?;
+        Ok(nginx)
+    }
+
+    /// Waits until `/healthz` answers 200 through nginx.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+        loop {
+            if let Ok(resp) = http_request(self.addr, "GET", "/healthz", &[], b"").await
+                && resp.status == StatusCode::OK
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("nginx did not serve /healthz within {STEP_TIMEOUT:?}: {}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn output(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for nginx to listen on.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// The next frame that is not a ping or pong.
+async fn recv(ws: &mut Ws) -> anyhow::Result<Message> {
+    loop {
+        let msg = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .context("no frame within the step timeout")?
+            .context("stream ended")??;
+        if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+            return Ok(msg);
+        }
+    }
+}
+
+/// The next data frame as (from, payload), skipping joined/left/ready events.
+async fn recv_data(ws: &mut Ws) -> anyhow::Result<(u16, Vec<u8>)> {
+    loop {
+        match recv(ws).await? {
+            Message::Binary(b) => {
+                ensure!(b.len() >= 12, "data frame of {} bytes", b.len());
+                return Ok((u16::from_le_bytes([b[8], b[9]]), b[12..].to_vec()));
+            }
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str())?;
+                ensure!(
+                    matches!(v["type"].as_str(), Some("joined" | "left" | "ready")),
+                    "expected data, got {v}"
+                );
+            }
+            other => bail!("expected data, got {other:?}"),
+        }
+    }
+}
+
+/// Creates a room of [`ROOM_SIZE`] through `addr`; returns its ID.
+async fn create_room(addr: SocketAddr) -> anyhow::Result<String> {
+    let resp = post_json(addr, "/v1/rooms", &[], &serde_json::json!({"room_size": ROOM_SIZE})).await?;
+    ensure!(resp.status == StatusCode::CREATED, "create answered {}: {}", resp.status, resp.text());
+    Ok(resp.json()["room_uuid"].as_str().context("room_uuid")?.to_owned())
+}
+
+/// Joins every slot of `room` through `addr`, has each party broadcast one message,
+/// and checks that every party gets the others' messages.
+async fn run_room(addr: SocketAddr, room: &str) -> anyhow::Result<()> {
+    let mut parties = Vec::new();
+    for slot in 0..ROOM_SIZE {
+        let mut ws =
+            tokio::time::timeout(STEP_TIMEOUT, ws_connect(addr, &format!("/v1/rooms/{room}?slot={slot}")))
+                .await
+                .context("join timed out")?
+                .with_context(|| format!("join slot {slot} of {room} through nginx"))?;
+        let welcome = match recv(&mut ws).await? {
+            Message::Text(t) => serde_json::from_str::<Value>(t.as_str())?,
+            other => bail!("expected welcome, got {other:?}"),
+        };
+        ensure!(welcome["type"] == "welcome" && welcome["room_uuid"] == room, "{welcome}");
+        parties.push(ws);
+    }
+    for (slot, ws) in parties.iter_mut().enumerate() {
+        let mut frame = BROADCAST.to_le_bytes().to_vec();
+        frame.extend_from_slice(format!("{room}:{slot}").as_bytes());
+        tokio::time::timeout(STEP_TIMEOUT, ws.send(Message::binary(frame))).await??;
+    }
+    for (slot, ws) in parties.iter_mut().enumerate() {
+        let mut heard = BTreeSet::new();
+        for _ in 1..ROOM_SIZE {
+            let (from, payload) = recv_data(ws).await?;
+            ensure!(
+                payload == format!("{room}:{from}").into_bytes(),
+                "slot {slot} got {payload:?} from {from}"
+            );
+            heard.insert(from);
+        }
+        let others: BTreeSet<u16> = (0..ROOM_SIZE).filter(|s| usize::from(*s) != slot).collect();
+        ensure!(heard == others, "slot {slot} heard from {heard:?}");
+    }
+    Ok(())
+}
+
+/// Publishes and asks one message on `room`'s mailbox through `addr`.
+async fn room_mailbox_round_trip(addr: SocketAddr, room: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/rooms/{room}/msg-relay");
+    let mut asker = ws_connect(addr, &path).await?;
+    let mut publisher = ws_connect(addr, &path).await?;
+    // `[0..32)` id, ttl u16 LE, flags u16 LE, payload.
+    let mut ask = vec![0x42u8; 32];
+    ask.extend_from_slice(&[30, 0, 0, 0]);
+    let mut publish = ask.clone();
+    publish.extend_from_slice(room.as_bytes());
+    asker.send(Message::binary(ask)).await?;
+    publisher.send(Message::binary(publish.clone())).await?;
+    match recv(&mut asker).await? {
+        Message::Binary(b) => ensure!(b[..] == publish[..], "mailbox frame changed on the way"),
+        other => bail!("expected the published frame, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn nginx_spreads_room_creation_and_routes_every_party_to_the_room_s_instance() {
+    let Some(binary) = nginx_binary() else {
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx); .ci/run installs it");
+        return;
+    };
+    let mut relays = Vec::new();
+    for (prefix, _) in INSTANCES {
+        let relay = RelayProcess::start(&["--insecure-api-keys-not-enforced", "--room-id-prefix", prefix])
+            .await
+            .unwrap();
+        relays.push(relay);
+    }
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let nginx = Nginx::start(&binary, &addrs).await.unwrap();
+
+    let mut rooms = Vec::new();
+    for _ in 0..ROOMS {
+        rooms.push(create_room(nginx.addr).await.unwrap());
+    }
+    let prefixes: BTreeSet<&str> = rooms.iter().map(|r| &r[..8]).collect();
+    let expected: BTreeSet<&str> = INSTANCES.iter().map(|(p, _)| *p).collect();
+    assert_eq!(prefixes, expected, "creation through nginx reaches both instances: {rooms:?}");
+
+    for room in &rooms {
+        run_room(nginx.addr, room).await.unwrap_or_else(|e| panic!("room {room}: {e:#}\n{}", nginx.output()));
+        room_mailbox_round_trip(nginx.addr, room)
+            .await
+            .unwrap_or_else(|e| panic!("mailbox of {room}: {e:#}"));
+
+        // Routing is what made that work: the other instance does not know the room.
+        let owner = INSTANCES.iter().position(|(p, _)| room.starts_with(p)).unwrap();
+        let other = &relays[1 - owner];
+        let err = ws_connect(other.addr, &format!("/v1/rooms/{room}?slot=0")).await.unwrap_err();
+        assert_eq!(refusal_status(&err), Some(StatusCode::NOT_FOUND), "{room} on the wrong instance");
+    }
+
+    let mut nginx = nginx;
+    nginx.child.kill().await.unwrap();
+}
