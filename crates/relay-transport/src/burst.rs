@@ -28,17 +28,27 @@ pub struct BurstReader<S> {
     end: usize,
     /// Largest single read from the socket.
     burst: usize,
+    /// The last read filled what it was given: more is probably waiting, so the next
+    /// read goes through the burst buffer. Cleared when the socket runs dry.
+    busy: bool,
 }
 
 impl<S> BurstReader<S> {
     /// Wraps `inner`, reading up to `burst` bytes per system call.
     pub fn new(inner: S, burst: usize) -> BurstReader<S> {
-        BurstReader { inner, buf: Vec::new(), pos: 0, end: 0, burst }
+        BurstReader { inner, buf: Vec::new(), pos: 0, end: 0, burst, busy: false }
     }
 
     /// The wrapped IO object.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The socket went quiet: give the burst buffer back.
+    fn release(&mut self) {
+        self.busy = false;
+        self.buf = Vec::new();
+        (self.pos, self.end) = (0, 0);
     }
 
     fn hand_out(&mut self, out: &mut ReadBuf<'_>) {
@@ -59,13 +69,21 @@ impl<S: AsyncRead + Unpin> AsyncRead for BurstReader<S> {
             this.hand_out(out);
             return Poll::Ready(Ok(()));
         }
-        if out.remaining() >= this.burst {
-            // The caller's buffer is as large as a burst: no reason to copy.
-            return Pin::new(&mut this.inner).poll_read(cx, out);
+        if !this.busy || out.remaining() >= this.burst {
+            // Idle or a large caller buffer: read straight into it. Only a read that fills
+            // it shows a busy socket, worth the burst buffer next time; allocating on
+            // every poll of a quiet socket would cost more than it saves.
+            let wanted = out.remaining();
+            let before = out.filled().len();
+            let polled = Pin::new(&mut this.inner).poll_read(cx, out);
+            match &polled {
+                Poll::Ready(Ok(())) => this.busy = out.filled().len() - before == wanted,
+                Poll::Ready(Err(_)) | Poll::Pending => this.release(),
+            }
+            return polled;
         }
         if this.buf.len() != this.burst {
-            // Zeroed once per busy period, not per read: the buffer is kept while the
-            // socket keeps delivering.
+            // Zeroed once per busy period, not per read.
             this.buf = vec![0; this.burst];
         }
         let mut rb = ReadBuf::new(&mut this.buf);
@@ -75,13 +93,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for BurstReader<S> {
         match polled {
             Poll::Ready(Ok(())) => {
                 this.end = n;
+                this.busy = n == this.burst;
                 this.hand_out(out);
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => {
+                this.release();
+                Poll::Ready(Err(e))
+            }
             Poll::Pending => {
-                // Nothing to read: the connection is idle, give the memory back.
-                this.buf = Vec::new();
+                this.release();
                 Poll::Pending
             }
         }

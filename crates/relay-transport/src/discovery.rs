@@ -120,12 +120,39 @@ pub(crate) async fn route(
     }
 }
 
+/// `POST /group`.
+#[utoipa::path(
+    post, path = "/group", operation_id = "create_group", tag = "discovery", summary = "Create a group, or replace the live group its ID names",
+    request_body = crate::openapi::GroupRequest,
+    responses(
+        (status = 201, description = "The group's ID, as a JSON string", body = String),
+        (status = 400, description = "Invalid JSON or field", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let caller = authenticate(state, &req)?;
     let body = read_body(req, state.config().max_body_bytes).await?;
     create_group(state.discovery(), &caller, &body, unix_now())
 }
 
+/// `PATCH /group` (ID in the body) and `PATCH /groups/{ID}`.
+#[utoipa::path(
+    patch, path = "/group", operation_id = "update_group", tag = "discovery", summary = "Change the group named in the body",
+    request_body = crate::openapi::GroupRequest,
+    responses(
+        (status = 200, description = "The group's ID, as a JSON string", body = String),
+        (status = 400, description = "Invalid JSON or field, missing ID, or IDs that differ", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such live group", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 async fn update(
     state: &AppState,
     req: Request<Incoming>,
@@ -136,6 +163,17 @@ async fn update(
     update_group(state.discovery(), &caller, id, &body, unix_now())
 }
 
+/// `GET /groups`.
+#[utoipa::path(
+    get, path = "/groups", operation_id = "list_groups", tag = "discovery", summary = "Live groups, keyed by ID",
+    params(("app-id" = Option<String>, Query, description = "Only the groups of this application")),
+    responses(
+        (status = 200, description = "Live groups keyed by ID", body = std::collections::BTreeMap<String, crate::openapi::Group>),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 fn list(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     authenticate(state, &req)?;
     let app_id = query_param(req.uri().query(), "app-id");
@@ -143,17 +181,54 @@ fn list(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     Ok(json(StatusCode::OK, &to_json(&groups)))
 }
 
+/// `GET /groups/{ID}`.
+#[utoipa::path(
+    get, path = "/groups/{ID}", operation_id = "get_group", tag = "discovery", summary = "One group",
+    params(("ID" = String, Path, description = "The group's ID")),
+    responses(
+        (status = 200, description = "The group", body = crate::openapi::Group),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such live group", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 fn get(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     authenticate(state, &req)?;
     let group = state.discovery().groups().get(id, unix_now()).map_err(api_error)?;
     Ok(json(StatusCode::OK, &to_json(&group)))
 }
 
+/// `DELETE /groups/{ID}`.
+#[utoipa::path(
+    delete, path = "/groups/{ID}", operation_id = "delete_group", tag = "discovery", summary = "Delete a group",
+    params(("ID" = String, Path, description = "The group's ID")),
+    responses(
+        (status = 200, description = "Disco's sentence: `The group with ID {ID} has been deleted successfully`", body = String, content_type = "text/plain"),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such live group", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 fn delete(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     let caller = authenticate(state, &req)?;
     delete_group(state.discovery(), &caller, id, unix_now())
 }
 
+/// `POST /v1/relays`.
+#[utoipa::path(
+    post, path = "/v1/relays", operation_id = "announce_relay", tag = "registry", summary = "Announce or refresh a relay",
+    request_body = crate::openapi::Announcement,
+    responses(
+        (status = 200, description = "The relay's registry entry", body = crate::openapi::RelayEntry),
+        (status = 400, description = "Invalid JSON, URL or prefix", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong registry token", body = crate::openapi::ErrorBody),
+        (status = 403, description = "This relay has no registry token: announcements are refused", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+    ),
+    security(("registry_token" = [])),
+)]
 async fn announce(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let token = bearer_token(&req);
     let body = read_body(req, state.config().max_body_bytes).await?;
@@ -166,6 +241,11 @@ async fn announce(state: &AppState, req: Request<Incoming>) -> Result<Response<B
     Ok(json(StatusCode::OK, &to_json(&entry)))
 }
 
+/// `GET /v1/relays`.
+#[utoipa::path(
+    get, path = "/v1/relays", operation_id = "list_relays", tag = "registry", summary = "The live relays",
+    responses((status = 200, description = "The live relays", body = crate::openapi::RelayList)),
+)]
 fn list_relays(discovery: &Discovery) -> Response<Body> {
     let relays = discovery.registry().list_live(unix_now());
     json(StatusCode::OK, &serde_json::json!({ "relays": relays }))

@@ -11,6 +11,8 @@ pub mod discovery;
 mod error;
 mod http;
 mod mailbox;
+mod metrics;
+mod openapi;
 mod ratelimit;
 mod rooms;
 mod router;
@@ -20,6 +22,7 @@ pub mod ws;
 
 pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
+pub use metrics::KeyUsage;
 pub use ratelimit::{Rate, RateLimits};
 pub use server::{AppState, serve};
 pub use tls::{TlsError, TlsHandle};

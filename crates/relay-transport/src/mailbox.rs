@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use relay_core::RoomId;
-use relay_core::mailbox::{Mailbox, MailboxConn, MailboxError, Namespace};
+use relay_core::mailbox::{HEADER_LEN, Mailbox, MailboxConn, MailboxError, Namespace};
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
 use crate::error::ApiError;
 use crate::http::Body;
+use crate::metrics::WsKind;
 use crate::server::{AppState, DrainGuard};
 use crate::ws::{self, WsStream, close, close_message};
 
@@ -34,10 +35,24 @@ const OUT_BATCH: usize = 64;
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// `GET /v1/msg-relay` (WebSocket): the namespace is the API key's tenant.
+#[utoipa::path(
+    get, path = "/v1/msg-relay", operation_id = "open_mailbox", tag = "mailbox", summary = "Open the mailbox (WebSocket)",
+    description = "A WebSocket handshake; binary frames as in docs/protocol.md section 4, \
+        in the API key's tenant namespace. Every refusal comes before the upgrade.",
+    responses(
+        (status = 101, description = "Switching Protocols: the mailbox WebSocket"),
+        (status = 400, description = "Malformed handshake", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
+        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let caller = crate::auth::authenticate(state, &req)?;
     if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
-        // metrics: state.metrics().rate_limited("key")
+        state.metrics().rate_limited("key");
         return Ok(limited.response());
     }
     open(state, req, Namespace::tenant(&caller.tenant))
@@ -45,6 +60,19 @@ pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<
 
 /// `GET /v1/rooms/{room_id}/msg-relay` (WebSocket): the namespace is the room; whoever
 /// holds the room ID may use it, no key needed.
+#[utoipa::path(
+    get, path = "/v1/rooms/{room_id}/msg-relay", operation_id = "open_room_mailbox", tag = "mailbox", summary = "Open a room's mailbox (WebSocket)",
+    description = "A WebSocket handshake; the mailbox namespace is the room. Whoever holds \
+        the room ID may use it: no API key.",
+    params(("room_id" = String, Path, description = "A live room's ID")),
+    responses(
+        (status = 101, description = "Switching Protocols: the mailbox WebSocket"),
+        (status = 400, description = "Malformed room ID or handshake", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such room", body = crate::openapi::ErrorBody),
+        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn connect_room(
     state: &AppState,
     req: Request<Incoming>,
@@ -85,6 +113,7 @@ enum End {
 /// One mailbox connection, from upgrade to close.
 async fn run(state: AppState, mut conn: MailboxConn, mut socket: WsStream, _guard: DrainGuard) {
     let config = state.config();
+    let _open = state.metrics().websocket_opened(WsKind::Mailbox);
     let mut shutdown = state.shutdown_watch();
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ws_ping_interval, config.ws_ping_interval);
@@ -112,12 +141,17 @@ async fn run(state: AppState, mut conn: MailboxConn, mut socket: WsStream, _guar
                 heard = true;
                 match incoming {
                     Some(Ok(_)) if !message_rate.allow(Instant::now()) => {
-                        // metrics: state.metrics().rate_limited("ws_message")
+                        state.metrics().rate_limited("ws_message");
                         break End::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
                     }
                     Some(Ok(Message::Binary(frame))) => {
+                        // A publish is a relayed message; an ask (header only) is not.
+                        let payload = frame.len().saturating_sub(HEADER_LEN);
                         if let Err(e) = conn.handle_frame(frame) {
                             break close_for(&e);
+                        }
+                        if payload > 0 {
+                            state.metrics().message_relayed(WsKind::Mailbox, payload);
                         }
                         // Frames already buffered by tungstenite come without touching the
                         // socket, so they cost no coop budget: charge one per frame, so a

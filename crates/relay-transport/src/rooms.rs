@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::auth::authenticate;
 use crate::error::ApiError;
 use crate::http::{Body, json, parse_json, query_param, read_body};
+use crate::metrics::{Metrics, WsKind};
 use crate::server::{AppState, DrainGuard};
 use crate::ws::{WsStream, close, close_message, upgrade, validate_handshake};
 
@@ -45,10 +46,23 @@ struct CreateBody {
 
 /// `POST /v1/rooms`: `{"room_size": N, "ttl_secs": T?}` -> 201
 /// `{"room_uuid", "room_size", "expires_at"}`.
+#[utoipa::path(
+    post, path = "/v1/rooms", operation_id = "create_room", tag = "rooms", summary = "Create a room",
+    request_body = crate::openapi::CreateRoomRequest,
+    responses(
+        (status = 201, description = "The room", body = crate::openapi::RoomCreated),
+        (status = 400, description = "Invalid JSON, or a room size or TTL out of range", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Too many rooms", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let caller = authenticate(state, &req)?;
     if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
-        // metrics: state.metrics().rate_limited("key")
+        state.metrics().rate_limited("key");
         return Ok(limited.response());
     }
     let body = read_body(req, state.config().max_body_bytes).await?;
@@ -63,13 +77,26 @@ pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<R
 
 /// `POST /create-room` (Sodot shape): optional `{"room_size": N}` (2 without a body)
 /// -> 200 `{"room_uuid"}`.
+#[utoipa::path(
+    post, path = "/create-room", operation_id = "create_room_sodot", tag = "rooms", summary = "Create a room (Sodot shape)",
+    request_body(content = Option<crate::openapi::SodotCreateRoomRequest>, description = "Optional: a 2-party room without a body"),
+    responses(
+        (status = 200, description = "The room", body = crate::openapi::SodotRoomCreated),
+        (status = 400, description = "Invalid JSON, or a room size or TTL out of range", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Too many rooms", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub(crate) async fn create_sodot(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let caller = authenticate(state, &req)?;
     if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
-        // metrics: state.metrics().rate_limited("key")
+        state.metrics().rate_limited("key");
         return Ok(limited.response());
     }
     let body = read_body(req, state.config().max_body_bytes).await?;
@@ -80,6 +107,27 @@ pub(crate) async fn create_sodot(
 }
 
 /// `GET /v1/rooms/{room_id}` (WebSocket), with `slot`, or `resume_token` and `last_seq`.
+#[utoipa::path(
+    get, path = "/v1/rooms/{room_id}", operation_id = "join_room", tag = "rooms", summary = "Join a room (WebSocket)",
+    description = "A WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`, \
+        `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). Every refusal comes before the \
+        upgrade, as a JSON error. Whoever holds the room ID may join: no API key.",
+    params(
+        ("room_id" = String, Path, description = "The room ID from the create call"),
+        ("slot" = Option<u16>, Query, description = "The slot to take (0-based); the lowest free one when absent"),
+        ("resume_token" = Option<String>, Query, description = "Resume a dropped connection: the token from its welcome"),
+        ("last_seq" = Option<u64>, Query, description = "With resume_token: the last seq received"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the room's WebSocket"),
+        (status = 400, description = "Malformed room ID, query or handshake", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Bad resume token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such room", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Room full, slot taken, or resume gap", body = crate::openapi::ErrorBody),
+        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
+    ),
+)]
 pub(crate) async fn join(
     state: &AppState,
     req: Request<Incoming>,
@@ -104,6 +152,7 @@ fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<Roo
     let size = u16::try_from(size).map_err(|_| core_error(&CoreError::BadRoomSize { got: size, max }))?;
     let room = state.rooms().create(size, ttl_secs.map(Duration::from_secs)).map_err(|e| core_error(&e))?;
     tracing::debug!(room = %room.id, size, "room created");
+    state.metrics().room_created();
     Ok(room)
 }
 
@@ -172,6 +221,7 @@ enum Exit {
 /// room closes, the party leaves, the socket drops or the server shuts down.
 async fn run_party(mut ws: WsStream, mut party: Party, state: AppState, _guard: DrainGuard) {
     let config = state.config();
+    let _open = state.metrics().websocket_opened(WsKind::Room);
     let mut shutdown = state.shutdown_watch();
     let welcome = welcome_json(&party);
     let exit = if ws.send(Message::text(welcome)).await.is_err() {
@@ -190,11 +240,11 @@ async fn run_party(mut ws: WsStream, mut party: Party, state: AppState, _guard: 
                     last_seen = Instant::now();
                     match incoming {
                         Some(Ok(_)) if !message_rate.allow(last_seen) => {
-                            // metrics: state.metrics().rate_limited("ws_message")
+                            state.metrics().rate_limited("ws_message");
                             break Exit::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
                         }
                         Some(Ok(msg)) => {
-                            if let Some(exit) = handle_frame(&mut ws, &party, msg).await {
+                            if let Some(exit) = handle_frame(&mut ws, &party, msg, state.metrics()).await {
                                 break exit;
                             }
                         }
@@ -245,9 +295,9 @@ async fn run_party(mut ws: WsStream, mut party: Party, state: AppState, _guard: 
 }
 
 /// Handles one frame from the client; `Some` ends the connection.
-async fn handle_frame(ws: &mut WsStream, party: &Party, msg: Message) -> Option<Exit> {
+async fn handle_frame(ws: &mut WsStream, party: &Party, msg: Message, metrics: &Metrics) -> Option<Exit> {
     let refusal = match msg {
-        Message::Binary(frame) => send_data(party, frame),
+        Message::Binary(frame) => send_data(party, frame, metrics),
         Message::Text(text) => match control(&text) {
             Control::Ack(seq) => {
                 party.ack(seq);
@@ -272,12 +322,16 @@ async fn handle_frame(ws: &mut WsStream, party: &Party, msg: Message) -> Option<
 
 /// Sends a client data frame `[to u16 LE][payload]`; returns the error event to answer
 /// with when it is refused.
-fn send_data(party: &Party, frame: Bytes) -> Option<(&'static str, String)> {
+fn send_data(party: &Party, frame: Bytes, metrics: &Metrics) -> Option<(&'static str, String)> {
     let Some((to, payload)) = parse_data_frame(&frame) else {
         return Some(("malformed_frame", "a data frame starts with a 2-byte destination slot".to_owned()));
     };
     match party.send(to, payload) {
-        Ok(()) | Err(CoreError::PartyClosed) => None,
+        Ok(()) => {
+            metrics.message_relayed(WsKind::Room, frame.len() - CLIENT_HEADER);
+            None
+        }
+        Err(CoreError::PartyClosed) => None,
         Err(e) => Some((core_error(&e).code, e.to_string())),
     }
 }

@@ -1,13 +1,14 @@
 //! Maps (method, path) to a handler. Every refusal is a JSON error with its status.
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 
 use crate::error::ApiError;
-use crate::http::{Body, error_response, json};
+use crate::http::{Body, error_response};
+use crate::metrics::Route;
 use crate::ratelimit::ClientAddr;
 use crate::server::AppState;
-use crate::{discovery, mailbox, rooms};
+use crate::{discovery, mailbox, metrics, openapi, rooms};
 
 /// Routes one request.
 pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
@@ -15,14 +16,18 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
     if let Some(&ClientAddr(ip)) = req.extensions().get::<ClientAddr>()
         && let Err(limited) = state.rate_limiter().request(ip, tokio::time::Instant::now())
     {
-        // metrics: state.metrics().rate_limited("request")
+        state.metrics().rate_limited("request");
         return limited.response();
     }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    let metric_route = Route::of(&segments);
     let result = match (segments.as_slice(), &method) {
-        (["healthz"], &Method::GET) => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+        (["healthz"], &Method::GET) => Ok(metrics::healthz()),
+        (["readyz"], &Method::GET) => Ok(metrics::readyz(&state)),
+        (["metrics"], &Method::GET) => Ok(metrics::scrape(&state)),
+        (["openapi.json"], &Method::GET) => Ok(openapi::serve()),
         (["v1", "rooms"], &Method::POST) => rooms::create(&state, req).await,
         (["create-room"], &Method::POST) => rooms::create_sodot(&state, req).await,
         (["v1", "rooms", room_id], &Method::GET) => rooms::join(&state, req, room_id).await,
@@ -35,6 +40,9 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
         }
         (
             ["healthz"]
+            | ["readyz"]
+            | ["metrics"]
+            | ["openapi.json"]
             | ["v1", "rooms"]
             | ["create-room"]
             | ["v1", "rooms", _]
@@ -44,5 +52,10 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
         ) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::no_route()),
     };
-    result.unwrap_or_else(|e| error_response(&e))
+    let (resp, error_code) = match result {
+        Ok(resp) => (resp, None),
+        Err(e) => (error_response(&e), Some(e.code)),
+    };
+    state.metrics().http_request(metric_route, resp.status(), error_code);
+    resp
 }

@@ -30,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use crate::config::ServerConfig;
 use crate::discovery::Discovery;
 use crate::error::TransportError;
+use crate::metrics::{KeyUsage, Metrics};
 use crate::ratelimit::{ClientAddr, RateLimiter};
 use crate::router;
 
@@ -64,6 +65,8 @@ pub(crate) struct Inner {
     connection_slots: Arc<Semaphore>,
     /// The rate limits' buckets: per client address, per API key.
     rate_limiter: RateLimiter,
+    /// Counters for `/metrics`, bumped with relaxed atomics by the routes.
+    metrics: Metrics,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -102,6 +105,7 @@ impl AppState {
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
                 connection_slots,
                 rate_limiter,
+                metrics: Metrics::default(),
             }),
         })
     }
@@ -154,6 +158,19 @@ impl AppState {
     pub fn open_connections(&self) -> usize {
         let max = self.inner.config.max_connections.min(Semaphore::MAX_PERMITS);
         max.saturating_sub(self.inner.connection_slots.available_permits())
+    }
+
+    /// The counters served at `/metrics`.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Serves per-key usage at `/metrics` (`relay_key_messages_total{key="name"}` and
+    /// friends): `source` is called once per scrape and returns every key's totals, as
+    /// the key store counts them. Only the first call has an effect; returns whether
+    /// this one did.
+    pub fn set_key_usage_source(&self, source: impl Fn() -> Vec<KeyUsage> + Send + Sync + 'static) -> bool {
+        self.inner.metrics.set_key_usage_source(Box::new(source))
     }
 
     /// A slot for a new connection, or `None` when `max_connections` are open.
@@ -210,7 +227,7 @@ pub async fn serve(
             // Over this address's connection rate: close at once, as over the cap, and
             // for the same reason (no TLS handshake or buffer spent on it). The limiter
             // logs the refusals, at most once per 10 s.
-            // metrics: state.metrics().rate_limited("connection")
+            state.metrics().rate_limited("connection");
             drop(stream);
             continue;
         }
@@ -219,9 +236,11 @@ pub async fn serve(
             // backlog) tells the client right away, and each turn of the loop consumes
             // one pending connection, so this never spins.
             drop(stream);
+            state.metrics().connection_refused();
             refusals.record(config.max_connections);
             continue;
         };
+        state.metrics().connection_accepted();
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(
             stream,
@@ -236,9 +255,12 @@ pub async fn serve(
     drop(listener);
     state.begin_shutdown();
     let grace = state.config().shutdown_grace;
+    // WebSockets first: while they drain, connections already open keep serving, so a
+    // load balancer's keep-alive probe sees `/readyz` answer 503 instead of a reset.
+    // Then HTTP connections finish their requests and close.
     let drained = async {
-        graceful.shutdown().await;
         state.websockets_closed().await;
+        graceful.shutdown().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("shutdown grace of {grace:?} passed with connections still open");
