@@ -565,3 +565,16 @@ impl Drop for CuttableProxy {
         }
     }
 }
+
+/// The path of the `relay-bench` binary built for this test run (built if missing).
+pub fn bench_binary_path() -> PathBuf {
+    let bin = binary_path().with_file_name("relay-bench");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "relay-bench", "--bin", "relay-bench"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building relay-bench failed");
+    }
+    bin
+}

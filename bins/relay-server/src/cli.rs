@@ -36,6 +36,9 @@ pub(crate) struct Cli {
     pub(crate) limits: LimitArgs,
 
     #[command(flatten)]
+    pub(crate) keys: KeyArgs,
+
+    #[command(flatten)]
     pub(crate) discovery: crate::discovery::DiscoveryArgs,
 
     #[command(flatten)]
@@ -43,6 +46,71 @@ pub(crate) struct Cli {
 
     #[command(flatten)]
     pub(crate) rate_limits: RateLimitArgs,
+
+    /// Manage API keys offline (the server must be stopped); without a subcommand the
+    /// server runs.
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+}
+
+/// API keys and the admin token. They are kept in `<--data-dir>/keys` (the flag is
+/// shared with discovery).
+#[derive(Debug, clap::Args)]
+pub(crate) struct KeyArgs {
+    /// A preconfigured API key, KEY,NAME with KEY standard base64 of 16 bytes; repeat for
+    /// several. Never expires, can be revoked (and stays revoked). The environment
+    /// variable takes several values separated by spaces.
+    #[arg(
+        long = "api-key",
+        value_name = "KEY,NAME",
+        env = "RELAY_API_KEYS",
+        value_delimiter = ' ',
+        hide_env_values = true
+    )]
+    pub(crate) api_keys: Vec<String>,
+
+    /// The admin token for the admin API. Without it, one is generated at first start
+    /// and printed once; only its hash is kept.
+    #[arg(
+        long = "secret-auth",
+        alias = "secret_auth",
+        value_name = "TOKEN",
+        env = "RELAY_SECRET_AUTH",
+        hide_env_values = true
+    )]
+    pub(crate) secret_auth: Option<String>,
+}
+
+/// Subcommands: offline tools that run instead of the server.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Create, list or revoke API keys in --data-dir while the server is stopped.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `relay-server keys ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create a key and print it (as JSON) once; only its hash is kept.
+    Create {
+        /// Unique name: 1 to 64 characters of A-Z a-z 0-9 . _ -
+        name: String,
+        /// Expiry in unix seconds; 0 means never.
+        #[arg(long, default_value_t = 0)]
+        expires_at: u64,
+        /// Mailbox namespace; keys of one tenant see each other's mailbox messages.
+        /// Defaults to the key's name.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List every key (never the key itself) as JSON.
+    List,
+    /// Revoke a key; it stays revoked across restarts.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
 }
 
 /// How log lines are written.

@@ -40,9 +40,9 @@ pub(crate) struct DiscoveryArgs {
     /// Largest per-group `TTL` a client may ask for.
     #[arg(long, env = "RELAY_MAX_GROUP_TTL", default_value = "168h", value_parser = parse_duration)]
     pub(crate) max_group_ttl: Duration,
-    /// Directory for persistent state (groups live in `<dir>/discovery`). One server
-    /// per directory.
-    #[arg(long, env = "RELAY_DATA_DIR", default_value = "./relay-data")]
+    /// Directory for persistent state (groups live in `<dir>/discovery`, API keys, the
+    /// admin token hash and usage in `<dir>/keys`). One server per directory; back it up.
+    #[arg(long, env = "RELAY_DATA_DIR", default_value = "./relay-data", global = true)]
     pub(crate) data_dir: PathBuf,
     /// Token relays must present (`Authorization: Bearer <token>`) to announce
     /// themselves here; also the token this server presents with --announce-to.

@@ -6,17 +6,20 @@
 mod cli;
 mod config_file;
 mod discovery;
+mod keys;
 mod notify;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
+use relay_keystore::KeyStore;
 use relay_transport::{AppState, TlsHandle, serve};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, LogFormat};
+use crate::cli::{Cli, Command, LogFormat};
 use crate::config_file::{ConfigError, Settings};
 
 /// Exit status for a configuration the server refuses to start with (as clap uses for
@@ -38,6 +41,15 @@ fn main() -> ExitCode {
     }
     let cli = settings.cli;
     init_tracing(cli.log_format);
+    if let Some(Command::Keys(command)) = &cli.command {
+        return keys::run_offline(command, &cli.discovery.data_dir);
+    }
+    // Every connection is a file descriptor: raise the soft limit to the hard one (the
+    // operator sets the hard one, e.g. LimitNOFILE in the systemd unit).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let tls = match (&cli.ops.chain_path, &cli.ops.key_path) {
         (Some(chain), Some(key)) => match TlsHandle::load(chain, key) {
             Ok(tls) => Some(tls),
@@ -48,6 +60,14 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    // After the certificate check, so a bad path exits 2 without touching the data dir.
+    let keystore = match keys::open_for_server(&cli.keys, &cli.discovery.data_dir) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            return ExitCode::from(e.exit_code);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -55,7 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, tls)) {
+    match runtime.block_on(run(cli, keystore, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -64,19 +84,26 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, tls: Option<TlsHandle>) -> anyhow::Result<()> {
+async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyhow::Result<()> {
     let mut config = cli.server_config()?;
     config.tls = tls.clone();
     let announcer = cli.discovery.announcer(config.room_id_prefix.map(|p| p.to_string()))?;
-    if config.api_keys_enforced {
-        anyhow::bail!(
-            "API keys are enforced by default, but this build has no key store yet; \
-             pass --insecure-api-keys-not-enforced to run without key checks"
+    if !config.api_keys_enforced {
+        tracing::warn!(
+            "API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay"
+        );
+        eprintln!(
+            "WARNING: API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay"
         );
     }
-    tracing::warn!("API keys are NOT enforced (--insecure-api-keys-not-enforced): anyone can use this relay");
 
-    let state = AppState::try_new(config)?;
+    let state = AppState::try_with_keystore(config, keystore.clone())?;
+
+    // Before "listening" is printed: a SIGTERM right after start must shut down cleanly
+    // (and flush usage), not kill the process.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
 
     let mut listeners = Vec::new();
     for addr in &cli.listen {
@@ -93,6 +120,7 @@ async fn run(cli: Cli, tls: Option<TlsHandle>) -> anyhow::Result<()> {
     if let Some(announcer) = announcer {
         tokio::spawn(announcer.run());
     }
+    let usage_flusher = tokio::spawn(keys::flush_usage_periodically(keystore.clone()));
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let state = state.clone();
@@ -108,9 +136,6 @@ async fn run(cli: Cli, tls: Option<TlsHandle>) -> anyhow::Result<()> {
 
     notify::notify(notify::READY);
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("cannot install SIGHUP handler")?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
@@ -126,6 +151,8 @@ async fn run(cli: Cli, tls: Option<TlsHandle>) -> anyhow::Result<()> {
     while let Some(res) = servers.join_next().await {
         res.context("server task panicked")?.context("server stopped with an error")?;
     }
+    usage_flusher.abort();
+    keys::flush_usage(&keystore).await;
     tracing::info!("stopped");
     Ok(())
 }

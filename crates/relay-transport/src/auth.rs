@@ -1,11 +1,18 @@
 //! Who is calling: finds the API key a request presents (`Authorization: Bearer <key>`,
-//! `Authorization: <key>`, or `?api_key=<key>`) and resolves it to a caller.
+//! `Authorization: <key>`, or `?api_key=<key>`) and resolves it to a caller through the
+//! key store (in memory, constant-time); counts the caller's usage.
 //!
-//! Until the key store is wired in, a server with keys enforced refuses every key-gated
-//! request; the binary refuses to start in that state, so this only shows in tests.
+//! Refusals: no key 401 `missing_api_key`; malformed or unknown key 401
+//! `unknown_api_key`; revoked 403 `revoked_api_key`; expired 403 `expired_api_key` (the
+//! key is known but no longer allowed, so both are 403). A WebSocket route calls
+//! [`authenticate`] before it upgrades, so these are plain HTTP answers.
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode, header};
+use std::sync::{Arc, PoisonError};
+
+use relay_core::RoomId;
+use relay_keystore::{KeyStore, VerifyError, unix_now};
 
 use crate::error::ApiError;
 use crate::http::query_param;
@@ -28,26 +35,112 @@ pub(crate) fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<
     if !state.config().api_keys_enforced {
         return Ok(Caller { tenant: OPEN_TENANT.to_owned(), key_name: None });
     }
-    let _key = presented_key(req).ok_or_else(|| {
+    let key = presented_key(req).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_api_key",
             "an API key is required: Authorization: Bearer <key>, or ?api_key=<key>",
         )
     })?;
-    Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown_api_key", "unknown API key"))
+    // Without a store (a state built by `AppState::new` with keys enforced) no key is
+    // known, so every key is refused as unknown.
+    let store = state.keystore().ok_or(VerifyError::Unknown).map_err(refusal)?;
+    let verified = store.verify(&key, unix_now()).map_err(refusal)?;
+    Ok(Caller { tenant: verified.tenant, key_name: Some(verified.name) })
+}
+
+/// The JSON error for a key the store turned away. Never names the key.
+fn refusal(e: VerifyError) -> ApiError {
+    match e {
+        VerifyError::Malformed | VerifyError::Unknown => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unknown_api_key", "unknown API key")
+        }
+        VerifyError::Revoked => {
+            ApiError::new(StatusCode::FORBIDDEN, "revoked_api_key", "this API key was revoked")
+        }
+        VerifyError::Expired => {
+            ApiError::new(StatusCode::FORBIDDEN, "expired_api_key", "this API key has expired")
+        }
+    }
+}
+
+/// 503 for the admin routes of a server built without a key store (a test or embedding
+/// configuration; the binary always opens one).
+pub(crate) fn no_key_store() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no_key_store",
+        "this server has no key store: API keys and the admin API are unavailable",
+    )
+}
+
+impl AppState {
+    /// Adds to the usage of `caller`'s key (in memory; written by the periodic flush).
+    /// Does nothing for callers without a key (keys not enforced).
+    pub(crate) fn record_usage(&self, caller: &Caller, messages: u64, bytes: u64, rooms: u64) {
+        self.usage_meter(caller).add(messages, bytes, rooms);
+    }
+
+    /// A meter that counts one connection's messages against `caller`'s key.
+    pub(crate) fn usage_meter(&self, caller: &Caller) -> UsageMeter {
+        UsageMeter(self.keystore().cloned().zip(caller.key_name.clone()))
+    }
+
+    /// Remembers that `caller`'s key created `room`, so the room's messages count
+    /// against that key (parties join with the room ID alone, no key).
+    pub(crate) fn set_room_owner(&self, room: RoomId, caller: &Caller) {
+        let Some(name) = caller.key_name.clone() else { return };
+        let mut owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget closed rooms now and then: amortized, and bounded by the live rooms.
+        if owners.len() >= 2 * self.rooms().len() + ROOM_OWNERS_SLACK {
+            owners.retain(|id, _| self.rooms().info(id).is_some());
+        }
+        owners.insert(room, name);
+    }
+
+    /// A meter that counts a room party's messages against the key that created the room.
+    pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
+        let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
+        UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
+    }
+}
+
+/// Closed rooms whose owner entry may linger before the owner map is pruned.
+const ROOM_OWNERS_SLACK: usize = 64;
+
+/// Counts messages against one key, in memory (a read lock and three atomic adds per
+/// call). Empty when keys are not enforced or the key is unknown.
+#[derive(Clone, Default)]
+pub(crate) struct UsageMeter(Option<(Arc<KeyStore>, String)>);
+
+impl UsageMeter {
+    /// Adds `messages`, `bytes` and `rooms` to the key's usage.
+    pub(crate) fn add(&self, messages: u64, bytes: u64, rooms: u64) {
+        if let Some((store, name)) = &self.0
+            && let Err(e) = store.record_usage(name, messages, bytes, rooms)
+        {
+            tracing::debug!(key = name.as_str(), "usage not counted: {e}");
+        }
+    }
+
+    /// Counts one relayed message of `bytes` payload bytes.
+    pub(crate) fn message(&self, bytes: usize) {
+        self.add(1, u64::try_from(bytes).unwrap_or(u64::MAX), 0);
+    }
 }
 
 /// The key presented by `req`, if any: the Authorization header (with or without
 /// `Bearer `) wins over the `api_key` query parameter.
 pub(crate) fn presented_key(req: &Request<Incoming>) -> Option<String> {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let value = value.trim();
-        let key =
-            value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();
-        if !key.is_empty() {
-            return Some(key.to_owned());
-        }
+    if let Some(value) = bearer_or_raw(req) {
+        return Some(value);
     }
     query_param(req.uri().query(), "api_key").filter(|k| !k.is_empty())
+}
+
+/// The Authorization header's value without a leading `Bearer `, if non-empty.
+pub(crate) fn bearer_or_raw(req: &Request<Incoming>) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())?.trim();
+    let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();
+    (!key.is_empty()).then(|| key.to_owned())
 }

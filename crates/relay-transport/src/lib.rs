@@ -4,6 +4,7 @@
 //! The protocol logic lives in relay-core; this crate only moves bytes between sockets
 //! and the core's channels, and maps the core's refusals to statuses and close codes.
 
+pub mod admin;
 mod auth;
 mod burst;
 mod config;

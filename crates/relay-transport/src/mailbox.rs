@@ -20,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
+use crate::auth::UsageMeter;
 use crate::error::ApiError;
 use crate::http::Body;
 use crate::metrics::WsKind;
@@ -55,7 +56,8 @@ pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<
         state.metrics().rate_limited("key");
         return Ok(limited.response());
     }
-    open(state, req, Namespace::tenant(&caller.tenant))
+    let meter = state.usage_meter(&caller);
+    open(state, req, Namespace::tenant(&caller.tenant), meter)
 }
 
 /// `GET /v1/rooms/{room_id}/msg-relay` (WebSocket): the namespace is the room; whoever
@@ -86,11 +88,16 @@ pub(crate) async fn connect_room(
             "no such room (it never existed, expired or closed)",
         ));
     }
-    open(state, req, Namespace::room(&room))
+    open(state, req, Namespace::room(&room), UsageMeter::default())
 }
 
 /// Validates the handshake, takes a drain guard and upgrades into [`run`].
-fn open(state: &AppState, req: Request<Incoming>, namespace: Namespace) -> Result<Response<Body>, ApiError> {
+fn open(
+    state: &AppState,
+    req: Request<Incoming>,
+    namespace: Namespace,
+    meter: UsageMeter,
+) -> Result<Response<Body>, ApiError> {
     let accept_key = ws::validate_handshake(&req)?;
     let guard = state.drain_guard().ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the relay is shutting down")
@@ -98,7 +105,7 @@ fn open(state: &AppState, req: Request<Incoming>, namespace: Namespace) -> Resul
     let task_state = state.clone();
     Ok(ws::upgrade(req, accept_key, state.config(), move |socket| async move {
         let conn = task_state.mailbox().connect(namespace);
-        run(task_state, conn, socket, guard).await;
+        run(task_state, conn, socket, guard, meter).await;
     }))
 }
 
@@ -111,7 +118,13 @@ enum End {
 }
 
 /// One mailbox connection, from upgrade to close.
-async fn run(state: AppState, mut conn: MailboxConn, mut socket: WsStream, _guard: DrainGuard) {
+async fn run(
+    state: AppState,
+    mut conn: MailboxConn,
+    mut socket: WsStream,
+    _guard: DrainGuard,
+    meter: UsageMeter,
+) {
     let config = state.config();
     let _open = state.metrics().websocket_opened(WsKind::Mailbox);
     let mut shutdown = state.shutdown_watch();
@@ -145,13 +158,15 @@ async fn run(state: AppState, mut conn: MailboxConn, mut socket: WsStream, _guar
                         break End::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
                     }
                     Some(Ok(Message::Binary(frame))) => {
-                        // A publish is a relayed message; an ask (header only) is not.
-                        let payload = frame.len().saturating_sub(HEADER_LEN);
+                        // A publish (longer than an ask) is a relayed message of its payload;
+                        // an ask is not.
+                        let payload = frame.len().checked_sub(HEADER_LEN).filter(|&n| n > 0);
                         if let Err(e) = conn.handle_frame(frame) {
                             break close_for(&e);
                         }
-                        if payload > 0 {
-                            state.metrics().message_relayed(WsKind::Mailbox, payload);
+                        if let Some(bytes) = payload {
+                            meter.message(bytes);
+                            state.metrics().message_relayed(WsKind::Mailbox, bytes);
                         }
                         // Frames already buffered by tungstenite come without touching the
                         // socket, so they cost no coop budget: charge one per frame, so a

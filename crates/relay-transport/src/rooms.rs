@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::auth::authenticate;
+use crate::auth::{Caller, UsageMeter, authenticate};
 use crate::error::ApiError;
 use crate::http::{Body, json, parse_json, query_param, read_body};
 use crate::metrics::{Metrics, WsKind};
@@ -69,6 +69,7 @@ pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<R
     let body: CreateBody = parse_json(&body)?;
     let size = body.room_size.ok_or_else(|| ApiError::bad_request("bad_request", "room_size is required"))?;
     let room = create_room(state, size, body.ttl_secs)?;
+    count_room(state, &caller, &room);
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({"room_uuid": room.id, "room_size": room.room_size, "expires_at": room.expires_at}),
@@ -103,6 +104,7 @@ pub(crate) async fn create_sodot(
     let body: CreateBody =
         if body.iter().all(u8::is_ascii_whitespace) { CreateBody::default() } else { parse_json(&body)? };
     let room = create_room(state, body.room_size.unwrap_or(SODOT_DEFAULT_ROOM_SIZE), body.ttl_secs)?;
+    count_room(state, &caller, &room);
     Ok(json(StatusCode::OK, &serde_json::json!({"room_uuid": room.id})))
 }
 
@@ -144,7 +146,14 @@ pub(crate) async fn join(
     let party = state.rooms().join(&id, request).map_err(|e| core_error(&e))?;
     tracing::debug!(room = %id, slot = party.slot(), resumed = party.welcome().resumed, "party joined");
     let task_state = state.clone();
-    Ok(upgrade(req, accept_key, state.config(), move |ws| run_party(ws, party, task_state, guard)))
+    let meter = state.room_usage_meter(&id);
+    Ok(upgrade(req, accept_key, state.config(), move |ws| run_party(ws, party, task_state, guard, meter)))
+}
+
+/// Usage: the room counts against the caller's key, and so will its messages.
+fn count_room(state: &AppState, caller: &Caller, room: &RoomInfo) {
+    state.record_usage(caller, 0, 0, 1);
+    state.set_room_owner(room.id, caller);
 }
 
 fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<RoomInfo, ApiError> {
@@ -219,7 +228,13 @@ enum Exit {
 
 /// The WebSocket task of one party: welcome, then events out and frames in until the
 /// room closes, the party leaves, the socket drops or the server shuts down.
-async fn run_party(mut ws: WsStream, mut party: Party, state: AppState, _guard: DrainGuard) {
+async fn run_party(
+    mut ws: WsStream,
+    mut party: Party,
+    state: AppState,
+    _guard: DrainGuard,
+    meter: UsageMeter,
+) {
     let config = state.config();
     let _open = state.metrics().websocket_opened(WsKind::Room);
     let mut shutdown = state.shutdown_watch();
@@ -244,7 +259,7 @@ async fn run_party(mut ws: WsStream, mut party: Party, state: AppState, _guard: 
                             break Exit::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
                         }
                         Some(Ok(msg)) => {
-                            if let Some(exit) = handle_frame(&mut ws, &party, msg, state.metrics()).await {
+                            if let Some(exit) = handle_frame(&mut ws, &party, msg, state.metrics(), &meter).await {
                                 break exit;
                             }
                         }
@@ -295,9 +310,22 @@ async fn run_party(mut ws: WsStream, mut party: Party, state: AppState, _guard: 
 }
 
 /// Handles one frame from the client; `Some` ends the connection.
-async fn handle_frame(ws: &mut WsStream, party: &Party, msg: Message, metrics: &Metrics) -> Option<Exit> {
+async fn handle_frame(
+    ws: &mut WsStream,
+    party: &Party,
+    msg: Message,
+    metrics: &Metrics,
+    meter: &UsageMeter,
+) -> Option<Exit> {
     let refusal = match msg {
-        Message::Binary(frame) => send_data(party, frame, metrics),
+        Message::Binary(frame) => {
+            let payload = frame.len().saturating_sub(CLIENT_HEADER);
+            let refusal = send_data(party, frame, metrics);
+            if refusal.is_none() {
+                meter.message(payload);
+            }
+            refusal
+        }
         Message::Text(text) => match control(&text) {
             Control::Ack(seq) => {
                 party.ack(seq);

@@ -8,7 +8,7 @@ use crate::http::{Body, error_response};
 use crate::metrics::Route;
 use crate::ratelimit::ClientAddr;
 use crate::server::AppState;
-use crate::{discovery, mailbox, metrics, openapi, rooms};
+use crate::{admin, discovery, mailbox, metrics, openapi, rooms};
 
 /// Routes one request.
 pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
@@ -35,6 +35,27 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
         (["v1", "rooms", room_id, "msg-relay"], &Method::GET) => {
             mailbox::connect_room(&state, req, room_id).await
         }
+        // Admin (admin.rs): Sodot paths with the token last, and REST with a Bearer token.
+        (["createkey", name, expiry, token], &Method::GET) => {
+            admin::sodot_create(&state, name, expiry, token).await
+        }
+        (["rooms", token], &Method::GET) => admin::sodot_list(&state, token),
+        (["revokekey", name, token], &Method::GET) => admin::sodot_revoke(&state, name, token).await,
+        (["v1", "admin", "keys"], &Method::POST) => admin::create(&state, req).await,
+        (["v1", "admin", "keys"], &Method::GET) => admin::list(&state, &req),
+        (["v1", "admin", "keys", name], &Method::DELETE) => admin::revoke(&state, &req, name).await,
+        (["v1", "admin", "rooms"], &Method::GET) => admin::rooms(&state, &req),
+        (["v1", "admin", "usage"], &Method::GET) => admin::usage(&state, &req),
+        (["v1", "key"], &Method::GET) => admin::whoami(&state, &req),
+        (
+            ["createkey", _, _, _]
+            | ["rooms", _]
+            | ["revokekey", _, _]
+            | ["v1", "admin", "keys" | "rooms" | "usage"]
+            | ["v1", "admin", "keys", _]
+            | ["v1", "key"],
+            _,
+        ) => Err(ApiError::method_not_allowed()),
         (["group" | "groups", ..] | ["v1", "group" | "groups" | "relays", ..], _) => {
             discovery::route(&state, req, &segments).await
         }

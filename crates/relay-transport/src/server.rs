@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use relay_core::rooms::Rooms;
+use relay_keystore::KeyStore;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -59,6 +60,11 @@ pub(crate) struct Inner {
     /// `None` once shutdown started, so no new guard is handed out.
     drain_tx: Mutex<Option<mpsc::Sender<()>>>,
     drain_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// The API keys and admin token; `None` only in tests and embeddings built with
+    /// [`AppState::new`] (then key-gated and admin routes answer 503 when enforced).
+    pub(crate) keystore: Option<Arc<KeyStore>>,
+    /// The key that created each room, so the room's messages count against it.
+    pub(crate) room_owners: Mutex<std::collections::HashMap<relay_core::RoomId, String>>,
     /// One permit per open connection, `max_connections` in all, shared by every
     /// listener. A connection's permit lives inside its I/O object, so it is held
     /// through the TLS handshake and after a WebSocket upgrade, until the socket closes.
@@ -75,7 +81,9 @@ pub(crate) struct DrainGuard {
 }
 
 impl AppState {
-    /// Builds the shared state for `config`.
+    /// Builds the shared state for `config`, without a key store: enough for a server
+    /// with keys not enforced. With keys enforced, every key is refused as unknown (401)
+    /// and the admin routes answer 503; give a store with [`AppState::try_with_keystore`].
     ///
     /// # Panics
     /// If `config.data_dir` is set and its store cannot be opened; use
@@ -86,6 +94,24 @@ impl AppState {
 
     /// Builds the shared state for `config`, opening the stores in `config.data_dir`.
     pub fn try_new(config: ServerConfig) -> Result<AppState, TransportError> {
+        AppState::build(config, None)
+    }
+
+    /// As [`AppState::try_new`], with the key store that verifies API keys, serves the
+    /// admin routes and counts usage.
+    pub fn try_with_keystore(
+        config: ServerConfig,
+        keystore: Arc<KeyStore>,
+    ) -> Result<AppState, TransportError> {
+        AppState::build(config, Some(keystore))
+    }
+
+    /// The key store, if the server has one.
+    pub fn keystore(&self) -> Option<&Arc<KeyStore>> {
+        self.inner.keystore.as_ref()
+    }
+
+    fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
         let discovery = Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
             let dir = config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
             TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))
@@ -94,6 +120,23 @@ impl AppState {
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connection_slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         let rate_limiter = RateLimiter::new(&config.rate_limits);
+        let metrics = Metrics::default();
+        if let Some(store) = keystore.clone() {
+            // Per-key series on /metrics come from the store's own counters, read at scrape time.
+            let source = move || {
+                store
+                    .list()
+                    .into_iter()
+                    .map(|k| KeyUsage {
+                        name: k.name,
+                        messages: k.usage.messages,
+                        bytes: k.usage.bytes,
+                        rooms: k.usage.rooms,
+                    })
+                    .collect()
+            };
+            metrics.set_key_usage_source(Box::new(source));
+        }
         Ok(AppState {
             inner: Arc::new(Inner {
                 rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
@@ -103,9 +146,11 @@ impl AppState {
                 shutdown_tx,
                 drain_tx: Mutex::new(Some(drain_tx)),
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
+                keystore,
+                room_owners: Mutex::default(),
                 connection_slots,
                 rate_limiter,
-                metrics: Metrics::default(),
+                metrics,
             }),
         })
     }

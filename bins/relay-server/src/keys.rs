@@ -1,0 +1,133 @@
+//! The key store in the binary: opening it at start (preconfigured keys, the admin
+//! token printed once), flushing usage every few seconds and at shutdown, and the
+//! offline `relay-server keys ...` commands.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_keystore::{AdminToken, CreateOptions, KeyStore, KeystoreError, PreconfiguredKey, unix_now};
+use relay_transport::admin::{created_key_json, key_json};
+
+use crate::cli::{KeyArgs, KeysCommand};
+
+/// The key store's directory under `--data-dir` (discovery has its own beside it).
+pub(crate) const KEYS_SUBDIR: &str = "keys";
+
+/// How often counted usage is written to disk while the server runs.
+pub(crate) const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the key store could not be opened at start, and the exit code that says so.
+#[derive(Debug)]
+pub(crate) struct StartError {
+    /// 2 for a bad flag value (as clap exits on usage errors), 1 otherwise.
+    pub(crate) exit_code: u8,
+    /// What to print; never a key or a token.
+    pub(crate) message: String,
+}
+
+impl StartError {
+    fn from_store(e: &KeystoreError) -> StartError {
+        let bad_flag = matches!(
+            e,
+            KeystoreError::ApiKeyArg { .. }
+                | KeystoreError::ApiKeyArgAt { .. }
+                | KeystoreError::PreconfiguredNameConflict { .. }
+                | KeystoreError::DuplicateKey { .. }
+                | KeystoreError::InvalidAdminToken(_)
+        );
+        StartError { exit_code: if bad_flag { 2 } else { 1 }, message: e.to_string() }
+    }
+}
+
+/// Opens the key store for the server: checks every `--api-key` value (before touching
+/// the disk), opens `--data-dir`, records the preconfigured keys and the admin token.
+/// A token generated now is printed once on stdout. Opened also when keys are not
+/// enforced, so the admin API and `relay-server keys` keep working in development.
+pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<KeyStore>, StartError> {
+    let preconfigured =
+        PreconfiguredKey::parse_all(&args.api_keys).map_err(|e| StartError::from_store(&e))?;
+    let admin_token = args.secret_auth.clone().map(AdminToken::new).transpose();
+    let admin_token = admin_token.map_err(|e| StartError::from_store(&e))?;
+    let dir = data_dir.join(KEYS_SUBDIR);
+    let store = KeyStore::open(&dir).map_err(|e| StartError::from_store(&e))?;
+    store.preconfigure(&preconfigured, unix_now()).map_err(|e| StartError::from_store(&e))?;
+    if let Some(token) =
+        store.ensure_admin_token(admin_token.as_ref()).map_err(|e| StartError::from_store(&e))?
+    {
+        let mut out = std::io::stdout().lock();
+        let printed = writeln!(out, "admin token (shown once, only its hash is kept): {}", token.as_str())
+            .and_then(|()| out.flush());
+        if let Err(e) = printed {
+            return Err(StartError {
+                exit_code: 1,
+                message: format!("cannot print the generated admin token: {e}"),
+            });
+        }
+    }
+    tracing::info!(dir = %dir.display(), keys = store.list().len(), "key store open");
+    Ok(Arc::new(store))
+}
+
+/// Writes counted usage to disk every [`USAGE_FLUSH_INTERVAL`] until the task is
+/// aborted. Failures are logged and the counters stay pending for the next round.
+pub(crate) async fn flush_usage_periodically(store: Arc<KeyStore>) {
+    let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        flush_usage(&store).await;
+    }
+}
+
+/// Writes counted usage to disk now (on a blocking thread), logging a failure.
+pub(crate) async fn flush_usage(store: &Arc<KeyStore>) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.flush_usage()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::debug!(keys = n, "usage written"),
+        Ok(Err(e)) => tracing::warn!("usage not written, will retry: {e}"),
+        Err(e) => tracing::warn!("usage flush task failed: {e}"),
+    }
+}
+
+/// Runs `relay-server keys ...` against `data_dir` and prints the result as JSON.
+pub(crate) fn run_offline(command: &KeysCommand, data_dir: &Path) -> ExitCode {
+    match offline(command, data_dir) {
+        Ok(value) => {
+            // A closed stdout (`| head`) is not worth a panic: report it and fail.
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{value:#}").and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the result: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn offline(command: &KeysCommand, data_dir: &Path) -> Result<serde_json::Value, KeystoreError> {
+    let store = KeyStore::open(&data_dir.join(KEYS_SUBDIR))?;
+    let now = unix_now();
+    Ok(match command {
+        KeysCommand::Create { name, expires_at, tenant } => {
+            let options = CreateOptions { tenant: tenant.clone(), expires_at: *expires_at };
+            let (key, info) = store.create(name, options, now)?;
+            created_key_json(&key, &info)
+        }
+        KeysCommand::List => {
+            let keys: Vec<_> = store.list().iter().map(|k| key_json(k, now)).collect();
+            serde_json::json!({ "keys": keys })
+        }
+        KeysCommand::Revoke { name } => key_json(&store.revoke(name, now)?, now),
+    })
+}

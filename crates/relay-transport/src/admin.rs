@@ -1,0 +1,314 @@
+//! The admin API: create, list and revoke API keys, see usage and live rooms.
+//!
+//! Two shapes of the same operations. Sodot's, kept so an operator can switch without
+//! relearning, with the admin token as the last path segment:
+//! `GET /createkey/<name>/<expiry_unix>/<token>`, `GET /rooms/<token>`,
+//! `GET /revokekey/<name>/<token>`. And REST, with `Authorization: Bearer <token>`:
+//! `POST /v1/admin/keys`, `GET /v1/admin/keys`, `DELETE /v1/admin/keys/{name}`,
+//! `GET /v1/admin/rooms`, `GET /v1/admin/usage`. Also `GET /v1/key` for a client to
+//! check the key it holds.
+//!
+//! The admin token is checked (constant time, by digest) before anything else, so an
+//! unauthenticated caller learns nothing, and a wrong token gets the same 401 as a
+//! missing one. The token in a Sodot path must never reach a log line: anything that
+//! logs a request URI goes through [`redact_uri`]. Create and revoke flush to disk
+//! before they answer, on a blocking thread.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, Uri};
+use relay_keystore::{ApiKey, CreateOptions, KeyInfo, KeyOrigin, KeyStore, KeystoreError, unix_now};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{authenticate, bearer_or_raw, no_key_store};
+use crate::error::ApiError;
+use crate::http::{Body, json, parse_json, percent_decode, read_body};
+use crate::server::AppState;
+
+/// What a log line may show of a request URI: the admin token of a Sodot admin path
+/// (`/createkey/..`, `/rooms/<token>`, `/revokekey/..`) and the value of an `api_key`
+/// query parameter replaced by `<redacted>`. Use it wherever a URI or path is logged.
+pub fn redact_uri(uri: &Uri) -> String {
+    let path = redact_path(uri.path());
+    match uri.query() {
+        None => path.into_owned(),
+        Some(query) => {
+            let query: Vec<Cow<'_, str>> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if percent_decode(k).as_deref() == Some("api_key") => {
+                        Cow::Owned(format!("{k}=<redacted>"))
+                    }
+                    _ => Cow::Borrowed(pair),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+    }
+}
+
+/// [`redact_uri`] for a path alone.
+pub fn redact_path(path: &str) -> Cow<'_, str> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let secret_last =
+        matches!(segments.as_slice(), ["createkey", _, _, _] | ["rooms", _] | ["revokekey", _, _]);
+    match segments.split_last() {
+        Some((_, head)) if secret_last => Cow::Owned(format!("/{}/<redacted>", head.join("/"))),
+        _ => Cow::Borrowed(path),
+    }
+}
+
+/// How a key is shown by every admin answer and by `relay-server keys`: everything the
+/// store keeps but the digest. `now` decides its status.
+pub fn key_json(info: &KeyInfo, now: u64) -> Value {
+    json!({
+        "name": info.name,
+        "tenant": info.tenant,
+        "origin": match info.origin {
+            KeyOrigin::Preconfigured => "preconfigured",
+            KeyOrigin::Created => "created",
+        },
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+        "revoked": info.revoked_at.is_some(),
+        "revoked_at": info.revoked_at,
+        "status": info.status(now),
+        "usage": {
+            "messages": info.usage.messages,
+            "bytes": info.usage.bytes,
+            "rooms": info.usage.rooms,
+        },
+    })
+}
+
+/// The answer to a create: the key itself (shown this once) and what was stored.
+pub fn created_key_json(key: &ApiKey, info: &KeyInfo) -> Value {
+    json!({
+        "name": info.name,
+        "key": key.to_base64(),
+        "tenant": info.tenant,
+        "created_at": info.created_at,
+        "expires_at": info.expires_at,
+    })
+}
+
+/// The body of `POST /v1/admin/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKeyRequest {
+    name: String,
+    /// Unix seconds; 0 or absent means never.
+    #[serde(default)]
+    expires_at: u64,
+    /// The mailbox namespace; absent makes the key its own tenant.
+    tenant: Option<String>,
+}
+
+/// `GET /createkey/<name>/<expiry_unix>/<token>`: 200 with the new key.
+pub(crate) async fn sodot_create(
+    state: &AppState,
+    name: &str,
+    expiry: &str,
+    token: &str,
+) -> Result<Response<Body>, ApiError> {
+    let store = admin_store(state, percent_decode(token).as_deref())?;
+    let expires_at = expiry.parse::<u64>().map_err(|_| {
+        ApiError::bad_request("bad_expiry", "expiry must be unix seconds (0 = never expires)")
+    })?;
+    let options = CreateOptions { tenant: None, expires_at };
+    create_key(store, name.to_owned(), options, StatusCode::OK).await
+}
+
+/// `GET /rooms/<token>`: every key under `"Licenses"`, the live rooms under `"Rooms"`.
+pub(crate) fn sodot_list(state: &AppState, token: &str) -> Result<Response<Body>, ApiError> {
+    let store = admin_store(state, percent_decode(token).as_deref())?;
+    let now = unix_now();
+    let licenses: Vec<Value> = store.list().iter().map(|k| key_json(k, now)).collect();
+    Ok(json(StatusCode::OK, &json!({"Licenses": licenses, "Rooms": live_rooms(state)})))
+}
+
+/// `GET /revokekey/<name>/<token>`: 200 with the revoked key.
+pub(crate) async fn sodot_revoke(
+    state: &AppState,
+    name: &str,
+    token: &str,
+) -> Result<Response<Body>, ApiError> {
+    let store = admin_store(state, percent_decode(token).as_deref())?;
+    revoke_key(store, name.to_owned()).await
+}
+
+/// `POST /v1/admin/keys` with `{"name", "expires_at"?, "tenant"?}`: 201 with the new key.
+pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let store = admin_store(state, bearer_or_raw(&req).as_deref())?;
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    let request: CreateKeyRequest = parse_json(&body)?;
+    let options = CreateOptions { tenant: request.tenant, expires_at: request.expires_at };
+    create_key(store, request.name, options, StatusCode::CREATED).await
+}
+
+/// `GET /v1/admin/keys`: every key (revoked and expired ones too), by name.
+pub(crate) fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let store = admin_store(state, bearer_or_raw(req).as_deref())?;
+    let now = unix_now();
+    let keys: Vec<Value> = store.list().iter().map(|k| key_json(k, now)).collect();
+    Ok(json(StatusCode::OK, &json!({"keys": keys})))
+}
+
+/// `DELETE /v1/admin/keys/{name}`: revokes it; 200 with the revoked key.
+pub(crate) async fn revoke(
+    state: &AppState,
+    req: &Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let store = admin_store(state, bearer_or_raw(req).as_deref())?;
+    revoke_key(store, name.to_owned()).await
+}
+
+/// `GET /v1/admin/rooms`: the live rooms.
+pub(crate) fn rooms(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    admin_store(state, bearer_or_raw(req).as_deref())?;
+    Ok(json(StatusCode::OK, &json!({"rooms": live_rooms(state)})))
+}
+
+/// `GET /v1/admin/usage`: usage per key and the total.
+pub(crate) fn usage(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let store = admin_store(state, bearer_or_raw(req).as_deref())?;
+    let keys = store.list();
+    let (mut messages, mut bytes, mut rooms) = (0u64, 0u64, 0u64);
+    let per_key: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            messages = messages.saturating_add(k.usage.messages);
+            bytes = bytes.saturating_add(k.usage.bytes);
+            rooms = rooms.saturating_add(k.usage.rooms);
+            json!({
+                "name": k.name,
+                "tenant": k.tenant,
+                "messages": k.usage.messages,
+                "bytes": k.usage.bytes,
+                "rooms": k.usage.rooms,
+            })
+        })
+        .collect();
+    let total = json!({"messages": messages, "bytes": bytes, "rooms": rooms});
+    Ok(json(StatusCode::OK, &json!({"keys": per_key, "total": total})))
+}
+
+/// `GET /v1/key` with an API key: the name, tenant and expiry of the key presented, so
+/// a client can check its key without creating anything.
+pub(crate) fn whoami(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let caller = authenticate(state, req)?;
+    let info = caller.key_name.as_deref().and_then(|name| state.keystore()?.get(name));
+    let body = match info {
+        Some(info) => json!({"name": info.name, "tenant": info.tenant, "expires_at": info.expires_at}),
+        None => json!({"name": null, "tenant": caller.tenant, "expires_at": 0}),
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// The live rooms, as the admin sees them, with the name of the key that created each.
+fn live_rooms(state: &AppState) -> Vec<Value> {
+    let mut rooms = state.rooms().list();
+    rooms.sort_by_key(|r| r.id.to_string());
+    let owners = state.inner.room_owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    rooms
+        .iter()
+        .map(|r| {
+            json!({
+                "room_uuid": r.id,
+                "room_size": r.room_size,
+                "expires_at": r.expires_at,
+                "present": r.present,
+                "ready": r.ready,
+                "key": owners.get(&r.id),
+            })
+        })
+        .collect()
+}
+
+/// The key store, once `presented` is the admin token. A missing and a wrong token get
+/// the same answer.
+fn admin_store(state: &AppState, presented: Option<&str>) -> Result<Arc<KeyStore>, ApiError> {
+    let store = state.keystore().ok_or_else(no_key_store)?;
+    match presented {
+        Some(token) if store.verify_admin_token(token) => Ok(store.clone()),
+        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin token is required")),
+    }
+}
+
+async fn create_key(
+    store: Arc<KeyStore>,
+    name: String,
+    options: CreateOptions,
+    status: StatusCode,
+) -> Result<Response<Body>, ApiError> {
+    let created = blocking(move || store.create(&name, options, unix_now())).await?;
+    let (key, info) = created.map_err(|e| store_error(&e))?;
+    Ok(json(status, &created_key_json(&key, &info)))
+}
+
+async fn revoke_key(store: Arc<KeyStore>, name: String) -> Result<Response<Body>, ApiError> {
+    let info = blocking(move || store.revoke(&name, unix_now())).await?.map_err(|e| store_error(&e))?;
+    Ok(json(StatusCode::OK, &key_json(&info, unix_now())))
+}
+
+/// Runs a store write (it flushes to disk) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!("key store task failed: {e}");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "the key store task failed")
+    })
+}
+
+/// The status and code for a store refusal or failure (messages never hold a secret).
+fn store_error(e: &KeystoreError) -> ApiError {
+    let (status, code) = match e {
+        KeystoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "key_not_found"),
+        KeystoreError::NameTaken { .. } => (StatusCode::CONFLICT, "key_name_taken"),
+        KeystoreError::InvalidName { .. } => (StatusCode::BAD_REQUEST, "bad_key_name"),
+        KeystoreError::InvalidTenant { .. } => (StatusCode::BAD_REQUEST, "bad_tenant"),
+        KeystoreError::ExpiryInPast { .. } => (StatusCode::BAD_REQUEST, "bad_expiry"),
+        KeystoreError::Storage(_)
+        | KeystoreError::Corrupt { .. }
+        | KeystoreError::Random(_)
+        | KeystoreError::DataDir { .. }
+        | KeystoreError::Locked { .. } => {
+            tracing::error!("key store failed: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+        }
+        _ => (StatusCode::BAD_REQUEST, "bad_request"),
+    };
+    let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+        format!("the key store is unavailable, try again later: {e}")
+    } else {
+        e.to_string()
+    };
+    ApiError::new(status, code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_tokens_and_api_keys_are_redacted_from_logged_uris() {
+        let cases = [
+            ("/createkey/app/0/s3cret-token", "/createkey/app/0/<redacted>"),
+            ("/rooms/s3cret-token", "/rooms/<redacted>"),
+            ("/revokekey/app/s3cret-token", "/revokekey/app/<redacted>"),
+            (
+                "/v1/msg-relay?api_key=ABEiM0RVZneImaq7zN3u%2Fw%3D%3D&x=1",
+                "/v1/msg-relay?api_key=<redacted>&x=1",
+            ),
+            ("/v1/rooms/abc", "/v1/rooms/abc"),
+            ("/v1/admin/keys", "/v1/admin/keys"),
+        ];
+        for (uri, expected) in cases {
+            let uri: Uri = uri.parse().expect("uri");
+            assert_eq!(redact_uri(&uri), expected);
+        }
+    }
+}
