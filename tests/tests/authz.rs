@@ -91,7 +91,6 @@ async fn next_binary(ws: &mut Ws, within: Duration) -> Option<Vec<u8>> {
 }
 
 #[tokio::test]
-#[ignore = "needs --secret-auth and the admin API of the keys branch; remove once it is on main"]
 async fn every_keyed_route_refuses_missing_unknown_revoked_and_expired_keys() {
     let relay = RelayProcess::start(&["--secret-auth", TOKEN]).await.unwrap();
     let addr = relay.addr;
@@ -148,7 +147,6 @@ async fn every_keyed_route_refuses_missing_unknown_revoked_and_expired_keys() {
 }
 
 #[tokio::test]
-#[ignore = "needs --secret-auth and the admin API of the keys branch; remove once it is on main"]
 async fn every_admin_route_refuses_a_missing_or_wrong_token_and_an_api_key() {
     let relay = RelayProcess::start(&["--secret-auth", TOKEN]).await.unwrap();
     let addr = relay.addr;
@@ -197,7 +195,6 @@ async fn every_admin_route_refuses_a_missing_or_wrong_token_and_an_api_key() {
 }
 
 #[tokio::test]
-#[ignore = "needs --secret-auth and the admin API of the keys branch; remove once it is on main"]
 async fn tenants_never_meet_in_the_mailbox_and_rooms_are_reachable_only_by_their_id() {
     let relay = RelayProcess::start(&["--secret-auth", TOKEN]).await.unwrap();
     let addr = relay.addr;
