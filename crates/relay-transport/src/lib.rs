@@ -33,3 +33,10 @@ pub use tls::{TlsError, TlsHandle};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The parsers of client bytes that are otherwise private, for the fuzz targets in
+/// `fuzz/`. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::rooms::{Control, control, parse_data_frame};
+}

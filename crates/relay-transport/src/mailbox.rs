@@ -183,6 +183,7 @@ async fn run(
                         break End::Close(close::TOO_BIG, "message too big");
                     }
                     Some(Err(WsError::Utf8(_))) => break End::Close(close::MALFORMED, "invalid utf-8 in a text frame"),
+                    Some(Err(WsError::Protocol(_))) => break End::Close(close::PROTOCOL, "protocol error"),
                     Some(Err(e)) => {
                         tracing::debug!("mailbox socket error: {e}");
                         break End::Gone;

@@ -264,6 +264,10 @@ async fn run_party(
                             }
                         }
                         Some(Err(WsError::Capacity(_))) => break Exit::Close(close::TOO_BIG, "message too big"),
+                        Some(Err(WsError::Utf8(_))) => {
+                            break Exit::Close(close::MALFORMED, "invalid utf-8 in a text frame");
+                        }
+                        Some(Err(WsError::Protocol(_))) => break Exit::Close(close::PROTOCOL, "protocol error"),
                         Some(Err(_)) | None => break Exit::Dropped,
                     }
                 }
@@ -347,12 +351,10 @@ async fn handle_frame(
 /// Sends a client data frame `[to u16 LE][payload]`; returns the error event to answer
 /// with when it is refused.
 fn send_data(party: &Party, frame: Bytes, metrics: &Metrics) -> Option<(&'static str, String)> {
-    if frame.len() < CLIENT_HEADER {
+    let Some((to, payload)) = parse_data_frame(&frame) else {
         return Some(("malformed_frame", "a data frame starts with a 2-byte destination slot".to_owned()));
-    }
-    let to = u16::from_le_bytes([frame[0], frame[1]]);
-    let to = if to == BROADCAST_SLOT { Destination::Broadcast } else { Destination::To(to) };
-    match party.send(to, frame.slice(CLIENT_HEADER..)) {
+    };
+    match party.send(to, payload) {
         Ok(()) => {
             metrics.message_relayed(WsKind::Room, frame.len() - CLIENT_HEADER);
             None
@@ -362,14 +364,32 @@ fn send_data(party: &Party, frame: Bytes, metrics: &Metrics) -> Option<(&'static
     }
 }
 
-/// A client control message.
-enum Control {
+/// Splits a client data frame `[to u16 LE][payload]` into its destination and payload
+/// (sharing `frame`'s buffer); `None` when it is shorter than the 2-byte header. Public
+/// (hidden) only so the fuzz targets reach the exact parser the server runs.
+#[doc(hidden)]
+pub fn parse_data_frame(frame: &Bytes) -> Option<(Destination, Bytes)> {
+    let header = frame.get(..CLIENT_HEADER)?;
+    let to = u16::from_le_bytes([header[0], header[1]]);
+    let to = if to == BROADCAST_SLOT { Destination::Broadcast } else { Destination::To(to) };
+    Some((to, frame.slice(CLIENT_HEADER..)))
+}
+
+/// A client control message (a text frame of a room connection).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// `{"type":"ack","seq":N}`.
     Ack(u64),
+    /// `{"type":"leave"}`.
     Leave,
+    /// Anything else: answered with an `error` event.
     Bad,
 }
 
-fn control(text: &str) -> Control {
+/// Reads a room control text frame. Public (hidden) only for the fuzz targets.
+#[doc(hidden)]
+pub fn control(text: &str) -> Control {
     #[derive(Deserialize)]
     struct Raw<'a> {
         #[serde(rename = "type", borrow)]

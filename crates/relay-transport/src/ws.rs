@@ -123,6 +123,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The relay is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame that breaks RFC 6455 (e.g. an unmasked client frame).
+    pub const PROTOCOL: u16 = 1002;
     /// Malformed frame (mailbox: shorter than 36 bytes, or text).
     pub const MALFORMED: u16 = 1007;
     /// Policy: bad or missing credentials, or another rule.
