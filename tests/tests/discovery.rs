@@ -146,6 +146,10 @@ async fn bad_group_requests_get_json_errors_naming_the_problem() {
     assert_error(&resp, StatusCode::NOT_FOUND, "group_not_found", "nope");
     let resp = send(addr, "PUT", "/groups/nope", "").await;
     assert_error(&resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method");
+    assert_eq!(resp.headers.get("allow").map(|v| v.to_str().unwrap()), Some("GET, PATCH, DELETE"));
+    let resp = send(addr, "GET", "/v1/rooms", "").await;
+    assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers.get("allow").map(|v| v.to_str().unwrap()), Some("POST"));
 
     let id = send(addr, "POST", "/group", r#"{"Name":"a"}"#).await.json();
     let id = id.as_str().unwrap();

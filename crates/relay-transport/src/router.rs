@@ -1,7 +1,7 @@
 //! Maps (method, path) to a handler. Every refusal is a JSON error with its status.
 
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
+use hyper::{Method, Request, Response, StatusCode, header};
 
 use crate::error::ApiError;
 use crate::http::{Body, error_response};
@@ -73,10 +73,60 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
         ) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::no_route()),
     };
-    let (resp, error_code) = match result {
+    let (mut resp, error_code) = match result {
         Ok(resp) => (resp, None),
         Err(e) => (error_response(&e), Some(e.code)),
     };
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(allow) = allowed_methods(&segments)
+    {
+        resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    }
     state.metrics().http_request(metric_route, resp.status(), error_code);
     resp
+}
+
+/// The methods a known path serves, for the `Allow` header every 405 must carry
+/// (RFC 9110 section 15.5.6); `None` for a path no route serves.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    let segments = match segments {
+        ["v1", "group" | "groups", ..] => &segments[1..],
+        other => other,
+    };
+    Some(match segments {
+        ["v1", "rooms"] | ["create-room"] => "POST",
+        ["v1", "admin", "keys"] | ["v1", "relays"] => "GET, POST",
+        ["v1", "admin", "keys", _] => "DELETE",
+        ["group"] => "POST, PATCH",
+        ["groups", _] => "GET, PATCH, DELETE",
+        ["healthz"]
+        | ["readyz"]
+        | ["metrics"]
+        | ["openapi.json"]
+        | ["v1", "rooms", _]
+        | ["v1", "msg-relay"]
+        | ["v1", "rooms", _, "msg-relay"]
+        | ["createkey", _, _, _]
+        | ["rooms", _]
+        | ["revokekey", _, _]
+        | ["v1", "admin", "rooms" | "usage"]
+        | ["v1", "key"]
+        | ["groups"] => "GET",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed_methods;
+
+    #[test]
+    fn every_405_path_names_its_methods() {
+        assert_eq!(allowed_methods(&["v1", "rooms"]), Some("POST"));
+        assert_eq!(allowed_methods(&["v1", "groups", "g1"]), Some("GET, PATCH, DELETE"));
+        assert_eq!(allowed_methods(&["group"]), Some("POST, PATCH"));
+        assert_eq!(allowed_methods(&["v1", "relays"]), Some("GET, POST"));
+        assert_eq!(allowed_methods(&["v1", "rooms", "x", "msg-relay"]), Some("GET"));
+        assert_eq!(allowed_methods(&["nope"]), None);
+    }
 }
