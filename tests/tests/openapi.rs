@@ -154,6 +154,15 @@ async fn document_lists_every_route_with_its_statuses() {
         ("/openapi.json", "get", &["200"]),
         ("/v1/relays", "get", &["200"]),
         ("/v1/relays", "post", &["200", "401", "403"]),
+        ("/createkey/{name}/{expiry_unix}/{token}", "get", &["200", "400", "401", "409", "503"]),
+        ("/rooms/{token}", "get", &["200", "401"]),
+        ("/revokekey/{name}/{token}", "get", &["200", "401", "404"]),
+        ("/v1/admin/keys", "post", &["201", "400", "401", "409"]),
+        ("/v1/admin/keys", "get", &["200", "401"]),
+        ("/v1/admin/keys/{name}", "delete", &["200", "401", "404"]),
+        ("/v1/admin/rooms", "get", &["200", "401"]),
+        ("/v1/admin/usage", "get", &["200", "401"]),
+        ("/v1/key", "get", &["200", "401", "403"]),
     ] {
         let op = find(path, method);
         let have = statuses(&op);

@@ -107,6 +107,22 @@ struct CreateKeyRequest {
     tenant: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/createkey/{name}/{expiry_unix}/{token}", operation_id = "sodot_create_key", tag = "admin",
+    summary = "Create an API key (Sodot shape; the admin token is the last path segment)",
+    params(
+        ("name" = String, Path, description = "Key name: 1 to 64 of A-Z a-z 0-9 . _ -"),
+        ("expiry_unix" = u64, Path, description = "Expiry in unix seconds; 0 = never"),
+        ("token" = String, Path, description = "The admin token"),
+    ),
+    responses(
+        (status = 200, description = "The new key (shown once): name, key, tenant, created_at, expires_at", content_type = "application/json"),
+        (status = 400, description = "Bad name or expiry", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Wrong admin token", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The name is taken", body = crate::openapi::ErrorBody),
+        (status = 503, description = "No key store, or storage failing", body = crate::openapi::ErrorBody),
+    ),
+)]
 /// `GET /createkey/<name>/<expiry_unix>/<token>`: 200 with the new key.
 pub(crate) async fn sodot_create(
     state: &AppState,
@@ -122,6 +138,16 @@ pub(crate) async fn sodot_create(
     create_key(store, name.to_owned(), options, StatusCode::OK).await
 }
 
+#[utoipa::path(
+    get, path = "/rooms/{token}", operation_id = "sodot_list", tag = "admin",
+    summary = "List keys under \"Licenses\" and live rooms under \"Rooms\" (Sodot shape)",
+    params(("token" = String, Path, description = "The admin token")),
+    responses(
+        (status = 200, description = "Keys (never the key itself) with usage, and live rooms", content_type = "application/json"),
+        (status = 401, description = "Wrong admin token", body = crate::openapi::ErrorBody),
+        (status = 503, description = "No key store", body = crate::openapi::ErrorBody),
+    ),
+)]
 /// `GET /rooms/<token>`: every key under `"Licenses"`, the live rooms under `"Rooms"`.
 pub(crate) fn sodot_list(state: &AppState, token: &str) -> Result<Response<Body>, ApiError> {
     let store = admin_store(state, percent_decode(token).as_deref())?;
@@ -130,6 +156,20 @@ pub(crate) fn sodot_list(state: &AppState, token: &str) -> Result<Response<Body>
     Ok(json(StatusCode::OK, &json!({"Licenses": licenses, "Rooms": live_rooms(state)})))
 }
 
+#[utoipa::path(
+    get, path = "/revokekey/{name}/{token}", operation_id = "sodot_revoke_key", tag = "admin",
+    summary = "Revoke an API key (Sodot shape)",
+    params(
+        ("name" = String, Path, description = "Key name"),
+        ("token" = String, Path, description = "The admin token"),
+    ),
+    responses(
+        (status = 200, description = "The revoked key", content_type = "application/json"),
+        (status = 401, description = "Wrong admin token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No key of that name", body = crate::openapi::ErrorBody),
+        (status = 503, description = "No key store, or storage failing", body = crate::openapi::ErrorBody),
+    ),
+)]
 /// `GET /revokekey/<name>/<token>`: 200 with the revoked key.
 pub(crate) async fn sodot_revoke(
     state: &AppState,
@@ -140,6 +180,20 @@ pub(crate) async fn sodot_revoke(
     revoke_key(store, name.to_owned()).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/keys", operation_id = "admin_create_key", tag = "admin",
+    summary = "Create an API key",
+    request_body(content_type = "application/json", description = "{\"name\": string, \"expires_at\"?: unix seconds (0 = never), \"tenant\"?: string}"),
+    responses(
+        (status = 201, description = "The new key (shown once)", content_type = "application/json"),
+        (status = 400, description = "Bad JSON, name, tenant or expiry", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
+        (status = 409, description = "The name is taken", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::openapi::ErrorBody),
+        (status = 503, description = "No key store, or storage failing", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 /// `POST /v1/admin/keys` with `{"name", "expires_at"?, "tenant"?}`: 201 with the new key.
 pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let store = admin_store(state, bearer_or_raw(&req).as_deref())?;
@@ -149,6 +203,16 @@ pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<R
     create_key(store, request.name, options, StatusCode::CREATED).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/keys", operation_id = "admin_list_keys", tag = "admin",
+    summary = "List every key (never the key itself)",
+    responses(
+        (status = 200, description = "{\"keys\": [...]}", content_type = "application/json"),
+        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
+        (status = 503, description = "No key store", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 /// `GET /v1/admin/keys`: every key (revoked and expired ones too), by name.
 pub(crate) fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let store = admin_store(state, bearer_or_raw(req).as_deref())?;
@@ -157,6 +221,18 @@ pub(crate) fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response
     Ok(json(StatusCode::OK, &json!({"keys": keys})))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/admin/keys/{name}", operation_id = "admin_revoke_key", tag = "admin",
+    summary = "Revoke an API key",
+    params(("name" = String, Path, description = "Key name")),
+    responses(
+        (status = 200, description = "The revoked key", content_type = "application/json"),
+        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No key of that name", body = crate::openapi::ErrorBody),
+        (status = 503, description = "No key store, or storage failing", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 /// `DELETE /v1/admin/keys/{name}`: revokes it; 200 with the revoked key.
 pub(crate) async fn revoke(
     state: &AppState,
@@ -167,12 +243,32 @@ pub(crate) async fn revoke(
     revoke_key(store, name.to_owned()).await
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/rooms", operation_id = "admin_list_rooms", tag = "admin",
+    summary = "List the live rooms",
+    responses(
+        (status = 200, description = "{\"rooms\": [...]}", content_type = "application/json"),
+        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
+        (status = 503, description = "No key store", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 /// `GET /v1/admin/rooms`: the live rooms.
 pub(crate) fn rooms(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     admin_store(state, bearer_or_raw(req).as_deref())?;
     Ok(json(StatusCode::OK, &json!({"rooms": live_rooms(state)})))
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/usage", operation_id = "admin_usage", tag = "admin",
+    summary = "Usage per key (messages, bytes, rooms) and the total",
+    responses(
+        (status = 200, description = "{\"keys\": [...], \"total\": {...}}", content_type = "application/json"),
+        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
+        (status = 503, description = "No key store", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 /// `GET /v1/admin/usage`: usage per key and the total.
 pub(crate) fn usage(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let store = admin_store(state, bearer_or_raw(req).as_deref())?;
@@ -197,6 +293,16 @@ pub(crate) fn usage(state: &AppState, req: &Request<Incoming>) -> Result<Respons
     Ok(json(StatusCode::OK, &json!({"keys": per_key, "total": total})))
 }
 
+#[utoipa::path(
+    get, path = "/v1/key", operation_id = "whoami", tag = "admin",
+    summary = "The name, tenant and expiry of the API key presented",
+    responses(
+        (status = 200, description = "{\"name\", \"tenant\", \"expires_at\"}", content_type = "application/json"),
+        (status = 401, description = "Missing or unknown key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Revoked or expired key", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 /// `GET /v1/key` with an API key: the name, tenant and expiry of the key presented, so
 /// a client can check its key without creating anything.
 pub(crate) fn whoami(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
