@@ -52,9 +52,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 )]
 pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let caller = crate::auth::authenticate(state, &req)?;
-    if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
-        state.metrics().rate_limited("key");
-        return Ok(limited.response());
+    if let Some(refusal) = state.key_rate_refusal(&caller) {
+        return Ok(refusal);
     }
     let meter = state.usage_meter(&caller);
     open(state, req, Namespace::tenant(&caller.tenant), meter)

@@ -61,9 +61,8 @@ struct CreateBody {
 )]
 pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let caller = authenticate(state, &req)?;
-    if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
-        state.metrics().rate_limited("key");
-        return Ok(limited.response());
+    if let Some(refusal) = state.key_rate_refusal(&caller) {
+        return Ok(refusal);
     }
     let body = read_body(req, state.config().max_body_bytes).await?;
     let body: CreateBody = parse_json(&body)?;
@@ -96,9 +95,8 @@ pub(crate) async fn create_sodot(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let caller = authenticate(state, &req)?;
-    if let Err(limited) = state.rate_limiter().key(&caller, Instant::now()) {
-        state.metrics().rate_limited("key");
-        return Ok(limited.response());
+    if let Some(refusal) = state.key_rate_refusal(&caller) {
+        return Ok(refusal);
     }
     let body = read_body(req, state.config().max_body_bytes).await?;
     let body: CreateBody =

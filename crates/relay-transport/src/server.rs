@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use crate::auth::Caller;
 use crate::config::ServerConfig;
 use crate::discovery::Discovery;
 use crate::error::TransportError;
@@ -226,6 +227,14 @@ impl AppState {
     /// The rate limiters shared by every connection.
     pub(crate) fn rate_limiter(&self) -> &RateLimiter {
         &self.inner.rate_limiter
+    }
+
+    /// The per-key rate limit for one keyed operation (room creation, a mailbox open):
+    /// `Some(429 response)` when `caller`'s key is over it, counted on `/metrics`.
+    pub(crate) fn key_rate_refusal(&self, caller: &Caller) -> Option<hyper::Response<crate::http::Body>> {
+        let limited = self.inner.rate_limiter.key(caller, tokio::time::Instant::now()).err()?;
+        self.inner.metrics.rate_limited("key");
+        Some(limited.response())
     }
 
     /// Waits until every WebSocket task has ended (after [`AppState::begin_shutdown`]).
