@@ -197,7 +197,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn run_one(w: Workload, t: &Target, a: &Args) -> anyhow::Result<Vec<Metric>> {
     let _ = t.label;
     match w {
-        Workload::PushLatency => mailbox::push_latency(t, a.latency_iterations, 256).await,
+        Workload::PushLatency => {
+            let (t, n) = (t.clone(), a.latency_iterations);
+            on_one_thread(move || async move { mailbox::push_latency(&t, n, 256).await }).await
+        }
         Workload::Throughput => {
             mailbox::throughput(t, a.pairs, a.messages_per_pair, 256, a.window, Goal::Ratio(2.0)).await
         }
@@ -213,10 +216,27 @@ async fn run_one(w: Workload, t: &Target, a: &Args) -> anyhow::Result<Vec<Metric
             .await
         }
         Workload::Fanout => rooms::fanout(t, a.room_size, a.fanout_messages, 256).await,
-        Workload::P2pLatency => rooms::p2p_latency(t, a.latency_iterations, 256).await,
+        Workload::P2pLatency => {
+            let (t, n) = (t.clone(), a.latency_iterations);
+            on_one_thread(move || async move { rooms::p2p_latency(&t, n, 256).await }).await
+        }
         Workload::Handshakes => mailbox::handshakes(t, a.handshakes, a.concurrency).await,
         Workload::Joins => rooms::joins(t, a.join_rooms, a.concurrency).await,
         Workload::Idle => mailbox::idle(t, a.idle_connections).await,
         Workload::Stalled => mailbox::stalled(t, a.stalled_messages, 64 << 10).await,
     }
+}
+
+/// Runs a latency workload on a runtime of its own with one thread, which polls the
+/// sockets and runs the workload: no wake-up crosses threads on the client's side, so
+/// the figure is the relay's path and the kernel's, not the load generator's scheduling.
+async fn on_one_thread<F, Fut>(workload: F) -> anyhow::Result<Vec<Metric>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<Metric>>>,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(workload())
+    })
+    .await?
 }

@@ -71,7 +71,7 @@ pub(crate) fn table(workload: &str, runs: usize, ours: &[Metric], peer: Option<&
     let _ = writeln!(out, "== {workload} (median of {runs} run{})", if runs == 1 { "" } else { "s" });
     let _ = writeln!(
         out,
-        "  {:<34} {:>14} {:>14} {:>8}  {:<10} verdict",
+        "  {:<40} {:>12} {:>12} {:>8}  {:<10} verdict",
         "metric", "relay", "peer", "ratio", "target"
     );
     for m in ours {
@@ -101,7 +101,7 @@ pub(crate) fn table(workload: &str, runs: usize, ours: &[Metric], peer: Option<&
         };
         let _ = writeln!(
             out,
-            "  {:<34} {:>14} {:>14} {:>8}  {:<10} {}",
+            "  {:<40} {:>12} {:>12} {:>8}  {:<10} {}",
             m.name,
             fmt_num(m.value),
             p.map(fmt_num).unwrap_or_else(|| "-".into()),

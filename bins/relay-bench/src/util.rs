@@ -56,7 +56,7 @@ pub(crate) async fn ws_connect(addr: SocketAddr, path: &str) -> anyhow::Result<W
     stream.set_nodelay(true)?;
     let config = WebSocketConfig::default()
         .read_buffer_size(64 << 10)
-        .write_buffer_size(0)
+        .write_buffer_size(256 << 10)
         .max_message_size(Some(16 << 20))
         .max_frame_size(Some(16 << 20));
     let (ws, _) =

@@ -6,11 +6,14 @@
 //! go to the core as the `Bytes` tungstenite produced, frames out are fed to the socket
 //! as they come and flushed once per batch. Errors close the socket with a code.
 
+use std::pin::Pin;
 use std::str::FromStr;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::FusedFuture;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use relay_core::RoomId;
@@ -116,100 +119,187 @@ enum End {
     Gone,
 }
 
-/// One mailbox connection, from upgrade to close.
-async fn run(
+/// What woke a connection's task, once it has handled every frame the socket had.
+enum Step {
+    /// Frames are queued for the client (already moved into the batch).
+    Write,
+    /// The ping interval passed.
+    Ping,
+    /// The connection ends.
+    End(End),
+}
+
+/// One mailbox connection's state between wake-ups. Its task polls everything it waits
+/// for (shutdown, the socket, its queue, the ping timer) from one hand-written poll
+/// function, so a frame costs no future built and dropped per `select!` round.
+struct Conn {
     state: AppState,
-    mut conn: MailboxConn,
-    mut socket: WsStream,
-    _guard: DrainGuard,
+    conn: MailboxConn,
+    socket: WsStream,
     meter: UsageMeter,
-) {
-    let config = state.config();
+    message_rate: crate::ratelimit::MessageRate,
+    ping: tokio::time::Interval,
+    /// Something was heard since the last ping tick.
+    heard: bool,
+    /// Frames taken from the queue, to write.
+    batch: Vec<Bytes>,
+}
+
+impl Conn {
+    /// Handles every frame the socket has ready (each costs one unit of the task's coop
+    /// budget), wakes the receivers they were queued for once, then reports what else is
+    /// ready: the end, frames to write, a ping tick. `Pending` when nothing is.
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        shutdown: Pin<&mut impl FusedFuture<Output = bool>>,
+    ) -> Poll<Step> {
+        if let Poll::Ready(true) = shutdown.poll(cx) {
+            return Poll::Ready(Step::End(End::Close(close::GOING_AWAY, "server shutting down")));
+        }
+        let read = self.poll_frames(cx);
+        // Once per burst, not once per frame: the receivers wake to the whole burst.
+        self.conn.wake_receivers();
+        if let Poll::Ready(end) = read {
+            return Poll::Ready(Step::End(end));
+        }
+        match self.conn.poll_recv_many(cx, &mut self.batch, OUT_BATCH) {
+            Poll::Ready(Ok(_)) => return Poll::Ready(Step::Write),
+            Poll::Ready(Err(e)) => return Poll::Ready(Step::End(close_for(&e))),
+            Poll::Pending => {}
+        }
+        if self.ping.poll_tick(cx).is_ready() {
+            return Poll::Ready(Step::Ping);
+        }
+        Poll::Pending
+    }
+
+    /// Reads and handles frames until the socket has none ready or the coop budget is
+    /// spent (`Pending`, with a wake-up registered either way), or the connection must
+    /// end (`Ready`).
+    fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        let now = Instant::now();
+        let (mut relayed, mut relayed_bytes) = (0u64, 0usize);
+        let polled = loop {
+            // Frames already buffered by tungstenite come without touching the socket, so
+            // they cost no coop budget of their own: charge one per frame, so a burst
+            // yields to the receivers it feeds instead of overflowing their queues first.
+            let coop = match tokio::task::coop::poll_proceed(cx) {
+                Poll::Ready(coop) => coop,
+                Poll::Pending => break Poll::Pending,
+            };
+            let incoming = match self.socket.poll_next_unpin(cx) {
+                Poll::Ready(incoming) => incoming,
+                Poll::Pending => break Poll::Pending,
+            };
+            coop.made_progress();
+            self.heard = true;
+            match incoming {
+                Some(Ok(_)) if !self.message_rate.allow(now) => {
+                    self.state.metrics().rate_limited("ws_message");
+                    break Poll::Ready(End::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded"));
+                }
+                Some(Ok(Message::Binary(frame))) => {
+                    // A publish (longer than an ask) is a relayed message of its payload;
+                    // an ask is not.
+                    let payload = frame.len().checked_sub(HEADER_LEN).filter(|&n| n > 0);
+                    if let Err(e) = self.conn.handle_frame_deferred(frame, now) {
+                        break Poll::Ready(close_for(&e));
+                    }
+                    if let Some(bytes) = payload {
+                        relayed += 1;
+                        relayed_bytes += bytes;
+                    }
+                }
+                Some(Ok(Message::Text(_))) => {
+                    break Poll::Ready(End::Close(
+                        close::MALFORMED,
+                        "text frames are not accepted: send binary frames",
+                    ));
+                }
+                Some(Ok(Message::Close(_))) | None => break Poll::Ready(End::Gone),
+                Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                    break Poll::Ready(End::Close(close::TOO_BIG, "message too big"));
+                }
+                Some(Err(WsError::Utf8(_))) => {
+                    break Poll::Ready(End::Close(close::MALFORMED, "invalid utf-8 in a text frame"));
+                }
+                Some(Err(WsError::Protocol(_))) => {
+                    break Poll::Ready(End::Close(close::PROTOCOL, "protocol error"));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("mailbox socket error: {e}");
+                    break Poll::Ready(End::Gone);
+                }
+            }
+        };
+        if relayed > 0 {
+            self.meter.add(relayed, relayed_bytes as u64, 0);
+            self.state.metrics().messages_relayed(WsKind::Mailbox, relayed, relayed_bytes);
+        }
+        polled
+    }
+}
+
+/// One mailbox connection, from upgrade to close.
+async fn run(state: AppState, conn: MailboxConn, socket: WsStream, _guard: DrainGuard, meter: UsageMeter) {
+    let config = state.config().clone();
     let _open = state.metrics().websocket_opened(WsKind::Mailbox);
     let mut shutdown = state.shutdown_watch();
+    let shutdown = async move { shutdown.wait_for(|stopping| *stopping).await.is_ok() }.fuse();
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ws_ping_interval, config.ws_ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut heard = false;
+    let message_rate = state.rate_limiter().message_rate(Instant::now());
+    let mut c = Conn {
+        state: state.clone(),
+        conn,
+        socket,
+        meter,
+        message_rate,
+        ping,
+        heard: false,
+        batch: Vec::with_capacity(OUT_BATCH),
+    };
     let mut last_heard = Instant::now();
-    let mut batch: Vec<Bytes> = Vec::with_capacity(OUT_BATCH);
-    let mut message_rate = state.rate_limiter().message_rate(Instant::now());
 
     let end = loop {
-        tokio::select! {
-            biased;
-            true = async { shutdown.wait_for(|stopping| *stopping).await.is_ok() } => {
-                break End::Close(close::GOING_AWAY, "server shutting down");
-            }
-            out = conn.recv_many(&mut batch, OUT_BATCH) => {
-                if let Err(e) = out {
-                    break close_for(&e);
-                }
-                if let Some(end) = write_batch(&mut socket, &conn, &mut batch, config.ws_idle_timeout).await {
+        match std::future::poll_fn(|cx| c.poll_step(cx, shutdown.as_mut())).await {
+            Step::End(end) => break end,
+            Step::Write => {
+                if let Some(end) =
+                    write_batch(&mut c.socket, &c.conn, &mut c.batch, config.ws_idle_timeout).await
+                {
                     break end;
                 }
             }
-            incoming = socket.next() => {
-                heard = true;
-                match incoming {
-                    Some(Ok(_)) if !message_rate.allow(Instant::now()) => {
-                        state.metrics().rate_limited("ws_message");
-                        break End::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
-                    }
-                    Some(Ok(Message::Binary(frame))) => {
-                        // A publish (longer than an ask) is a relayed message of its payload;
-                        // an ask is not.
-                        let payload = frame.len().checked_sub(HEADER_LEN).filter(|&n| n > 0);
-                        if let Err(e) = conn.handle_frame(frame) {
-                            break close_for(&e);
-                        }
-                        if let Some(bytes) = payload {
-                            meter.message(bytes);
-                            state.metrics().message_relayed(WsKind::Mailbox, bytes);
-                        }
-                        // Frames already buffered by tungstenite come without touching the
-                        // socket, so they cost no coop budget: charge one per frame, so a
-                        // burst yields to the receivers it feeds instead of overflowing
-                        // their queues before they get to run.
-                        tokio::task::consume_budget().await;
-                    }
-                    Some(Ok(Message::Text(_))) => {
-                        break End::Close(close::MALFORMED, "text frames are not accepted: send binary frames");
-                    }
-                    Some(Ok(Message::Close(_))) | None => break End::Gone,
-                    Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        break End::Close(close::TOO_BIG, "message too big");
-                    }
-                    Some(Err(WsError::Utf8(_))) => break End::Close(close::MALFORMED, "invalid utf-8 in a text frame"),
-                    Some(Err(WsError::Protocol(_))) => break End::Close(close::PROTOCOL, "protocol error"),
-                    Some(Err(e)) => {
-                        tracing::debug!("mailbox socket error: {e}");
-                        break End::Gone;
-                    }
-                }
-            }
-            _ = ping.tick() => {
+            Step::Ping => {
                 let now = Instant::now();
-                if heard {
-                    heard = false;
+                if c.heard {
+                    c.heard = false;
                     last_heard = now;
                 } else if now.duration_since(last_heard) >= config.ws_idle_timeout {
                     break End::Close(close::GOING_AWAY, "idle timeout");
                 }
-                let sent = tokio::time::timeout(config.ws_idle_timeout, socket.send(Message::Ping(Bytes::new()))).await;
+                let sent =
+                    tokio::time::timeout(config.ws_idle_timeout, c.socket.send(Message::Ping(Bytes::new())))
+                        .await;
                 if !matches!(sent, Ok(Ok(()))) {
                     break End::Gone;
                 }
             }
         }
     };
+    let Conn { conn, socket, .. } = c;
     drop(conn); // withdraw this connection's asks before the close handshake
     finish(socket, end, config.limits.max_message_bytes).await;
 }
 
 /// Writes `batch`, and whatever else is ready meanwhile, then flushes once. Gives up
-/// when the connection turns slow or the write does not finish within `timeout`.
+/// when the connection turns slow or the write does not finish within `timeout`. A
+/// write that completes at once (the usual case: the socket has room) arms no timer.
 async fn write_batch(
     socket: &mut WsStream,
     conn: &MailboxConn,
@@ -230,18 +320,27 @@ async fn write_batch(
         socket.flush().await?;
         Ok::<bool, WsError>(true)
     };
-    tokio::select! {
-        written = tokio::time::timeout(timeout, write) => match written {
-            Ok(Ok(true)) => None,
-            Ok(Ok(false)) => Some(close_for(&MailboxError::SlowConsumer)),
-            Ok(Err(e)) => {
-                tracing::debug!("mailbox write failed: {e}");
-                Some(End::Gone)
+    let mut write = std::pin::pin!(write);
+    let written = match write.as_mut().now_or_never() {
+        Some(written) => written,
+        None => {
+            tokio::select! {
+                written = tokio::time::timeout(timeout, write) => match written {
+                    Ok(written) => written,
+                    Err(_) => return Some(End::Close(close::TRY_AGAIN_LATER, "slow consumer")),
+                },
+                // Wins only while the write is blocked on a peer that stopped reading.
+                () = conn.slow_consumer() => return Some(close_for(&MailboxError::SlowConsumer)),
             }
-            Err(_) => Some(End::Close(close::TRY_AGAIN_LATER, "slow consumer")),
-        },
-        // Wins only while the write is blocked on a peer that stopped reading.
-        () = conn.slow_consumer() => Some(close_for(&MailboxError::SlowConsumer)),
+        }
+    };
+    match written {
+        Ok(true) => None,
+        Ok(false) => Some(close_for(&MailboxError::SlowConsumer)),
+        Err(e) => {
+            tracing::debug!("mailbox write failed: {e}");
+            Some(End::Gone)
+        }
     }
 }
 

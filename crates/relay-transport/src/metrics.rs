@@ -269,6 +269,13 @@ impl Metrics {
         self.bytes_relayed[kind as usize].fetch_add(payload_bytes as u64, Relaxed);
     }
 
+    /// `count` messages of `payload_bytes` in all were accepted for relaying: a burst
+    /// counted once.
+    pub(crate) fn messages_relayed(&self, kind: WsKind, count: u64, payload_bytes: usize) {
+        self.messages_relayed[kind as usize].fetch_add(count, Relaxed);
+        self.bytes_relayed[kind as usize].fetch_add(payload_bytes as u64, Relaxed);
+    }
+
     /// A request was refused by a rate limit; `what` names the limit (`"connection"`,
     /// `"request"`, `"message"`...). Keep the set of names small and fixed: each
     /// distinct name is a series, and past a few the rest count as `other`.

@@ -2,8 +2,10 @@
 //! without sockets.
 //!
 //! A [`Mailbox`] holds namespaces; [`Mailbox::connect`] joins one and returns a
-//! [`MailboxConn`]. Frames from the client go to [`MailboxConn::handle_frame`]; frames
-//! for the client come out of [`MailboxConn::recv`] / [`MailboxConn::recv_many`]. A PUB
+//! [`MailboxConn`]. Frames from the client go to [`MailboxConn::handle_frame`] (or, for a
+//! burst, [`MailboxConn::handle_frame_deferred`] then [`MailboxConn::wake_receivers`]);
+//! frames for the client come out of [`MailboxConn::recv`] / [`MailboxConn::recv_many`] /
+//! [`MailboxConn::poll_recv_many`]. A PUB
 //! is stored until its TTL and sent to every connection waiting for its ID; an ASK is
 //! answered from storage at once or waits until its own TTL. Stored frames are the
 //! [`Bytes`] the client sent: never copied, only reference-counted.
@@ -22,6 +24,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -159,6 +162,8 @@ pub struct MailboxConn {
     space: Arc<Space>,
     id: u64,
     queue: Arc<ConnQueue>,
+    /// Receivers owed a wake-up for frames queued by [`MailboxConn::handle_frame_deferred`].
+    deferred: Vec<Waker>,
 }
 
 impl Mailbox {
@@ -190,7 +195,7 @@ impl Mailbox {
         // Registered under the registry lock, so an idle check cannot remove it meanwhile.
         space.lock().add_conn(id, queue.clone());
         drop(namespaces);
-        MailboxConn { hub: self.hub.clone(), space, id, queue }
+        MailboxConn { hub: self.hub.clone(), space, id, queue, deferred: Vec::new() }
     }
 
     /// Forgets every message and ask due at `now` and removes idle namespaces. The
@@ -275,7 +280,32 @@ impl MailboxConn {
 
     /// Handles one frame from the client at `now`: an ASK (exactly 36 bytes) or a PUB
     /// (longer). An error means the connection must be closed with the code it names.
+    /// Receivers the frame is queued for are woken before this returns.
     pub fn handle_frame_at(&self, frame: Bytes, now: Instant) -> Result<(), MailboxError> {
+        let mut wakes = Vec::new();
+        let handled = self.handle_into(frame, now, &mut wakes);
+        wakes.into_iter().for_each(Waker::wake);
+        handled
+    }
+
+    /// Like [`MailboxConn::handle_frame_at`], but the receivers the frame is queued for
+    /// are not woken until [`MailboxConn::wake_receivers`] (or until this connection is
+    /// dropped). A transport handling a burst of frames read in one go wakes each
+    /// receiver once, after the burst: the receiver then finds every frame of the burst
+    /// queued and writes them together, instead of waking, and writing, once per frame.
+    pub fn handle_frame_deferred(&mut self, frame: Bytes, now: Instant) -> Result<(), MailboxError> {
+        let mut wakes = std::mem::take(&mut self.deferred);
+        let handled = self.handle_into(frame, now, &mut wakes);
+        self.deferred = wakes;
+        handled
+    }
+
+    /// Wakes every receiver owed a wake-up by [`MailboxConn::handle_frame_deferred`].
+    pub fn wake_receivers(&mut self) {
+        self.deferred.drain(..).for_each(Waker::wake);
+    }
+
+    fn handle_into(&self, frame: Bytes, now: Instant, wakes: &mut Vec<Waker>) -> Result<(), MailboxError> {
         let max = self.hub.limits.max_message_bytes;
         if frame.len() > max {
             return Err(MailboxError::FrameTooBig { len: frame.len(), max });
@@ -284,21 +314,34 @@ impl MailboxConn {
         if self.queue.is_slow() {
             return Err(MailboxError::SlowConsumer);
         }
-        self.space.lock().handle(self.id, &self.queue, frame, &header, &self.hub.limits, now)
+        let from = space::Sender { conn: self.id, queue: &self.queue };
+        self.space.lock().handle(from, frame, &header, &self.hub.limits, now, wakes)
     }
 
     /// Waits for the next frame to send to the client. Cancel-safe. Fails only when the
     /// connection became a slow consumer.
     pub async fn recv(&mut self) -> Result<Bytes, MailboxError> {
         let mut one = Vec::with_capacity(1);
-        self.queue.recv_many(&mut one, 1).await?;
+        self.recv_many(&mut one, 1).await?;
         one.pop().ok_or(MailboxError::SlowConsumer)
     }
 
     /// Waits until a frame is ready, then moves up to `max` ready frames into `out` in
     /// one go; returns how many. Cancel-safe. Fails only for a slow consumer.
     pub async fn recv_many(&mut self, out: &mut Vec<Bytes>, max: usize) -> Result<usize, MailboxError> {
-        self.queue.recv_many(out, max).await
+        std::future::poll_fn(|cx| self.queue.poll_recv_many(cx, out, max)).await
+    }
+
+    /// Moves up to `max` (at least one) ready frames into `out` and returns how many, or
+    /// registers `cx` to be woken when a frame is queued. Only the last task to poll is
+    /// woken: one consumer per connection. Fails only for a slow consumer.
+    pub fn poll_recv_many(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Bytes>,
+        max: usize,
+    ) -> Poll<Result<usize, MailboxError>> {
+        self.queue.poll_recv_many(cx, out, max)
     }
 
     /// Resolves once this connection has become a slow consumer: lets a writer blocked
@@ -315,6 +358,7 @@ impl MailboxConn {
 
 impl Drop for MailboxConn {
     fn drop(&mut self) {
+        self.wake_receivers();
         let idle = {
             let mut state = self.space.lock();
             state.remove_conn(self.id);

@@ -2,9 +2,16 @@
 //! connections publishing (under their namespace lock); the consumer is the connection's
 //! own task. A producer that finds the queue full marks the connection as a slow
 //! consumer and drops what it held, so a reader that stalls never grows memory.
+//!
+//! The consumer's waker sits under the queue's own lock. A producer that turns the queue
+//! from empty to non-empty takes it out and hands it back to its caller instead of waking
+//! it there: the caller wakes it after releasing the namespace lock, or, for a burst of
+//! frames, once after the whole burst ([`super::MailboxConn::handle_frame_deferred`]), so
+//! the receiver wakes to many frames and writes them with one system call.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -13,11 +20,8 @@ use super::MailboxError;
 
 pub(super) struct ConnQueue {
     state: Mutex<QueueState>,
-    /// Woken when the queue goes from empty to non-empty, or turns slow. One consumer,
-    /// so `notify_one` stores a permit when it is not waiting and no wakeup is lost.
-    notify: Notify,
     /// Woken (all waiters) when the queue turns slow, for a writer blocked on a stalled
-    /// socket rather than waiting in `recv_many`.
+    /// socket rather than waiting in `poll_recv_many`.
     slow_notify: Notify,
     /// Frames held before the connection counts as a slow consumer.
     capacity: usize,
@@ -26,13 +30,24 @@ pub(super) struct ConnQueue {
 struct QueueState {
     frames: VecDeque<Bytes>,
     slow: bool,
+    /// The consumer, registered when it found the queue empty; taken by the push that
+    /// makes it non-empty (or the one that makes it slow).
+    waker: Option<Waker>,
+}
+
+/// What a push did.
+pub(super) enum Pushed {
+    /// Queued; the consumer, if it was waiting, must be woken with this waker.
+    Queued(Option<Waker>),
+    /// Refused: the connection is (or just became) a slow consumer. Its consumer has
+    /// been woken already.
+    Slow,
 }
 
 impl ConnQueue {
     pub(super) fn new(capacity: usize) -> ConnQueue {
         ConnQueue {
-            state: Mutex::new(QueueState { frames: VecDeque::new(), slow: false }),
-            notify: Notify::new(),
+            state: Mutex::new(QueueState { frames: VecDeque::new(), slow: false, waker: None }),
             slow_notify: Notify::new(),
             capacity: capacity.max(1),
         }
@@ -42,27 +57,25 @@ impl ConnQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `frame`; false when the connection is (or just became) a slow consumer.
-    pub(super) fn push(&self, frame: Bytes) -> bool {
+    /// Queues `frame`. The caller wakes the waker it gets back, at once or after a burst.
+    pub(super) fn push(&self, frame: Bytes) -> Pushed {
         let mut state = self.lock();
         if state.slow {
-            return false;
+            return Pushed::Slow;
         }
         if state.frames.len() >= self.capacity {
             state.slow = true;
             state.frames = VecDeque::new();
+            let waker = state.waker.take();
             drop(state);
-            self.notify.notify_one();
+            if let Some(w) = waker {
+                w.wake();
+            }
             self.slow_notify.notify_waiters();
-            return false;
+            return Pushed::Slow;
         }
-        let was_empty = state.frames.is_empty();
         state.frames.push_back(frame);
-        drop(state);
-        if was_empty {
-            self.notify.notify_one();
-        }
-        true
+        Pushed::Queued(state.waker.take())
     }
 
     pub(super) fn is_slow(&self) -> bool {
@@ -92,16 +105,27 @@ impl ConnQueue {
         Ok(n)
     }
 
-    /// Waits until at least one frame is queued, then moves up to `max` into `out`.
-    /// Cancel-safe: a frame is either moved into `out` or still queued.
-    pub(super) async fn recv_many(&self, out: &mut Vec<Bytes>, max: usize) -> Result<usize, MailboxError> {
-        let max = max.max(1);
-        loop {
-            let n = self.try_recv_many(out, max)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            self.notify.notified().await;
+    /// Moves up to `max` (at least one) queued frames into `out`, or registers `cx` to be
+    /// woken when one is queued. A frame is either moved into `out` or still queued.
+    pub(super) fn poll_recv_many(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Bytes>,
+        max: usize,
+    ) -> Poll<Result<usize, MailboxError>> {
+        let mut state = self.lock();
+        if state.slow {
+            return Poll::Ready(Err(MailboxError::SlowConsumer));
         }
+        if state.frames.is_empty() {
+            match &mut state.waker {
+                Some(w) => w.clone_from(cx.waker()),
+                None => state.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        }
+        let n = state.frames.len().min(max.max(1));
+        out.extend(state.frames.drain(..n));
+        Poll::Ready(Ok(n))
     }
 }

@@ -13,12 +13,13 @@ use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
+use std::task::Waker;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::frame::{FrameHeader, FrameKind, MessageId};
-use super::queue::ConnQueue;
+use super::queue::{ConnQueue, Pushed};
 use super::{MailboxError, Namespace};
 use crate::Limits;
 
@@ -47,6 +48,13 @@ struct Stored {
     frame: Bytes,
     expires_at: Instant,
     one_receiver: bool,
+}
+
+/// The connection a frame came from: its ID and its own queue (an ASK answered from
+/// storage is queued to it).
+pub(super) struct Sender<'a> {
+    pub(super) conn: u64,
+    pub(super) queue: &'a ConnQueue,
 }
 
 struct Waiter {
@@ -139,36 +147,39 @@ impl SpaceState {
         }
     }
 
-    /// Handles one frame from connection `conn` (whose queue is `own`) at `now`.
+    /// Handles one frame from connection `from` at `now`. The consumers that must be
+    /// woken for frames queued to them are added to `wakes`, for the caller to wake once
+    /// it has released the namespace lock.
     pub(super) fn handle(
         &mut self,
-        conn: u64,
-        own: &ConnQueue,
+        from: Sender<'_>,
         frame: Bytes,
         header: &FrameHeader,
         limits: &Limits,
         now: Instant,
+        wakes: &mut Vec<Waker>,
     ) -> Result<(), MailboxError> {
         self.expire(now);
         let ttl = header.ttl.min(limits.max_mailbox_ttl);
         match header.kind {
-            FrameKind::Ask => self.ask(conn, own, &header.id, ttl, limits, now),
-            FrameKind::Publish => self.publish(frame, header, ttl, limits, now),
+            FrameKind::Ask => self.ask(from, &header.id, ttl, limits, now, wakes),
+            FrameKind::Publish => self.publish(frame, header, ttl, limits, now, wakes),
         }
     }
 
     fn ask(
         &mut self,
-        conn: u64,
-        own: &ConnQueue,
+        Sender { conn, queue: own }: Sender<'_>,
         id: &MessageId,
         ttl: std::time::Duration,
         limits: &Limits,
         now: Instant,
+        wakes: &mut Vec<Waker>,
     ) -> Result<(), MailboxError> {
         if let Entry::Occupied(stored) = self.messages.entry(*id) {
-            if !own.push(stored.get().frame.clone()) {
-                return Err(MailboxError::SlowConsumer);
+            match own.push(stored.get().frame.clone()) {
+                Pushed::Queued(waker) => wakes.extend(waker),
+                Pushed::Slow => return Err(MailboxError::SlowConsumer),
             }
             if stored.get().one_receiver {
                 self.held_bytes -= stored.remove().frame.len();
@@ -201,6 +212,7 @@ impl SpaceState {
         ttl: std::time::Duration,
         limits: &Limits,
         now: Instant,
+        wakes: &mut Vec<Waker>,
     ) -> Result<(), MailboxError> {
         let id = &header.id;
         if self.messages.contains_key(id) {
@@ -224,7 +236,10 @@ impl SpaceState {
                 let Some(slot) = self.conns.get_mut(&w.conn) else { continue };
                 slot.asked.remove(id);
                 self.pending_asks -= 1;
-                delivered |= slot.queue.push(frame.clone());
+                if let Pushed::Queued(waker) = slot.queue.push(frame.clone()) {
+                    wakes.extend(waker);
+                    delivered = true;
+                }
             }
             if !rest.is_empty() {
                 self.waiting.insert(*id, rest);

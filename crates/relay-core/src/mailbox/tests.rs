@@ -303,3 +303,69 @@ async fn the_deadline_heap_stays_proportional_to_what_lives() {
     }
     assert!(a.space.lock().heap_len() <= 2 * 64 + 2, "{}", a.space.lock().heap_len());
 }
+
+/// A waker that counts its wake-ups.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn counting_waker() -> (std::sync::Arc<CountingWaker>, std::task::Waker) {
+    let count = std::sync::Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+    (count.clone(), std::task::Waker::from(count))
+}
+
+fn woken(count: &CountingWaker) -> usize {
+    count.0.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test(start_paused = true)]
+async fn deferred_frames_wake_each_receiver_once_after_the_burst() {
+    let mb = Mailbox::new(limits());
+    let a = mb.connect("ns");
+    let mut publisher = mb.connect("ns");
+    let (count, waker) = counting_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut out = Vec::new();
+    for n in 0..3 {
+        a.handle_frame(ask_frame(&id(n), 10)).unwrap();
+    }
+    // The receiver waits: nothing queued, its waker registered.
+    assert!(a.poll_recv_many(&mut cx, &mut out, 64).is_pending());
+
+    for n in 0..3 {
+        publisher.handle_frame_deferred(publish_frame(&id(n), 10, 0, b"m"), Instant::now()).unwrap();
+    }
+    assert_eq!(woken(&count), 0, "no wake-up before the burst ends");
+    publisher.wake_receivers();
+    assert_eq!(woken(&count), 1, "one wake-up for the whole burst");
+    assert_eq!(a.poll_recv_many(&mut cx, &mut out, 64), std::task::Poll::Ready(Ok(3)));
+    assert_eq!(out.len(), 3);
+    publisher.wake_receivers();
+    assert_eq!(woken(&count), 1, "nothing more is owed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_immediate_frame_wakes_its_receiver_at_once_and_a_dropped_publisher_pays_its_debts() {
+    let mb = Mailbox::new(limits());
+    let a = mb.connect("ns");
+    let (count, waker) = counting_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut out = Vec::new();
+    a.handle_frame(ask_frame(&id(1), 10)).unwrap();
+    a.handle_frame(ask_frame(&id(2), 10)).unwrap();
+    assert!(a.poll_recv_many(&mut cx, &mut out, 64).is_pending());
+    mb.connect("ns").handle_frame(publish_frame(&id(1), 10, 0, b"now")).unwrap();
+    assert_eq!(woken(&count), 1);
+
+    assert_eq!(a.poll_recv_many(&mut cx, &mut out, 64), std::task::Poll::Ready(Ok(1)));
+    assert!(a.poll_recv_many(&mut cx, &mut out, 64).is_pending());
+    let mut publisher = mb.connect("ns");
+    publisher.handle_frame_deferred(publish_frame(&id(2), 10, 0, b"later"), Instant::now()).unwrap();
+    assert_eq!(woken(&count), 1);
+    drop(publisher);
+    assert_eq!(woken(&count), 2, "dropping the publisher wakes what it deferred");
+}
