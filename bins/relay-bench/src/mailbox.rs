@@ -70,7 +70,7 @@ pub(crate) async fn push_latency(t: &Target, iterations: u64, payload: usize) ->
 
     // After idle.
     let mut cold = histogram();
-    for i in 0..(iterations / 4).max(1) {
+    for i in 0..(iterations / 10).max(1) {
         let id = message_id(run, 1, i);
         send_binary(&mut asker, mailbox_frame(&id, 30, 0, &[])).await?;
         // Let the ask land before the publish, so this measures a push to a waiter.

@@ -210,7 +210,7 @@ pub(crate) async fn p2p_latency(t: &Target, iterations: u64, payload: usize) -> 
         one(&mut warm, i, i >= warmup).await?;
     }
     let mut cold = histogram();
-    for i in 0..(iterations / 4).max(1) {
+    for i in 0..(iterations / 10).max(1) {
         tokio::time::sleep(Duration::from_micros(300)).await;
         one(&mut cold, iterations + warmup + i, true).await?;
     }
@@ -221,9 +221,24 @@ pub(crate) async fn p2p_latency(t: &Target, iterations: u64, payload: usize) -> 
             Better::Lower,
             Goal::None,
         ),
-        Metric::new("p2p p99 (us), pipelined", warm.value_at_quantile(0.99) as f64, Better::Lower, Goal::None),
-        Metric::new("p2p p50 (us), after idle", cold.value_at_quantile(0.5) as f64, Better::Lower, Goal::None),
-        Metric::new("p2p p99 (us), after idle", cold.value_at_quantile(0.99) as f64, Better::Lower, Goal::None),
+        Metric::new(
+            "p2p p99 (us), pipelined",
+            warm.value_at_quantile(0.99) as f64,
+            Better::Lower,
+            Goal::None,
+        ),
+        Metric::new(
+            "p2p p50 (us), after idle",
+            cold.value_at_quantile(0.5) as f64,
+            Better::Lower,
+            Goal::None,
+        ),
+        Metric::new(
+            "p2p p99 (us), after idle",
+            cold.value_at_quantile(0.99) as f64,
+            Better::Lower,
+            Goal::None,
+        ),
     ])
 }
 

@@ -10,6 +10,7 @@ pub mod id;
 mod limits;
 pub mod mailbox;
 pub mod rooms;
+mod signal;
 
 pub use error::CoreError;
 pub use id::{RoomId, RoomIdPrefix};

@@ -12,11 +12,14 @@
 //! second reported to clients) reads the wall clock.
 //!
 //! Concurrency: one `std::sync::Mutex` per room, never held across an `.await`. Each
-//! connection has its own [`Notify`] that a sender pokes after queueing for it. A
-//! payload is a [`Bytes`]: a broadcast shares one buffer among all its receivers.
+//! connection has its own wake-up flag that a sender raises after queueing for it, and
+//! wakes at once ([`Party::send`]) or once after a burst ([`Party::send_deferred`] then
+//! [`Party::wake_receivers`]). A payload is a [`Bytes`]: a broadcast shares one buffer
+//! among all its receivers.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -26,6 +29,7 @@ use tokio::time::Instant;
 use crate::error::CoreError;
 use crate::id::{RoomId, RoomIdPrefix};
 use crate::limits::Limits;
+use crate::signal::Signal;
 
 /// What one held message costs against [`Limits::max_room_held_bytes`] on top of its
 /// payload: its bookkeeping, so that empty payloads cannot grow a room without bound.
@@ -154,7 +158,9 @@ pub struct Party {
     room: Arc<Room>,
     slot: u16,
     conn: u64,
-    notify: Arc<Notify>,
+    signal: Arc<Signal>,
+    /// Receivers owed a wake-up for messages queued by [`Party::send_deferred`].
+    deferred: Vec<Arc<Signal>>,
     welcome: Welcome,
     /// Set by `leave`, so that drop does not report a second departure.
     done: bool,
@@ -212,7 +218,7 @@ struct Slot {
 
 struct Conn {
     id: u64,
-    notify: Arc<Notify>,
+    signal: Arc<Signal>,
 }
 
 struct Held {
@@ -370,6 +376,35 @@ impl Party {
     /// room's held-bytes bound is refused for every destination. A message to a party
     /// that left is dropped.
     pub fn send(&self, to: Destination, payload: Bytes) -> Result<(), CoreError> {
+        let mut wakes = Vec::new();
+        let sent = self.send_into(to, payload, &mut wakes);
+        wakes.iter().for_each(|s| s.wake());
+        sent
+    }
+
+    /// Like [`Party::send`], but the receivers are not woken until
+    /// [`Party::wake_receivers`] (or until this party is dropped). A transport handling a
+    /// burst of frames read in one go wakes each receiver once, after the burst, so the
+    /// receiver writes the whole burst with one system call instead of one per message.
+    pub fn send_deferred(&mut self, to: Destination, payload: Bytes) -> Result<(), CoreError> {
+        let mut wakes = std::mem::take(&mut self.deferred);
+        let sent = self.send_into(to, payload, &mut wakes);
+        self.deferred = wakes;
+        sent
+    }
+
+    /// Wakes every receiver owed a wake-up by [`Party::send_deferred`].
+    pub fn wake_receivers(&mut self) {
+        self.deferred.drain(..).for_each(|s| s.wake());
+    }
+
+    /// Queues `payload` for `to`; receivers whose flag this raised go into `wakes`.
+    fn send_into(
+        &self,
+        to: Destination,
+        payload: Bytes,
+        wakes: &mut Vec<Arc<Signal>>,
+    ) -> Result<(), CoreError> {
         let room = &*self.room;
         if payload.len() > room.max_message_bytes {
             return Err(CoreError::MessageTooBig { got: payload.len(), max: room.max_message_bytes });
@@ -394,11 +429,13 @@ impl Party {
         }
         st.held_bytes += cost;
         let from = self.slot;
-        let push = |slot: &mut Slot| {
+        let mut push = |slot: &mut Slot| {
             slot.queue.push_back(Held { seq: slot.next_seq, from, broadcast, payload: payload.clone() });
             slot.next_seq += 1;
-            if let Some(conn) = &slot.conn {
-                conn.notify.notify_one();
+            if let Some(conn) = &slot.conn
+                && conn.signal.raise()
+            {
+                wakes.push(conn.signal.clone());
             }
         };
         match to {
@@ -461,11 +498,18 @@ impl Party {
     /// The next event for this party: control events first, then data in `seq` order.
     /// Cancel-safe: nothing is lost if the future is dropped.
     pub async fn next_event(&mut self) -> PartyEvent {
+        std::future::poll_fn(|cx| self.poll_next_event(cx)).await
+    }
+
+    /// The next event if one is ready, or `Pending` with `cx` registered to be woken
+    /// when one may be. Only the last task to poll is woken: one consumer per party.
+    pub fn poll_next_event(&mut self, cx: &mut Context<'_>) -> Poll<PartyEvent> {
         loop {
             if let Some(event) = self.try_next_event() {
-                return event;
+                return Poll::Ready(event);
             }
-            self.notify.notified().await;
+            // Raised since the check above: something was queued meanwhile; look again.
+            std::task::ready!(self.signal.poll(cx));
         }
     }
 
@@ -500,6 +544,7 @@ impl Party {
 
 impl Drop for Party {
     fn drop(&mut self) {
+        self.wake_receivers();
         if self.done {
             return;
         }
@@ -551,7 +596,7 @@ impl Room {
                 st.held_bytes -= slot.drop_through(last);
                 slot.delivered = last;
                 if let Some(old) = slot.conn.take() {
-                    old.notify.notify_one();
+                    old.signal.notify();
                 }
                 (index, true)
             }
@@ -577,10 +622,10 @@ impl Room {
         let slot_no = u16::try_from(index).unwrap_or(u16::MAX);
         let conn_id = st.next_conn;
         st.next_conn += 1;
-        let notify = Arc::new(Notify::new());
+        let signal = Arc::new(Signal::default());
         {
             let slot = &mut st.slots[index];
-            slot.conn = Some(Conn { id: conn_id, notify: notify.clone() });
+            slot.conn = Some(Conn { id: conn_id, signal: signal.clone() });
             slot.events.clear();
         }
         if st.grace_until.take().is_some() {
@@ -611,7 +656,7 @@ impl Room {
             next_seq: slot.delivered + 1,
         };
         drop(guard);
-        Ok(Party { room, slot: slot_no, conn: conn_id, notify, welcome, done: false })
+        Ok(Party { room, slot: slot_no, conn: conn_id, signal, deferred: Vec::new(), welcome, done: false })
     }
 
     fn info(&self) -> RoomInfo {
@@ -659,7 +704,7 @@ impl Room {
                 slot.queue = VecDeque::new();
                 slot.events = VecDeque::new();
                 if let Some(conn) = &slot.conn {
-                    conn.notify.notify_one();
+                    conn.signal.notify();
                 }
             }
         }
@@ -720,7 +765,7 @@ impl Slot {
                 self.events.retain(|e| !matches!(e, PartyEvent::Joined(x) | PartyEvent::Left(x) if *x == s));
             }
             self.events.push_back(event);
-            conn.notify.notify_one();
+            conn.signal.notify();
         }
     }
 }

@@ -387,3 +387,49 @@ async fn a_flapping_party_leaves_one_pending_event_for_a_reader_that_is_away() {
     drop(b);
     assert_eq!(drain(&mut a), vec![PartyEvent::Left(1)]);
 }
+
+/// A waker that counts its wake-ups.
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_deferred_sends_wakes_each_receiver_once_after_the_burst() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(3, None).unwrap();
+    let mut a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    let mut c = join(&rooms, &room.id);
+    drain(&mut b);
+    drain(&mut c);
+    let count = Arc::new(CountingWaker(std::sync::atomic::AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(count.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(b.poll_next_event(&mut cx).is_pending());
+    assert!(c.poll_next_event(&mut cx).is_pending());
+
+    for n in 0..5u8 {
+        a.send_deferred(Destination::Broadcast, Bytes::from(vec![n])).unwrap();
+    }
+    let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(woken(), 0, "no wake-up before the burst ends");
+    a.wake_receivers();
+    assert_eq!(woken(), 2, "one wake-up per receiver for the whole burst");
+    assert_eq!(data(&mut b).len(), 5);
+    assert_eq!(data(&mut c).len(), 5);
+
+    // An immediate send wakes at once; a party dropped mid-burst pays what it owes.
+    assert!(b.poll_next_event(&mut cx).is_pending());
+    a.send(Destination::To(b.slot()), Bytes::from_static(b"now")).unwrap();
+    assert_eq!(woken(), 3);
+    assert!(matches!(b.poll_next_event(&mut cx), Poll::Ready(PartyEvent::Data(_))));
+    assert!(c.poll_next_event(&mut cx).is_pending());
+    a.send_deferred(Destination::To(c.slot()), Bytes::from_static(b"later")).unwrap();
+    assert_eq!(woken(), 3);
+    drop(a);
+    assert!(woken() >= 4, "dropping the sender wakes what it deferred");
+}

@@ -122,11 +122,6 @@ impl UsageMeter {
             tracing::debug!(key = name.as_str(), "usage not counted: {e}");
         }
     }
-
-    /// Counts one relayed message of `bytes` payload bytes.
-    pub(crate) fn message(&self, bytes: usize) {
-        self.add(1, u64::try_from(bytes).unwrap_or(u64::MAX), 0);
-    }
 }
 
 /// The key presented by `req`, if any: the Authorization header (with or without

@@ -262,15 +262,8 @@ impl Metrics {
         self.rooms_created_total.fetch_add(1, Relaxed);
     }
 
-    /// One message of `payload_bytes` was accepted for relaying (a room data frame, or
-    /// a mailbox publish).
-    pub(crate) fn message_relayed(&self, kind: WsKind, payload_bytes: usize) {
-        self.messages_relayed[kind as usize].fetch_add(1, Relaxed);
-        self.bytes_relayed[kind as usize].fetch_add(payload_bytes as u64, Relaxed);
-    }
-
-    /// `count` messages of `payload_bytes` in all were accepted for relaying: a burst
-    /// counted once.
+    /// `count` messages of `payload_bytes` in all were accepted for relaying (room data
+    /// frames, or mailbox publishes): a burst is counted once.
     pub(crate) fn messages_relayed(&self, kind: WsKind, count: u64, payload_bytes: usize) {
         self.messages_relayed[kind as usize].fetch_add(count, Relaxed);
         self.bytes_relayed[kind as usize].fetch_add(payload_bytes as u64, Relaxed);

@@ -7,10 +7,13 @@
 //! socket takes them, so a slow reader never costs more memory than the room's
 //! held-bytes bound; it feeds every event that is ready and flushes once.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::FusedFuture;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use relay_core::CoreError;
@@ -22,7 +25,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::auth::{Caller, UsageMeter, authenticate};
 use crate::error::ApiError;
 use crate::http::{Body, json, parse_json, query_param, read_body};
-use crate::metrics::{Metrics, WsKind};
+use crate::metrics::WsKind;
 use crate::server::{AppState, DrainGuard};
 use crate::ws::{WsStream, close, close_message, upgrade, validate_handshake};
 
@@ -224,75 +227,186 @@ enum Exit {
     Close(u16, &'static str),
 }
 
+/// What woke a party's task, once it has handled every frame the socket had.
+enum Step {
+    /// An event for the client.
+    Event(PartyEvent),
+    /// A frame was refused: answer with an `error` event and go on.
+    Refused(&'static str, String),
+    /// The ping interval passed.
+    Ping,
+    /// The connection ends.
+    Exit(Exit),
+}
+
+/// One party connection's state between wake-ups. Its task polls everything it waits
+/// for (shutdown, the socket, the room, the ping timer) from one hand-written poll
+/// function, like a mailbox connection's (see `mailbox::Conn`).
+struct PartyConn {
+    state: AppState,
+    ws: WsStream,
+    party: Party,
+    meter: UsageMeter,
+    message_rate: crate::ratelimit::MessageRate,
+    ping: tokio::time::Interval,
+    last_seen: Instant,
+}
+
+impl PartyConn {
+    /// Handles every frame the socket has ready, wakes the parties they were queued for
+    /// once, then reports what else is ready. `Pending` when nothing is.
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        shutdown: Pin<&mut impl FusedFuture<Output = bool>>,
+    ) -> Poll<Step> {
+        if let Poll::Ready(true) = shutdown.poll(cx) {
+            return Poll::Ready(Step::Exit(Exit::Close(close::GOING_AWAY, "server shutting down")));
+        }
+        let read = self.poll_frames(cx);
+        // Once per burst, not once per frame: the receivers wake to the whole burst.
+        self.party.wake_receivers();
+        if read.is_ready() {
+            return read;
+        }
+        if let Poll::Ready(event) = self.party.poll_next_event(cx) {
+            return Poll::Ready(Step::Event(event));
+        }
+        if self.ping.poll_tick(cx).is_ready() {
+            return Poll::Ready(Step::Ping);
+        }
+        Poll::Pending
+    }
+
+    /// Reads and handles frames until the socket has none ready or the coop budget is
+    /// spent (`Pending`, with a wake-up registered either way), or one needs an answer
+    /// or ends the connection (`Ready`).
+    fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        let (mut relayed, mut relayed_bytes) = (0u64, 0usize);
+        let polled = loop {
+            // Frames already buffered by tungstenite cost no coop budget of their own:
+            // charge one per frame, so a burst yields to the parties it feeds.
+            let coop = match tokio::task::coop::poll_proceed(cx) {
+                Poll::Ready(coop) => coop,
+                Poll::Pending => break Poll::Pending,
+            };
+            let incoming = match self.ws.poll_next_unpin(cx) {
+                Poll::Ready(incoming) => incoming,
+                Poll::Pending => break Poll::Pending,
+            };
+            coop.made_progress();
+            self.last_seen = Instant::now();
+            let msg = match incoming {
+                Some(Ok(_)) if !self.message_rate.allow(self.last_seen) => {
+                    self.state.metrics().rate_limited("ws_message");
+                    break Poll::Ready(Step::Exit(Exit::Close(
+                        close::TRY_AGAIN_LATER,
+                        "message rate limit exceeded",
+                    )));
+                }
+                Some(Ok(msg)) => msg,
+                Some(Err(WsError::Capacity(_))) => {
+                    break Poll::Ready(Step::Exit(Exit::Close(close::TOO_BIG, "message too big")));
+                }
+                Some(Err(WsError::Utf8(_))) => {
+                    break Poll::Ready(Step::Exit(Exit::Close(
+                        close::MALFORMED,
+                        "invalid utf-8 in a text frame",
+                    )));
+                }
+                Some(Err(WsError::Protocol(_))) => {
+                    break Poll::Ready(Step::Exit(Exit::Close(close::PROTOCOL, "protocol error")));
+                }
+                Some(Err(_)) | None => break Poll::Ready(Step::Exit(Exit::Dropped)),
+            };
+            match msg {
+                Message::Binary(frame) => match send_data(&mut self.party, frame) {
+                    Ok(None) => {}
+                    Ok(Some(payload)) => {
+                        relayed += 1;
+                        relayed_bytes += payload;
+                    }
+                    Err((code, message)) => break Poll::Ready(Step::Refused(code, message)),
+                },
+                Message::Text(text) => match control(&text) {
+                    Control::Ack(seq) => self.party.ack(seq),
+                    Control::Leave => break Poll::Ready(Step::Exit(Exit::Leave)),
+                    Control::Bad => {
+                        break Poll::Ready(Step::Refused(
+                            "bad_control",
+                            "text frames must be {\"type\":\"ack\",\"seq\":N} or {\"type\":\"leave\"}"
+                                .to_owned(),
+                        ));
+                    }
+                },
+                Message::Close(_) => break Poll::Ready(Step::Exit(Exit::Dropped)),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        };
+        if relayed > 0 {
+            self.meter.add(relayed, relayed_bytes as u64, 0);
+            self.state.metrics().messages_relayed(WsKind::Room, relayed, relayed_bytes);
+        }
+        polled
+    }
+}
+
 /// The WebSocket task of one party: welcome, then events out and frames in until the
 /// room closes, the party leaves, the socket drops or the server shuts down.
-async fn run_party(
-    mut ws: WsStream,
-    mut party: Party,
-    state: AppState,
-    _guard: DrainGuard,
-    meter: UsageMeter,
-) {
-    let config = state.config();
+async fn run_party(mut ws: WsStream, party: Party, state: AppState, _guard: DrainGuard, meter: UsageMeter) {
+    let config = state.config().clone();
     let _open = state.metrics().websocket_opened(WsKind::Room);
-    let mut shutdown = state.shutdown_watch();
     let welcome = welcome_json(&party);
-    let exit = if ws.send(Message::text(welcome)).await.is_err() {
-        Exit::Dropped
-    } else {
-        let ping_every = config.ws_ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        let mut last_seen = Instant::now();
-        let mut message_rate = state.rate_limiter().message_rate(last_seen);
-        loop {
-            tokio::select! {
-                () = async { drop(shutdown.wait_for(|stopping| *stopping).await) } => {
-                    break Exit::Close(close::GOING_AWAY, "server shutting down");
+    if ws.send(Message::text(welcome)).await.is_err() {
+        return;
+    }
+    let mut shutdown = state.shutdown_watch();
+    let shutdown = async move { shutdown.wait_for(|stopping| *stopping).await.is_ok() }.fuse();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let ping_every = config.ws_ping_interval;
+    let now = Instant::now();
+    let mut c = PartyConn {
+        state: state.clone(),
+        ws,
+        party,
+        meter,
+        message_rate: state.rate_limiter().message_rate(now),
+        ping: tokio::time::interval_at(now + ping_every, ping_every),
+        last_seen: now,
+    };
+    let exit = loop {
+        match std::future::poll_fn(|cx| c.poll_step(cx, shutdown.as_mut())).await {
+            Step::Exit(exit) => break exit,
+            Step::Event(event) => {
+                let written = tokio::time::timeout(
+                    config.ws_idle_timeout,
+                    write_events(&mut c.ws, &mut c.party, event, config.limits.send_queue_frames),
+                )
+                .await;
+                match written {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(reason))) => break Exit::Close(reason.code(), reason.text()),
+                    Ok(Err(_)) => break Exit::Dropped,
+                    Err(_) => break Exit::Close(close::TRY_AGAIN_LATER, "slow consumer"),
                 }
-                incoming = ws.next() => {
-                    last_seen = Instant::now();
-                    match incoming {
-                        Some(Ok(_)) if !message_rate.allow(last_seen) => {
-                            state.metrics().rate_limited("ws_message");
-                            break Exit::Close(close::TRY_AGAIN_LATER, "message rate limit exceeded");
-                        }
-                        Some(Ok(msg)) => {
-                            if let Some(exit) = handle_frame(&mut ws, &party, msg, state.metrics(), &meter).await {
-                                break exit;
-                            }
-                        }
-                        Some(Err(WsError::Capacity(_))) => break Exit::Close(close::TOO_BIG, "message too big"),
-                        Some(Err(WsError::Utf8(_))) => {
-                            break Exit::Close(close::MALFORMED, "invalid utf-8 in a text frame");
-                        }
-                        Some(Err(WsError::Protocol(_))) => break Exit::Close(close::PROTOCOL, "protocol error"),
-                        Some(Err(_)) | None => break Exit::Dropped,
-                    }
+            }
+            Step::Refused(code, message) => {
+                let event = serde_json::json!({"type": "error", "code": code, "message": message});
+                if c.ws.send(Message::text(event.to_string())).await.is_err() {
+                    break Exit::Dropped;
                 }
-                event = party.next_event() => {
-                    let written = tokio::time::timeout(
-                        config.ws_idle_timeout,
-                        write_events(&mut ws, &mut party, event, config.limits.send_queue_frames),
-                    )
-                    .await;
-                    match written {
-                        Ok(Ok(None)) => {}
-                        Ok(Ok(Some(reason))) => break Exit::Close(reason.code(), reason.text()),
-                        Ok(Err(_)) => break Exit::Dropped,
-                        Err(_) => break Exit::Close(close::TRY_AGAIN_LATER, "slow consumer"),
-                    }
+            }
+            Step::Ping => {
+                if c.last_seen.elapsed() >= config.ws_idle_timeout {
+                    break Exit::Close(close::POLICY, "idle timeout");
                 }
-                _ = ping.tick() => {
-                    if last_seen.elapsed() >= config.ws_idle_timeout {
-                        break Exit::Close(close::POLICY, "idle timeout");
-                    }
-                    if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                        break Exit::Dropped;
-                    }
+                if c.ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break Exit::Dropped;
                 }
             }
         }
     };
+    let PartyConn { mut ws, party, .. } = c;
     match exit {
         Exit::Dropped => drop(party),
         Exit::Leave => {
@@ -307,58 +421,18 @@ async fn run_party(
     }
 }
 
-/// Handles one frame from the client; `Some` ends the connection.
-async fn handle_frame(
-    ws: &mut WsStream,
-    party: &Party,
-    msg: Message,
-    metrics: &Metrics,
-    meter: &UsageMeter,
-) -> Option<Exit> {
-    let refusal = match msg {
-        Message::Binary(frame) => {
-            let payload = frame.len().saturating_sub(CLIENT_HEADER);
-            let refusal = send_data(party, frame, metrics);
-            if refusal.is_none() {
-                meter.message(payload);
-            }
-            refusal
-        }
-        Message::Text(text) => match control(&text) {
-            Control::Ack(seq) => {
-                party.ack(seq);
-                None
-            }
-            Control::Leave => return Some(Exit::Leave),
-            Control::Bad => Some((
-                "bad_control",
-                "text frames must be {\"type\":\"ack\",\"seq\":N} or {\"type\":\"leave\"}".to_owned(),
-            )),
-        },
-        Message::Close(_) => return Some(Exit::Dropped),
-        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
-    };
-    let (code, message) = refusal?;
-    let event = serde_json::json!({"type": "error", "code": code, "message": message});
-    match ws.send(Message::text(event.to_string())).await {
-        Ok(()) => None,
-        Err(_) => Some(Exit::Dropped),
-    }
-}
-
-/// Sends a client data frame `[to u16 LE][payload]`; returns the error event to answer
-/// with when it is refused.
-fn send_data(party: &Party, frame: Bytes, metrics: &Metrics) -> Option<(&'static str, String)> {
+/// Sends a client data frame `[to u16 LE][payload]`, waking its receivers after the
+/// burst; returns its payload size (`None` when the party's connection is already
+/// over), or the error event to answer with when it is refused.
+fn send_data(party: &mut Party, frame: Bytes) -> Result<Option<usize>, (&'static str, String)> {
     let Some((to, payload)) = parse_data_frame(&frame) else {
-        return Some(("malformed_frame", "a data frame starts with a 2-byte destination slot".to_owned()));
+        return Err(("malformed_frame", "a data frame starts with a 2-byte destination slot".to_owned()));
     };
-    match party.send(to, payload) {
-        Ok(()) => {
-            metrics.message_relayed(WsKind::Room, frame.len() - CLIENT_HEADER);
-            None
-        }
-        Err(CoreError::PartyClosed) => None,
-        Err(e) => Some((core_error(&e).code, e.to_string())),
+    let len = payload.len();
+    match party.send_deferred(to, payload) {
+        Ok(()) => Ok(Some(len)),
+        Err(CoreError::PartyClosed) => Ok(None),
+        Err(e) => Err((core_error(&e).code, e.to_string())),
     }
 }
 
