@@ -187,20 +187,23 @@ pub(crate) async fn fanout(
 pub(crate) async fn p2p_latency(t: &Target, iterations: u64, payload: usize) -> anyhow::Result<Vec<Metric>> {
     let room = create_room(t, 2).await?;
     let (mut a, slot_a) = join(t, &room).await?;
-    let (mut b, _slot_b) = join(t, &room).await?;
+    let (mut b, slot_b) = join(t, &room).await?;
     wait_ready(&mut a).await?;
     wait_ready(&mut b).await?;
-    let to = 1 - slot_a;
     let epoch = Instant::now();
+    // The parties take turns, as the rounds of a protocol do: a to b, then b to a, so
+    // each connection carries messages both ways.
     let mut one = async |h: &mut hdrhistogram::Histogram<u64>, i: u64, record: bool| {
+        let (from, to, to_slot) =
+            if i.is_multiple_of(2) { (&mut a, &mut b, slot_b) } else { (&mut b, &mut a, slot_a) };
         let start = Instant::now();
-        send_binary(&mut a, data_frame(to, epoch.elapsed(), payload)).await?;
-        let frame = next_binary(&mut b, WAIT).await?;
+        send_binary(from, data_frame(to_slot, epoch.elapsed(), payload)).await?;
+        let frame = next_binary(to, WAIT).await?;
         if record {
             crate::util::record(h, start);
         }
-        if i % 64 == 63 {
-            b.send(ack(seq_of(&frame))).await?;
+        if i % 128 >= 126 {
+            to.send(ack(seq_of(&frame))).await?;
         }
         anyhow::Ok(())
     };

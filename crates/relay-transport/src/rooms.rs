@@ -378,11 +378,13 @@ async fn run_party(mut ws: WsStream, party: Party, state: AppState, _guard: Drai
         match std::future::poll_fn(|cx| c.poll_step(cx, shutdown.as_mut())).await {
             Step::Exit(exit) => break exit,
             Step::Event(event) => {
-                let written = tokio::time::timeout(
-                    config.ws_idle_timeout,
-                    write_events(&mut c.ws, &mut c.party, event, config.limits.send_queue_frames),
-                )
-                .await;
+                let write = write_events(&mut c.ws, &mut c.party, event, config.limits.send_queue_frames);
+                let mut write = std::pin::pin!(write);
+                // The usual case, a socket with room, finishes at once and arms no timer.
+                let written = match write.as_mut().now_or_never() {
+                    Some(written) => Ok(written),
+                    None => tokio::time::timeout(config.ws_idle_timeout, write).await,
+                };
                 match written {
                     Ok(Ok(None)) => {}
                     Ok(Ok(Some(reason))) => break Exit::Close(reason.code(), reason.text()),
