@@ -59,6 +59,9 @@ impl GroupStore for MemoryGroupStore {
     }
 }
 
+/// How long [`SledGroupStore::open`] waits for a lock a just-dropped store may hold.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Groups in a sled database: one JSON record per group in the `groups` tree, flushed
 /// before a write returns, so a group survives a crash right after it was acknowledged.
 #[derive(Debug, Clone)]
@@ -68,9 +71,22 @@ pub struct SledGroupStore {
 }
 
 impl SledGroupStore {
-    /// Opens (or creates) the database in directory `path`.
+    /// Opens (or creates) the database in directory `path`. A store just dropped in
+    /// this process may still hold the database's lock for a moment (sled releases it
+    /// from a background thread): `open` waits up to two seconds for it.
     pub fn open(path: impl AsRef<Path>) -> Result<SledGroupStore, DiscoveryError> {
-        let db = sled::open(path)?;
+        let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+        let db = loop {
+            match sled::open(path.as_ref()) {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
         let tree = db.open_tree("groups")?;
         Ok(SledGroupStore { db, tree })
     }
