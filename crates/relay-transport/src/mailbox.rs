@@ -32,6 +32,8 @@ use crate::ws::{self, WsStream, close, close_message};
 
 /// Frames taken from the connection's queue per batch; one flush per batch.
 const OUT_BATCH: usize = 64;
+/// Most frames written with one vectored write (two slices each, within IOV_MAX).
+const WRITE_BATCH_MAX: usize = 256;
 
 /// After sending a close frame, how long the peer gets to read it and answer before the
 /// socket is dropped (dropping with unread input would reset the connection and could
@@ -307,18 +309,18 @@ async fn write_batch(
     timeout: Duration,
 ) -> Option<End> {
     let write = async {
-        loop {
-            for frame in batch.drain(..) {
-                socket.feed(Message::Binary(frame)).await?;
-            }
+        // Everything ready now, up to a bound, in one vectored write.
+        while batch.len() < WRITE_BATCH_MAX {
             match conn.try_recv_many(batch, OUT_BATCH) {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(_) => return Ok(false),
             }
         }
-        socket.flush().await?;
-        Ok::<bool, WsError>(true)
+        let parts: Vec<[&[u8]; 1]> = batch.iter().map(|f| [&f[..]]).collect();
+        ws::write_binary_vectored(socket, parts.iter().map(|p| &p[..])).await?;
+        batch.clear();
+        Ok::<bool, std::io::Error>(true)
     };
     let mut write = std::pin::pin!(write);
     let written = match write.as_mut().now_or_never() {

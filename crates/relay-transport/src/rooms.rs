@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::FusedFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use hyper::body::Incoming;
@@ -477,50 +477,78 @@ pub fn control(text: &str) -> Control {
     }
 }
 
-/// Feeds `first` and every further event ready now (at most `max_batch`), then flushes
-/// once. Returns the close reason if the party's connection is over.
+/// Writes `first` and every further event ready now (at most `max_batch`), then
+/// flushes once. Data events go out as one vectored write per run of them (their
+/// payloads are not copied); control events as text frames, in order. Returns the close
+/// reason if the party's connection is over.
 async fn write_events(
     ws: &mut WsStream,
     party: &mut Party,
     first: PartyEvent,
     max_batch: usize,
 ) -> Result<Option<CloseReason>, WsError> {
+    // (relay header, payload) of the data events not yet written.
+    let mut data: Vec<([u8; RELAY_HEADER], Bytes)> = Vec::new();
     let mut next = Some(first);
-    let mut fed = 0usize;
+    let mut taken = 0usize;
+    let mut closed = None;
     while let Some(event) = next.take() {
-        match encode(event) {
-            Ok(msg) => ws.feed(msg).await?,
-            Err(reason) => {
-                ws.flush().await?;
-                return Ok(Some(reason));
+        match event {
+            PartyEvent::Data(d) => data.push((relay_header(d.seq, d.from, d.broadcast), d.payload)),
+            PartyEvent::Closed(reason) => {
+                closed = Some(reason);
+                break;
+            }
+            PartyEvent::Joined(slot) => {
+                write_control(ws, &mut data, serde_json::json!({"type": "joined", "slot": slot})).await?;
+            }
+            PartyEvent::Left(slot) => {
+                write_control(ws, &mut data, serde_json::json!({"type": "left", "slot": slot})).await?;
+            }
+            PartyEvent::Ready { room_size } => {
+                let ready = serde_json::json!({"type": "ready", "room_size": room_size});
+                write_control(ws, &mut data, ready).await?;
             }
         }
-        fed += 1;
-        if fed < max_batch {
+        taken += 1;
+        if taken < max_batch {
             next = party.try_next_event();
         }
     }
+    write_data(ws, &mut data).await?;
     ws.flush().await?;
-    Ok(None)
+    Ok(closed)
 }
 
-/// The frame for one event, or the close reason when the event is the end.
-fn encode(event: PartyEvent) -> Result<Message, CloseReason> {
-    let control = match event {
-        PartyEvent::Data(d) => {
-            let mut frame = BytesMut::with_capacity(RELAY_HEADER + d.payload.len());
-            frame.put_u64_le(d.seq);
-            frame.put_u16_le(d.from);
-            frame.put_u16_le(if d.broadcast { FLAG_BROADCAST } else { 0 });
-            frame.extend_from_slice(&d.payload);
-            return Ok(Message::Binary(frame.freeze()));
-        }
-        PartyEvent::Joined(slot) => serde_json::json!({"type": "joined", "slot": slot}),
-        PartyEvent::Left(slot) => serde_json::json!({"type": "left", "slot": slot}),
-        PartyEvent::Ready { room_size } => serde_json::json!({"type": "ready", "room_size": room_size}),
-        PartyEvent::Closed(reason) => return Err(reason),
-    };
-    Ok(Message::text(control.to_string()))
+/// Writes the data events in `data` with one vectored write (after whatever tungstenite
+/// holds), and empties it.
+async fn write_data(ws: &mut WsStream, data: &mut Vec<([u8; RELAY_HEADER], Bytes)>) -> Result<(), WsError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let parts: Vec<[&[u8]; 2]> = data.iter().map(|(h, p)| [&h[..], &p[..]]).collect();
+    crate::ws::write_binary_vectored(ws, parts.iter().map(|p| &p[..])).await?;
+    data.clear();
+    Ok(())
+}
+
+/// Feeds a control event as a text frame, after the data events before it.
+async fn write_control(
+    ws: &mut WsStream,
+    data: &mut Vec<([u8; RELAY_HEADER], Bytes)>,
+    event: serde_json::Value,
+) -> Result<(), WsError> {
+    write_data(ws, data).await?;
+    ws.feed(Message::text(event.to_string())).await
+}
+
+/// The header of a relay data frame: `[seq u64 LE][from u16 LE][flags u16 LE]`.
+fn relay_header(seq: u64, from: u16, broadcast: bool) -> [u8; RELAY_HEADER] {
+    let mut h = [0u8; RELAY_HEADER];
+    h[..8].copy_from_slice(&seq.to_le_bytes());
+    h[8..10].copy_from_slice(&from.to_le_bytes());
+    h[10..].copy_from_slice(&(if broadcast { FLAG_BROADCAST } else { 0 }).to_le_bytes());
+    h
 }
 
 fn welcome_json(party: &Party) -> String {

@@ -2,6 +2,7 @@
 //! and hands the upgraded connection to a handler as a tokio-tungstenite stream with
 //! small buffers and the configured message limit.
 
+use futures_util::SinkExt;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -9,7 +10,8 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::burst::BurstReader;
@@ -139,4 +141,49 @@ pub mod close {
     pub const ROOM_EXPIRED: u16 = 4000;
     /// The same slot resumed on a newer connection.
     pub const REPLACED: u16 = 4001;
+}
+
+/// Writes binary messages, each given as one or more parts laid end to end, straight to
+/// the socket under `ws` with vectored writes, then flushes: the payloads are never
+/// copied into tungstenite's write buffer. Headers are formatted by tungstenite's own
+/// [`FrameHeader`]; whatever tungstenite still holds (a pong, say) is flushed first, and
+/// every byte is written before this returns, so frames never interleave.
+///
+/// A server frame is a header of 2 to 10 bytes followed by the unmasked payload (RFC
+/// 6455 section 5.2); `messages` yields the parts of each message.
+pub(crate) async fn write_binary_vectored<'a, I>(ws: &mut WsStream, messages: I) -> std::io::Result<()>
+where
+    I: IntoIterator<Item = &'a [&'a [u8]]>,
+{
+    use tokio::io::AsyncWriteExt;
+
+    ws.flush().await.map_err(std::io::Error::other)?;
+    let messages: Vec<&[&[u8]]> = messages.into_iter().collect();
+    let header = FrameHeader { opcode: OpCode::Data(Data::Binary), ..FrameHeader::default() };
+    let mut headers = Vec::with_capacity(messages.len() * 10);
+    let mut ends = Vec::with_capacity(messages.len());
+    for parts in &messages {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        header.format(len as u64, &mut headers).map_err(std::io::Error::other)?;
+        ends.push(headers.len());
+    }
+    let mut slices = Vec::with_capacity(messages.len() * 3);
+    let mut start = 0;
+    for (parts, end) in messages.iter().zip(ends) {
+        slices.push(std::io::IoSlice::new(&headers[start..end]));
+        slices.extend(parts.iter().filter(|p| !p.is_empty()).map(|p| std::io::IoSlice::new(p)));
+        start = end;
+    }
+    let io = ws.get_mut();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        // At most IOV_MAX (1024) slices per call.
+        let take = rest.len().min(1024);
+        let n = io.write_vectored(&rest[..take]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    io.flush().await
 }
