@@ -151,8 +151,12 @@ pub mod close {
 ///
 /// A server frame is a header of 2 to 10 bytes followed by the unmasked payload (RFC
 /// 6455 section 5.2); `messages` yields the parts of each message.
-pub(crate) async fn write_binary_vectored<'a, I>(ws: &mut WsStream, messages: I) -> std::io::Result<()>
+pub(crate) async fn write_binary_vectored<'a, S, I>(
+    ws: &mut WebSocketStream<S>,
+    messages: I,
+) -> std::io::Result<()>
 where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     I: IntoIterator<Item = &'a [&'a [u8]]>,
 {
     use tokio::io::AsyncWriteExt;
@@ -186,4 +190,41 @@ where
         std::io::IoSlice::advance_slices(&mut rest, n);
     }
     io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    /// Messages of every length format (7-bit, 16-bit, 64-bit), one of several parts and
+    /// one empty, after a text frame tungstenite still held, through a pipe small enough
+    /// that every write is partial: the client reads them all, whole and in order.
+    #[tokio::test]
+    async fn vectored_messages_arrive_whole_and_in_order_after_what_tungstenite_held() {
+        let (server_io, client_io) = tokio::io::duplex(1024);
+        let mut server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let sizes = [0usize, 1, 125, 126, 65_535, 65_536, 200_000];
+        let payloads: Vec<Vec<u8>> =
+            sizes.iter().map(|&n| (0..n).map(|i| (i % 251) as u8).collect()).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 1 + sizes.len() + 1 {
+                got.push(client.next().await.expect("a message").expect("a valid frame"));
+            }
+            got
+        });
+        server.feed(Message::text("first")).await.unwrap();
+        let parts: Vec<Vec<&[u8]>> = payloads.iter().map(|p| vec![&p[..]]).collect();
+        let split = [&payloads[4][..10], &payloads[4][10..]];
+        let messages = parts.iter().map(|p| &p[..]).chain(std::iter::once(&split[..]));
+        write_binary_vectored(&mut server, messages).await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(got[0], Message::text("first"));
+        for (msg, want) in got[1..].iter().zip(payloads.iter().chain(std::iter::once(&payloads[4]))) {
+            assert_eq!(msg, &Message::binary(want.clone()));
+        }
+    }
 }
