@@ -21,9 +21,9 @@ use crate::util::Target;
 ///
 /// Workloads (each bounded in count and time, loopback only):
 ///
-///   push-latency   one party asks for an ID, another publishes it (256 B); p50/p99/max us, pipelined (the
-///                  next publish leaves as soon as the previous message arrived; the target) and after an
-///                  idle pause of about 1 ms (reported: adds waking idle threads and CPUs).
+///   push-latency   one party asks for an ID, another publishes it (256 B); p50/p99/max us, pipelined (asks
+///                  sent 64 messages ahead; each publish leaves as soon as the previous message arrived; the
+///                  target) and after an idle pause of about 1 ms (reported: adds waking idle threads and CPUs).
 ///   throughput     P pairs (default 8), receivers ask ahead within a window, senders publish 256 B; msg/s, MB/s.
 ///   throughput-64k the same with 64 KiB payloads and 4 pairs; MB/s.
 ///   fanout         a room of N (default 16), every party broadcasts M messages; deliveries/s, p99. Relay only.
