@@ -246,7 +246,7 @@ impl Conn {
 
 /// One mailbox connection, from upgrade to close.
 async fn run(state: AppState, conn: MailboxConn, socket: WsStream, _guard: DrainGuard, meter: UsageMeter) {
-    let config = state.config().clone();
+    let config = state.config();
     let _open = state.metrics().websocket_opened(WsKind::Mailbox);
     let mut shutdown = state.shutdown_watch();
     let shutdown = async move { shutdown.wait_for(|stopping| *stopping).await.is_ok() }.fuse();

@@ -354,7 +354,7 @@ impl PartyConn {
 /// The WebSocket task of one party: welcome, then events out and frames in until the
 /// room closes, the party leaves, the socket drops or the server shuts down.
 async fn run_party(mut ws: WsStream, party: Party, state: AppState, _guard: DrainGuard, meter: UsageMeter) {
-    let config = state.config().clone();
+    let config = state.config();
     let _open = state.metrics().websocket_opened(WsKind::Room);
     let welcome = welcome_json(&party);
     if ws.send(Message::text(welcome)).await.is_err() {
