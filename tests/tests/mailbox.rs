@@ -432,3 +432,51 @@ async fn a_receiver_that_stops_reading_is_closed_as_a_slow_consumer() {
         assert!(end.is_none(), "expected a close or the end of the stream, got {end:?}");
     }
 }
+
+/// A frame larger than the socket buffers between relay and reader, to a reader that
+/// pauses past the write timeout: the relay gives up on the write with part of the frame
+/// on the wire, so it lets the frame finish (within its close wait) before its close
+/// frame. The reader gets the whole frame and then a close, never half a frame followed
+/// by something else.
+#[tokio::test]
+async fn a_write_given_up_mid_frame_still_ends_with_whole_frames() {
+    let limits = Limits { max_message_bytes: 24 << 20, ..Limits::default() };
+    let config = ServerConfig { limits, ws_idle_timeout: Duration::from_millis(800), ..open_config() };
+    let addr = open_server(config).await;
+    let mut reader = connect(addr, "/v1/msg-relay").await;
+    let mut publisher = connect(addr, "/v1/msg-relay").await;
+    let id = id_of("torn");
+    send(&mut reader, ask(id, 60)).await;
+    tokio::time::sleep(QUIET).await;
+    // 14 MiB: more than loopback's socket buffers hold (tcp_wmem and tcp_rmem allow 4 MiB
+    // and 6 MiB by default), within the test client's 16 MiB message limit.
+    let payload = vec![0x3cu8; 14 << 20];
+    send(&mut publisher, frame(id, 60, 0, &payload)).await;
+    // Past the write timeout, inside the relay's close wait.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut whole = 0;
+    loop {
+        // After the frame: a close if the relay gave up on the write, or nothing at all
+        // if the socket buffers took the whole frame in time (nothing was given up).
+        let wait = if whole == 0 { STEP_TIMEOUT } else { QUIET * 3 };
+        let Ok(next) = tokio::time::timeout(wait, reader.next()).await else {
+            assert_eq!(whole, 1, "the frame never arrived");
+            break;
+        };
+        match next {
+            Some(Ok(Message::Binary(b))) => {
+                assert_eq!(b.len(), 36 + payload.len(), "a binary frame arrived cut");
+                whole += 1;
+            }
+            Some(Ok(Message::Close(Some(c)))) => {
+                assert_eq!((u16::from(c.code), c.reason.as_str()), (1013, "slow consumer"));
+                break;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+            Some(Err(e)) => panic!("the stream broke instead of closing: {e}"),
+            None => panic!("the relay dropped the connection without a close"),
+        }
+    }
+    assert_eq!(whole, 1);
+}

@@ -30,10 +30,9 @@ use crate::metrics::WsKind;
 use crate::server::{AppState, DrainGuard};
 use crate::ws::{self, WsStream, close, close_message};
 
-/// Frames taken from the connection's queue per batch; one flush per batch.
+/// Frames taken from the connection's queue per write: one vectored write each, and at
+/// most this many frames in flight beyond the queue's own bound.
 const OUT_BATCH: usize = 64;
-/// Most frames written with one vectored write (two slices each, within IOV_MAX).
-const WRITE_BATCH_MAX: usize = 256;
 
 /// After sending a close frame, how long the peer gets to read it and answer before the
 /// socket is dropped (dropping with unread input would reset the connection and could
@@ -119,6 +118,8 @@ enum End {
     Close(u16, &'static str),
     /// The peer closed or the socket failed: answer a close if one is owed, nothing else.
     Gone,
+    /// A write was cut off mid-frame: drop the socket without writing anything more.
+    Torn,
 }
 
 /// What woke a connection's task, once it has handled every frame the socket had.
@@ -299,26 +300,23 @@ async fn run(state: AppState, conn: MailboxConn, socket: WsStream, _guard: Drain
     finish(socket, end, config.limits.max_message_bytes).await;
 }
 
-/// Writes `batch`, and whatever else is ready meanwhile, then flushes once. Gives up
-/// when the connection turns slow or the write does not finish within `timeout`. A
-/// write that completes at once (the usual case: the socket has room) arms no timer.
+/// Writes `batch`, topped up with whatever else is ready (at most [`OUT_BATCH`] frames
+/// in all), with one vectored write. Gives up when the connection turns slow or the
+/// write does not finish within `timeout`. A write that completes at once (the usual
+/// case: the socket has room) arms no timer.
 async fn write_batch(
     socket: &mut WsStream,
     conn: &MailboxConn,
     batch: &mut Vec<Bytes>,
     timeout: Duration,
 ) -> Option<End> {
+    let torn = std::sync::atomic::AtomicBool::new(false);
     let write = async {
-        // Everything ready now, up to a bound, in one vectored write.
-        while batch.len() < WRITE_BATCH_MAX {
-            match conn.try_recv_many(batch, OUT_BATCH) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => return Ok(false),
-            }
+        if batch.len() < OUT_BATCH && conn.try_recv_many(batch, OUT_BATCH - batch.len()).is_err() {
+            return Ok(false);
         }
         let parts: Vec<[&[u8]; 1]> = batch.iter().map(|f| [&f[..]]).collect();
-        ws::write_binary_vectored(socket, parts.iter().map(|p| &p[..])).await?;
+        ws::write_binary_vectored(socket, parts.iter().map(|p| &p[..]), &torn).await?;
         batch.clear();
         Ok::<bool, std::io::Error>(true)
     };
@@ -326,13 +324,25 @@ async fn write_batch(
     let written = match write.as_mut().now_or_never() {
         Some(written) => written,
         None => {
-            tokio::select! {
-                written = tokio::time::timeout(timeout, write) => match written {
-                    Ok(written) => written,
-                    Err(_) => return Some(End::Close(close::TRY_AGAIN_LATER, "slow consumer")),
+            let given_up = tokio::select! {
+                written = tokio::time::timeout(timeout, write.as_mut()) => match written {
+                    Ok(written) => Ok(written),
+                    Err(_) => Err(End::Close(close::TRY_AGAIN_LATER, "slow consumer")),
                 },
                 // Wins only while the write is blocked on a peer that stopped reading.
-                () = conn.slow_consumer() => return Some(close_for(&MailboxError::SlowConsumer)),
+                () = conn.slow_consumer() => Err(close_for(&MailboxError::SlowConsumer)),
+            };
+            match given_up {
+                Ok(written) => written,
+                Err(end) if !torn.load(std::sync::atomic::Ordering::Relaxed) => return Some(end),
+                Err(end) => {
+                    // Part of a frame is on the wire: the close frame may only follow it
+                    // whole. Give the peer a moment to take the rest, else just drop.
+                    return match tokio::time::timeout(CLOSE_WAIT, write.as_mut()).await {
+                        Ok(Ok(_)) => Some(end),
+                        Ok(Err(_)) | Err(_) => Some(End::Torn),
+                    };
+                }
             }
         }
     };
@@ -369,6 +379,7 @@ async fn finish(mut socket: WsStream, end: End, max_message_bytes: usize) {
             let _ = tokio::time::timeout(CLOSE_WAIT, socket.close(None)).await;
             return;
         }
+        End::Torn => return,
     }
     let io = socket.get_mut();
     let drain = async {

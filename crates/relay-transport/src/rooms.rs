@@ -378,13 +378,23 @@ async fn run_party(mut ws: WsStream, party: Party, state: AppState, _guard: Drai
         match std::future::poll_fn(|cx| c.poll_step(cx, shutdown.as_mut())).await {
             Step::Exit(exit) => break exit,
             Step::Event(event) => {
-                let write = write_events(&mut c.ws, &mut c.party, event, config.limits.send_queue_frames);
+                let torn = std::sync::atomic::AtomicBool::new(false);
+                let max = config.limits.send_queue_frames;
+                let write = write_events(&mut c.ws, &mut c.party, event, max, &torn);
                 let mut write = std::pin::pin!(write);
                 // The usual case, a socket with room, finishes at once and arms no timer.
                 let written = match write.as_mut().now_or_never() {
                     Some(written) => Ok(written),
-                    None => tokio::time::timeout(config.ws_idle_timeout, write).await,
+                    None => tokio::time::timeout(config.ws_idle_timeout, write.as_mut()).await,
                 };
+                if written.is_err() && torn.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Part of a frame is on the wire: the close may only follow it whole.
+                    // Give the peer a moment to take the rest, else just drop.
+                    let rest = tokio::time::timeout(config.shutdown_grace, write.as_mut()).await;
+                    if !matches!(rest, Ok(Ok(_))) {
+                        break Exit::Dropped;
+                    }
+                }
                 match written {
                     Ok(Ok(None)) => {}
                     Ok(Ok(Some(reason))) => break Exit::Close(reason.code(), reason.text()),
@@ -486,6 +496,7 @@ async fn write_events(
     party: &mut Party,
     first: PartyEvent,
     max_batch: usize,
+    torn: &std::sync::atomic::AtomicBool,
 ) -> Result<Option<CloseReason>, WsError> {
     // (relay header, payload) of the data events not yet written.
     let mut data: Vec<([u8; RELAY_HEADER], Bytes)> = Vec::new();
@@ -500,14 +511,15 @@ async fn write_events(
                 break;
             }
             PartyEvent::Joined(slot) => {
-                write_control(ws, &mut data, serde_json::json!({"type": "joined", "slot": slot})).await?;
+                write_control(ws, &mut data, torn, serde_json::json!({"type": "joined", "slot": slot}))
+                    .await?;
             }
             PartyEvent::Left(slot) => {
-                write_control(ws, &mut data, serde_json::json!({"type": "left", "slot": slot})).await?;
+                write_control(ws, &mut data, torn, serde_json::json!({"type": "left", "slot": slot})).await?;
             }
             PartyEvent::Ready { room_size } => {
                 let ready = serde_json::json!({"type": "ready", "room_size": room_size});
-                write_control(ws, &mut data, ready).await?;
+                write_control(ws, &mut data, torn, ready).await?;
             }
         }
         taken += 1;
@@ -515,19 +527,23 @@ async fn write_events(
             next = party.try_next_event();
         }
     }
-    write_data(ws, &mut data).await?;
+    write_data(ws, &mut data, torn).await?;
     ws.flush().await?;
     Ok(closed)
 }
 
 /// Writes the data events in `data` with one vectored write (after whatever tungstenite
 /// holds), and empties it.
-async fn write_data(ws: &mut WsStream, data: &mut Vec<([u8; RELAY_HEADER], Bytes)>) -> Result<(), WsError> {
+async fn write_data(
+    ws: &mut WsStream,
+    data: &mut Vec<([u8; RELAY_HEADER], Bytes)>,
+    torn: &std::sync::atomic::AtomicBool,
+) -> Result<(), WsError> {
     if data.is_empty() {
         return Ok(());
     }
     let parts: Vec<[&[u8]; 2]> = data.iter().map(|(h, p)| [&h[..], &p[..]]).collect();
-    crate::ws::write_binary_vectored(ws, parts.iter().map(|p| &p[..])).await?;
+    crate::ws::write_binary_vectored(ws, parts.iter().map(|p| &p[..]), torn).await?;
     data.clear();
     Ok(())
 }
@@ -536,9 +552,10 @@ async fn write_data(ws: &mut WsStream, data: &mut Vec<([u8; RELAY_HEADER], Bytes
 async fn write_control(
     ws: &mut WsStream,
     data: &mut Vec<([u8; RELAY_HEADER], Bytes)>,
+    torn: &std::sync::atomic::AtomicBool,
     event: serde_json::Value,
 ) -> Result<(), WsError> {
-    write_data(ws, data).await?;
+    write_data(ws, data, torn).await?;
     ws.feed(Message::text(event.to_string())).await
 }
 

@@ -151,9 +151,15 @@ pub mod close {
 ///
 /// A server frame is a header of 2 to 10 bytes followed by the unmasked payload (RFC
 /// 6455 section 5.2); `messages` yields the parts of each message.
+///
+/// `torn` is set while bytes of the batch are on the wire but not all of them: while it
+/// is, anything else written to the socket (a close frame) would be read as the rest of
+/// a frame. A caller that gives up waiting can finish this future first, or drop the
+/// socket without writing anything more.
 pub(crate) async fn write_binary_vectored<'a, S, I>(
     ws: &mut WebSocketStream<S>,
     messages: I,
+    torn: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -188,6 +194,7 @@ where
             return Err(std::io::ErrorKind::WriteZero.into());
         }
         std::io::IoSlice::advance_slices(&mut rest, n);
+        torn.store(!rest.is_empty(), std::sync::atomic::Ordering::Relaxed);
     }
     io.flush().await
 }
@@ -220,11 +227,28 @@ mod tests {
         let parts: Vec<Vec<&[u8]>> = payloads.iter().map(|p| vec![&p[..]]).collect();
         let split = [&payloads[4][..10], &payloads[4][10..]];
         let messages = parts.iter().map(|p| &p[..]).chain(std::iter::once(&split[..]));
-        write_binary_vectored(&mut server, messages).await.unwrap();
+        let torn = std::sync::atomic::AtomicBool::new(false);
+        write_binary_vectored(&mut server, messages, &torn).await.unwrap();
+        assert!(!torn.load(std::sync::atomic::Ordering::Relaxed));
         let got = reader.await.unwrap();
         assert_eq!(got[0], Message::text("first"));
         for (msg, want) in got[1..].iter().zip(payloads.iter().chain(std::iter::once(&payloads[4]))) {
             assert_eq!(msg, &Message::binary(want.clone()));
         }
+    }
+
+    /// A write cut off by a timeout while the peer does not read leaves `torn` set, so
+    /// the caller knows not to write a close frame after half a frame.
+    #[tokio::test]
+    async fn a_write_cut_off_mid_frame_is_torn() {
+        let (server_io, _client_io) = tokio::io::duplex(1024);
+        let mut server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let payload = vec![7u8; 10_000];
+        let parts = [&payload[..]];
+        let torn = std::sync::atomic::AtomicBool::new(false);
+        let write = write_binary_vectored(&mut server, [&parts[..]], &torn);
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(50), write).await;
+        assert!(cut.is_err(), "nobody reads: the write cannot finish");
+        assert!(torn.load(std::sync::atomic::Ordering::Relaxed));
     }
 }
