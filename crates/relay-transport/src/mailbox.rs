@@ -3,8 +3,9 @@
 //!
 //! Refusals before the upgrade are JSON HTTP errors. After it, one task per connection
 //! moves frames between the socket and a [`relay_core::MailboxConn`]: binary frames in
-//! go to the core as the `Bytes` tungstenite produced, frames out are fed to the socket
-//! as they come and flushed once per batch. Errors close the socket with a code.
+//! go to the core as the `Bytes` tungstenite produced (their receivers woken once per
+//! burst), frames out leave in batches with one vectored write each, never copied.
+//! Errors close the socket with a code.
 
 use std::pin::Pin;
 use std::str::FromStr;

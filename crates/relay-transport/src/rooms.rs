@@ -5,7 +5,8 @@
 //! upgrade one task per connection moves frames between the socket and a
 //! [`relay_core::rooms::Party`]: it pulls events from the room only as fast as the
 //! socket takes them, so a slow reader never costs more memory than the room's
-//! held-bytes bound; it feeds every event that is ready and flushes once.
+//! held-bytes bound; it writes every event that is ready and flushes once (data events
+//! with one vectored write per run of them).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

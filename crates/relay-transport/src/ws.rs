@@ -1,6 +1,7 @@
 //! The WebSocket upgrade: validates the handshake (RFC 6455 section 4.2.1), answers 101,
 //! and hands the upgraded connection to a handler as a tokio-tungstenite stream with
-//! small buffers and the configured message limit.
+//! small buffers and the configured message limit. Also the vectored write of binary
+//! frames that both routes use for their data (`write_binary_vectored`).
 
 use futures_util::SinkExt;
 use hyper::body::Incoming;
