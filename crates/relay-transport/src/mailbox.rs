@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::FusedFuture;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use relay_core::RoomId;
@@ -185,18 +185,9 @@ impl Conn {
         let now = Instant::now();
         let (mut relayed, mut relayed_bytes) = (0u64, 0usize);
         let polled = loop {
-            // Frames already buffered by tungstenite come without touching the socket, so
-            // they cost no coop budget of their own: charge one per frame, so a burst
-            // yields to the receivers it feeds instead of overflowing their queues first.
-            let coop = match tokio::task::coop::poll_proceed(cx) {
-                Poll::Ready(coop) => coop,
-                Poll::Pending => break Poll::Pending,
+            let Poll::Ready(incoming) = ws::poll_next_message(&mut self.socket, cx) else {
+                break Poll::Pending;
             };
-            let incoming = match self.socket.poll_next_unpin(cx) {
-                Poll::Ready(incoming) => incoming,
-                Poll::Pending => break Poll::Pending,
-            };
-            coop.made_progress();
             self.heard = true;
             match incoming {
                 Some(Ok(_)) if !self.message_rate.allow(now) => {
@@ -250,9 +241,7 @@ impl Conn {
 async fn run(state: AppState, conn: MailboxConn, socket: WsStream, _guard: DrainGuard, meter: UsageMeter) {
     let config = state.config();
     let _open = state.metrics().websocket_opened(WsKind::Mailbox);
-    let mut shutdown = state.shutdown_watch();
-    let shutdown = async move { shutdown.wait_for(|stopping| *stopping).await.is_ok() }.fuse();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = std::pin::pin!(state.shutting_down());
     let mut ping =
         tokio::time::interval_at(Instant::now() + config.ws_ping_interval, config.ws_ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);

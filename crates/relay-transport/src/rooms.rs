@@ -283,22 +283,15 @@ impl PartyConn {
     /// spent (`Pending`, with a wake-up registered either way), or one needs an answer
     /// or ends the connection (`Ready`).
     fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        let now = Instant::now();
         let (mut relayed, mut relayed_bytes) = (0u64, 0usize);
         let polled = loop {
-            // Frames already buffered by tungstenite cost no coop budget of their own:
-            // charge one per frame, so a burst yields to the parties it feeds.
-            let coop = match tokio::task::coop::poll_proceed(cx) {
-                Poll::Ready(coop) => coop,
-                Poll::Pending => break Poll::Pending,
+            let Poll::Ready(incoming) = crate::ws::poll_next_message(&mut self.ws, cx) else {
+                break Poll::Pending;
             };
-            let incoming = match self.ws.poll_next_unpin(cx) {
-                Poll::Ready(incoming) => incoming,
-                Poll::Pending => break Poll::Pending,
-            };
-            coop.made_progress();
-            self.last_seen = Instant::now();
+            self.last_seen = now;
             let msg = match incoming {
-                Some(Ok(_)) if !self.message_rate.allow(self.last_seen) => {
+                Some(Ok(_)) if !self.message_rate.allow(now) => {
                     self.state.metrics().rate_limited("ws_message");
                     break Poll::Ready(Step::Exit(Exit::Close(
                         close::TRY_AGAIN_LATER,
@@ -361,9 +354,7 @@ async fn run_party(mut ws: WsStream, party: Party, state: AppState, _guard: Drai
     if ws.send(Message::text(welcome)).await.is_err() {
         return;
     }
-    let mut shutdown = state.shutdown_watch();
-    let shutdown = async move { shutdown.wait_for(|stopping| *stopping).await.is_ok() }.fuse();
-    let mut shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = std::pin::pin!(state.shutting_down());
     let ping_every = config.ws_ping_interval;
     let now = Instant::now();
     let mut c = PartyConn {

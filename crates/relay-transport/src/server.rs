@@ -193,6 +193,17 @@ impl AppState {
         self.inner.shutdown_tx.subscribe()
     }
 
+    /// Resolves to true once shutdown starts (to false if the state goes away first).
+    /// Fused, so a connection's poll loop can poll it on every turn, after it resolved
+    /// too.
+    pub(crate) fn shutting_down(
+        &self,
+    ) -> impl futures_util::future::FusedFuture<Output = bool> + Send + use<> {
+        use futures_util::FutureExt;
+        let mut stop = self.shutdown_watch();
+        async move { stop.wait_for(|stopping| *stopping).await.is_ok() }.fuse()
+    }
+
     /// A guard for a new WebSocket task, or `None` while shutting down.
     pub(crate) fn drain_guard(&self) -> Option<DrainGuard> {
         let tx = self.inner.drain_tx.lock().unwrap_or_else(|e| e.into_inner()).clone()?;

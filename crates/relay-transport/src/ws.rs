@@ -115,6 +115,22 @@ where
     resp
 }
 
+/// The next message of `ws` if one is ready, for a connection's hand-written poll loop.
+/// Charges one unit of the task's coop budget per message: messages tungstenite already
+/// buffered come without touching the socket, so they would cost none of their own, and
+/// a burst would starve the tasks it feeds. `Pending` (with a wake-up registered) when
+/// no message is ready or the budget is spent.
+pub(crate) fn poll_next_message(
+    ws: &mut WsStream,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Option<Result<Message, tokio_tungstenite::tungstenite::Error>>> {
+    use futures_util::StreamExt;
+    let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+    let next = std::task::ready!(ws.poll_next_unpin(cx));
+    coop.made_progress();
+    std::task::Poll::Ready(next)
+}
+
 /// A close message with `code` and `reason`.
 pub fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() }))
