@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Better, Goal, Metric};
 use crate::util::{
-    Target, histogram, mailbox_frame, message_id, next_binary, record, rss_kib, run_tag, send_binary,
-    ws_connect,
+    Target, histogram, mailbox_frame, message_id, next_binary, record, rss_kib, run_concurrently, run_tag,
+    send_binary, ws_connect,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -230,24 +230,17 @@ pub(crate) async fn throughput(
 
 /// Workload 5a: WebSocket handshakes per second over plain HTTP, `concurrency` at a time.
 pub(crate) async fn handshakes(t: &Target, total: u64, concurrency: u64) -> anyhow::Result<Vec<Metric>> {
-    let counter = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let counter = counter.clone();
+    let t = t.clone();
+    let elapsed = run_concurrently(total, concurrency, move || {
         let t = t.clone();
-        tasks.push(tokio::spawn(async move {
-            while counter.fetch_add(1, Ordering::Relaxed) < total {
-                let mut ws = ws_connect(t.addr, &t.mailbox_path()).await?;
-                let _ = ws.close(None).await;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let rate = total as f64 / start.elapsed().as_secs_f64();
+        async move {
+            let mut ws = ws_connect(t.addr, &t.mailbox_path()).await?;
+            let _ = ws.close(None).await;
+            Ok(())
+        }
+    })
+    .await?;
+    let rate = total as f64 / elapsed.as_secs_f64();
     Ok(vec![Metric::new("websocket handshakes/s", rate, Better::Higher, Goal::Absolute(5000.0))])
 }
 

@@ -10,7 +10,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Better, Goal, Metric};
-use crate::util::{Target, Ws, histogram, next_binary, next_json, post_json, send_binary, ws_connect};
+use crate::util::{
+    Target, Ws, histogram, next_binary, next_json, post_json, run_concurrently, send_binary, ws_connect,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 const BROADCAST: u16 = 0xFFFF;
@@ -248,26 +250,19 @@ pub(crate) async fn p2p_latency(t: &Target, iterations: u64, payload: usize) -> 
 /// Workload 5b: rooms of 2 created and joined by both parties, `concurrency` at a time;
 /// joins per second.
 pub(crate) async fn joins(t: &Target, rooms: u64, concurrency: u64) -> anyhow::Result<Vec<Metric>> {
-    let counter = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let counter = counter.clone();
+    let t = t.clone();
+    let elapsed = run_concurrently(rooms, concurrency, move || {
         let t = t.clone();
-        tasks.push(tokio::spawn(async move {
-            while counter.fetch_add(1, Ordering::Relaxed) < rooms {
-                let room = create_room(&t, 2).await?;
-                let (mut a, _) = join(&t, &room).await?;
-                let (mut b, _) = join(&t, &room).await?;
-                let _ = a.send(Message::text(r#"{"type":"leave"}"#)).await;
-                let _ = b.send(Message::text(r#"{"type":"leave"}"#)).await;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    let rate = (2 * rooms) as f64 / start.elapsed().as_secs_f64();
+        async move {
+            let room = create_room(&t, 2).await?;
+            let (mut a, _) = join(&t, &room).await?;
+            let (mut b, _) = join(&t, &room).await?;
+            let _ = a.send(Message::text(r#"{"type":"leave"}"#)).await;
+            let _ = b.send(Message::text(r#"{"type":"leave"}"#)).await;
+            Ok(())
+        }
+    })
+    .await?;
+    let rate = (2 * rooms) as f64 / elapsed.as_secs_f64();
     Ok(vec![Metric::new("room joins/s (incl. creation)", rate, Better::Higher, Goal::None)])
 }

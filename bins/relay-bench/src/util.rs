@@ -160,6 +160,31 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// A microsecond histogram (1 µs .. 60 s, 3 significant figures).
+/// Runs `job` `total` times, `concurrency` jobs at a time (each on its own task, taking
+/// the next turn when done); returns how long they all took.
+pub(crate) async fn run_concurrently<F, Fut>(total: u64, concurrency: u64, job: F) -> anyhow::Result<Duration>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let turns = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (turns, job) = (turns.clone(), job.clone());
+        tasks.push(tokio::spawn(async move {
+            while turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                job().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed())
+}
+
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
