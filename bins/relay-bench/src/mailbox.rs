@@ -14,8 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Better, Goal, Metric};
 use crate::util::{
-    Target, histogram, mailbox_frame, message_id, next_binary, record, rss_kib, run_concurrently, run_tag,
-    send_binary, ws_connect,
+    Target, histogram, latency_metrics, mailbox_frame, message_id, next_binary, record, rss_kib,
+    run_concurrently, run_tag, send_binary, ws_connect,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -82,33 +82,10 @@ pub(crate) async fn push_latency(t: &Target, iterations: u64, payload: usize) ->
         record(&mut cold, start);
         check(&got, &id)?;
     }
-    Ok(vec![
-        Metric::new(
-            format!("push p50 (us), {payload} B, pipelined"),
-            warm.value_at_quantile(0.5) as f64,
-            Better::Lower,
-            Goal::Ratio(0.8),
-        ),
-        Metric::new(
-            "push p99 (us), pipelined",
-            warm.value_at_quantile(0.99) as f64,
-            Better::Lower,
-            Goal::None,
-        ),
-        Metric::new("push max (us), pipelined", warm.max() as f64, Better::Lower, Goal::None),
-        Metric::new(
-            "push p50 (us), after idle",
-            cold.value_at_quantile(0.5) as f64,
-            Better::Lower,
-            Goal::None,
-        ),
-        Metric::new(
-            "push p99 (us), after idle",
-            cold.value_at_quantile(0.99) as f64,
-            Better::Lower,
-            Goal::None,
-        ),
-    ])
+    let mut metrics = latency_metrics("push", payload, &warm, &cold, Goal::Ratio(0.8));
+    let max = Metric::new("push max (us), pipelined", warm.max() as f64, Better::Lower, Goal::None);
+    metrics.insert(2, max);
+    Ok(metrics)
 }
 
 /// Asks for the IDs `range` of stream 0 of `run`, with one flush.

@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Better, Goal, Metric};
 use crate::util::{
-    Target, Ws, histogram, next_binary, next_json, post_json, run_concurrently, send_binary, ws_connect,
+    Target, Ws, histogram, latency_metrics, next_binary, next_json, post_json, run_concurrently, send_binary,
+    ws_connect,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -219,32 +220,7 @@ pub(crate) async fn p2p_latency(t: &Target, iterations: u64, payload: usize) -> 
         tokio::time::sleep(Duration::from_micros(300)).await;
         one(&mut cold, iterations + warmup + i, true).await?;
     }
-    Ok(vec![
-        Metric::new(
-            format!("p2p p50 (us), {payload} B, pipelined"),
-            warm.value_at_quantile(0.5) as f64,
-            Better::Lower,
-            Goal::None,
-        ),
-        Metric::new(
-            "p2p p99 (us), pipelined",
-            warm.value_at_quantile(0.99) as f64,
-            Better::Lower,
-            Goal::None,
-        ),
-        Metric::new(
-            "p2p p50 (us), after idle",
-            cold.value_at_quantile(0.5) as f64,
-            Better::Lower,
-            Goal::None,
-        ),
-        Metric::new(
-            "p2p p99 (us), after idle",
-            cold.value_at_quantile(0.99) as f64,
-            Better::Lower,
-            Goal::None,
-        ),
-    ])
+    Ok(latency_metrics("p2p", payload, &warm, &cold, Goal::None))
 }
 
 /// Workload 5b: rooms of 2 created and joined by both parties, `concurrency` at a time;

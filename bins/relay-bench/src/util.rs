@@ -15,6 +15,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::report::{Better, Goal, Metric};
+
 /// A client WebSocket.
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
@@ -183,6 +185,26 @@ where
         task.await??;
     }
     Ok(start.elapsed())
+}
+
+/// The rows every latency workload reports, named after `what` ("push", "p2p"): p50
+/// (against `p50_goal`) and p99 pipelined, then p50 and p99 after idle.
+pub(crate) fn latency_metrics(
+    what: &str,
+    payload: usize,
+    warm: &Histogram<u64>,
+    cold: &Histogram<u64>,
+    p50_goal: Goal,
+) -> Vec<Metric> {
+    let row = |name: String, h: &Histogram<u64>, q: f64, goal| {
+        Metric::new(name, h.value_at_quantile(q) as f64, Better::Lower, goal)
+    };
+    vec![
+        row(format!("{what} p50 (us), {payload} B, pipelined"), warm, 0.5, p50_goal),
+        row(format!("{what} p99 (us), pipelined"), warm, 0.99, Goal::None),
+        row(format!("{what} p50 (us), after idle"), cold, 0.5, Goal::None),
+        row(format!("{what} p99 (us), after idle"), cold, 0.99, Goal::None),
+    ]
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
