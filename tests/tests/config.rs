@@ -107,6 +107,7 @@ async fn bad_values_exit_2_naming_the_key_or_variable() {
         ("log_format = \"xml\"", "log_format"),
         ("insecure_api_keys_not_enforced = \"yes\"", "insecure_api_keys_not_enforced"),
         ("max_connections = 0", "max_connections"),
+        ("busy_poll_us = 10001", "busy_poll_us"),
         ("max_rooms = ", "not valid TOML"),
     ] {
         let file = write_config(&dir, text);
@@ -116,9 +117,12 @@ async fn bad_values_exit_2_naming_the_key_or_variable() {
         assert!(stderr.contains(key) && stderr.contains(&file), "{text}: {stderr}");
     }
 
-    for (var, value) in
-        [("RELAY_MAX_ROOMS", "many"), ("RELAY_ROOM_ID_PREFIX", "XYZ"), ("RELAY_LOG_FORMAT", "xml")]
-    {
+    for (var, value) in [
+        ("RELAY_MAX_ROOMS", "many"),
+        ("RELAY_ROOM_ID_PREFIX", "XYZ"),
+        ("RELAY_LOG_FORMAT", "xml"),
+        ("RELAY_BUSY_POLL_US", "20000"),
+    ] {
         let out = run_binary_with_env(&["--insecure-api-keys-not-enforced"], &[(var, value)]).await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{var}: {stderr}");

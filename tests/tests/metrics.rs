@@ -291,6 +291,34 @@ async fn mailbox_traffic_moves_mailbox_counters_and_gauges() {
     state.begin_shutdown();
 }
 
+/// With busy polling on (`--busy-poll-us`), mailbox traffic is relayed as usual and the
+/// time the workers spent spinning shows up at `/metrics`; with it off, the series is
+/// absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_relays_mailbox_traffic_and_reports_its_spinning() {
+    let off = serve_in_process(open_config()).await.unwrap();
+    assert!(!scrape(off.0).await.text.contains("relay_busy_poll"), "busy polling is off by default");
+    off.1.begin_shutdown();
+
+    let config = ServerConfig { busy_poll: Duration::from_micros(500), ..open_config() };
+    let (addr, state) = serve_in_process(config).await.unwrap();
+    let s = scrape(addr).await;
+    assert_eq!(s.get("relay_busy_poll_seconds_total"), 0.0, "nothing spun before any frame");
+    assert_eq!(s.types.get("relay_busy_poll_backoffs_total").map(String::as_str), Some("counter"));
+
+    let mut asker = ws_connect(addr, "/v1/msg-relay").await.unwrap();
+    let mut publisher = ws_connect(addr, "/v1/msg-relay").await.unwrap();
+    for tag in 1..=20u8 {
+        send(&mut asker, mailbox_frame(tag, 60, b"")).await;
+        let published = mailbox_frame(tag, 60, b"payload");
+        send(&mut publisher, published.clone()).await;
+        assert_eq!(next_binary(&mut asker).await, published);
+    }
+    // A spell is counted when it ends, one window after the last frame (or at a backoff).
+    scrape_until(addr, "spinning is reported", |s| s.get("relay_busy_poll_seconds_total") > 0.0).await;
+    state.begin_shutdown();
+}
+
 #[tokio::test]
 async fn auth_failures_and_refusals_are_counted_under_templates_not_paths() {
     // Keys enforced: a request without one is refused with 401 missing_api_key.

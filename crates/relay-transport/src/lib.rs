@@ -8,6 +8,7 @@ pub mod admin;
 pub mod announce;
 mod auth;
 mod burst;
+mod busy_poll;
 mod config;
 pub mod discovery;
 mod error;
@@ -22,6 +23,7 @@ mod server;
 mod tls;
 pub mod ws;
 
+pub use busy_poll::MAX_BUSY_POLL;
 pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
 pub use metrics::KeyUsage;

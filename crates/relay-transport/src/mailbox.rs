@@ -184,11 +184,13 @@ impl Conn {
     fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         let now = Instant::now();
         let (mut relayed, mut relayed_bytes) = (0u64, 0usize);
+        let mut arrived = false;
         let polled = loop {
             let Poll::Ready(incoming) = ws::poll_next_message(&mut self.socket, cx) else {
                 break Poll::Pending;
             };
             self.heard = true;
+            arrived = true;
             match incoming {
                 Some(Ok(_)) if !self.message_rate.allow(now) => {
                     self.state.metrics().rate_limited("ws_message");
@@ -229,6 +231,9 @@ impl Conn {
                 }
             }
         };
+        if arrived {
+            self.state.frames_arrived();
+        }
         if relayed > 0 {
             self.meter.add(relayed, relayed_bytes as u64, 0);
             self.state.metrics().messages_relayed(WsKind::Mailbox, relayed, relayed_bytes);

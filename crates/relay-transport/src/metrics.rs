@@ -497,6 +497,24 @@ pub(crate) fn render(state: &AppState) -> String {
     );
     m.rate_limited.write(&mut out, "relay_rate_limited_total", "what");
 
+    if let Some(micros) = state.busy_polled_micros() {
+        header(
+            &mut out,
+            "relay_busy_poll_seconds_total",
+            "counter",
+            "Time a worker spent busy polling (--busy-poll-us), added as each spell ends.",
+        );
+        let _ =
+            writeln!(out, "relay_busy_poll_seconds_total {}.{:06}", micros / 1_000_000, micros % 1_000_000);
+        header(
+            &mut out,
+            "relay_busy_poll_backoffs_total",
+            "counter",
+            "Busy-poll spells cut short because other threads wanted the CPU.",
+        );
+        let _ = writeln!(out, "relay_busy_poll_backoffs_total {}", state.busy_poll_backoffs());
+    }
+
     if let Some(source) = m.key_usage.get() {
         let keys = source();
         for (name, help, read) in KEY_METRICS {

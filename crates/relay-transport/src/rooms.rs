@@ -285,11 +285,13 @@ impl PartyConn {
     fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
         let now = Instant::now();
         let (mut relayed, mut relayed_bytes) = (0u64, 0usize);
+        let mut arrived = false;
         let polled = loop {
             let Poll::Ready(incoming) = crate::ws::poll_next_message(&mut self.ws, cx) else {
                 break Poll::Pending;
             };
             self.last_seen = now;
+            arrived = true;
             let msg = match incoming {
                 Some(Ok(_)) if !self.message_rate.allow(now) => {
                     self.state.metrics().rate_limited("ws_message");
@@ -337,6 +339,9 @@ impl PartyConn {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         };
+        if arrived {
+            self.state.frames_arrived();
+        }
         if relayed > 0 {
             self.meter.add(relayed, relayed_bytes as u64, 0);
             self.state.metrics().messages_relayed(WsKind::Room, relayed, relayed_bytes);

@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::auth::Caller;
+use crate::busy_poll::BusyPoll;
 use crate::config::ServerConfig;
 use crate::discovery::Discovery;
 use crate::error::TransportError;
@@ -74,6 +75,8 @@ pub(crate) struct Inner {
     rate_limiter: RateLimiter,
     /// Counters for `/metrics`, bumped with relaxed atomics by the routes.
     metrics: Metrics,
+    /// The busy-poll spinner, when `config.busy_poll` is set.
+    busy_poll: Option<Arc<BusyPoll>>,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -141,6 +144,7 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
+                busy_poll: BusyPoll::new(config.busy_poll, runtime_workers()),
                 mailbox: crate::mailbox::new_hub(&config),
                 config,
                 discovery,
@@ -217,6 +221,24 @@ impl AppState {
         max.saturating_sub(self.inner.connection_slots.available_permits())
     }
 
+    /// A WebSocket handled a burst of frames: with busy polling on, keeps a worker
+    /// polling for the next one. A no-op otherwise.
+    pub(crate) fn frames_arrived(&self) {
+        if let Some(busy_poll) = &self.inner.busy_poll {
+            busy_poll.activity();
+        }
+    }
+
+    /// Microseconds spent busy polling since start (`None` when it is off).
+    pub(crate) fn busy_polled_micros(&self) -> Option<u64> {
+        self.inner.busy_poll.as_ref().map(|b| b.spun_micros())
+    }
+
+    /// Busy-poll spells cut short since start because the CPU was wanted elsewhere.
+    pub(crate) fn busy_poll_backoffs(&self) -> u64 {
+        self.inner.busy_poll.as_ref().map_or(0, |b| b.backoffs())
+    }
+
     /// The counters served at `/metrics`.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -255,6 +277,12 @@ impl AppState {
     }
 }
 
+/// Workers of the current tokio runtime (1 outside one): busy polling runs a spinner
+/// on each.
+fn runtime_workers() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |rt| rt.metrics().num_workers())
+}
+
 /// Serves HTTP and WebSockets on `listener` (over TLS when the config has a
 /// [`crate::TlsHandle`]) until `shutdown` resolves, then stops accepting, closes
 /// WebSockets with 1001 and waits up to the configured grace for open connections to
@@ -270,6 +298,10 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    if let Some(busy_poll) = &state.inner.busy_poll {
+        let stop = state.clone();
+        busy_poll.start(|| stop.shutting_down());
+    }
     let mut stop = state.shutdown_watch();
     let mut refusals = RefusalLog::default();
     tokio::pin!(shutdown);

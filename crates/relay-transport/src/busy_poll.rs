@@ -1,0 +1,307 @@
+//! Opt-in busy polling (`ServerConfig::busy_poll`, `--busy-poll-us`): while WebSocket
+//! traffic flows, the runtime's workers keep polling for I/O instead of sleeping, so the
+//! next frame is picked up at once rather than after a worker (and, on a VM, its halted
+//! CPU) is woken.
+//!
+//! How: one task per worker, the spinners, sleep until a connection reports a burst of
+//! frames ([`BusyPoll::activity`], two loads on the hot path while they are awake). They
+//! then yield in a loop. A task that yields makes its tokio worker poll the I/O driver
+//! without blocking (`epoll_wait` with a zero timeout) and run it again, so that worker
+//! never parks; readiness is dispatched within a loop turn. There is one spinner per
+//! worker because tokio's multi-thread runtime has one I/O driver, held by whichever
+//! worker parks on it: a single spinner would find the driver taken by a parked worker
+//! and poll nothing. Busy workers run a spinner only when they have nothing else to run.
+//!
+//! Spinning must not take the CPU from other threads (a co-located service, or a load
+//! generator on the same machine): each turn also calls `sched_yield`, so a thread
+//! waiting for this CPU runs first, and a spinner that finds its CPU wanted for more
+//! than half of a spell (time spent inside `sched_yield`) stops and stays asleep for
+//! [`CONTENDED_BACKOFF`]. Once no frame has arrived for the configured window, the
+//! spinners sleep again. So the cost is bounded: a worker spins only while frames
+//! arrive less than a window apart, plus one window after the last, and only while its
+//! CPU is not wanted elsewhere.
+//!
+//! What it buys is measured by `relay-bench --workloads push-latency` and recorded in
+//! `docs/BENCHMARKS.md`; `relay_busy_poll_seconds_total` on `/metrics` says what it
+//! costs in CPU.
+
+use std::future::{Future, poll_fn};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
+
+/// Longest window accepted: beyond it, a spinning worker is a busy server, not a
+/// latency trade.
+pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+
+/// How long a spinner that found its CPU wanted by other threads stays asleep.
+const CONTENDED_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Spin turns between two checks for contention.
+const CHECK_EVERY: u32 = 64;
+
+/// Whether a spell in which `yielded` of `elapsed` went to other threads (inside
+/// `sched_yield`) found the CPU wanted elsewhere: more than half of it.
+fn contended(yielded: Duration, elapsed: Duration) -> bool {
+    yielded * 2 > elapsed
+}
+
+/// The shared part of the spinners: what connections signal and what `/metrics` reads.
+pub(crate) struct BusyPoll {
+    window: Duration,
+    /// When the spinners started, the origin of `last_active`.
+    origin: Instant,
+    /// Set by connections after a burst of frames; cleared by the first spinner to see it.
+    active: AtomicBool,
+    /// Nanoseconds after `origin` at which a spinner last saw `active`.
+    last_active: AtomicU64,
+    /// How many spinners sleep, waiting for `active`.
+    sleeping: AtomicUsize,
+    /// One per spinner.
+    spinners: Box<[Spinner]>,
+    /// Set when the spinners are spawned, so a server with several listeners runs one set.
+    started: AtomicBool,
+    /// Time spent spinning, summed over the spinners, in microseconds, for `/metrics`.
+    spun_us: AtomicU64,
+    /// Spells cut short because the CPU was wanted by other threads.
+    backoffs: AtomicU64,
+}
+
+/// One spinner's wake-up.
+#[derive(Default)]
+struct Spinner {
+    asleep: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl BusyPoll {
+    /// Spinners that poll for up to `window` after the last frame, one per worker of a
+    /// runtime with `workers` workers; `None` when the window is zero (busy polling off).
+    pub(crate) fn new(window: Duration, workers: usize) -> Option<Arc<BusyPoll>> {
+        (!window.is_zero()).then(|| {
+            Arc::new(BusyPoll {
+                window: window.min(MAX_BUSY_POLL),
+                origin: Instant::now(),
+                active: AtomicBool::new(false),
+                last_active: AtomicU64::new(0),
+                sleeping: AtomicUsize::new(0),
+                spinners: (0..workers.max(1)).map(|_| Spinner::default()).collect(),
+                started: AtomicBool::new(false),
+                spun_us: AtomicU64::new(0),
+                backoffs: AtomicU64::new(0),
+            })
+        })
+    }
+
+    /// A connection handled a burst of frames: keep (or start) spinning.
+    pub(crate) fn activity(&self) {
+        // Store only on a change, so while the spinners are awake the cache lines stay
+        // shared and the hot path is two loads.
+        if !self.active.load(Relaxed) {
+            // SeqCst pairs with `sleep`: either it sees `active`, or this sees `asleep`.
+            self.active.store(true, SeqCst);
+        }
+        if self.sleeping.load(SeqCst) > 0 {
+            for spinner in &self.spinners {
+                if spinner.asleep.load(SeqCst) && spinner.asleep.swap(false, SeqCst) {
+                    self.sleeping.fetch_sub(1, SeqCst);
+                    spinner.waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Microseconds spent spinning since start, summed over the spinners.
+    pub(crate) fn spun_micros(&self) -> u64 {
+        self.spun_us.load(Relaxed)
+    }
+
+    /// Spells cut short since start because the CPU was wanted by other threads.
+    pub(crate) fn backoffs(&self) -> u64 {
+        self.backoffs.load(Relaxed)
+    }
+
+    /// Spawns the spinners on the current runtime, once per server; they end when
+    /// `stop` resolves.
+    pub(crate) fn start<F>(self: &Arc<Self>, stop: impl Fn() -> F)
+    where
+        F: Future<Output = bool> + Send + 'static,
+    {
+        if self.started.swap(true, Relaxed) {
+            return;
+        }
+        for index in 0..self.spinners.len() {
+            let busy_poll = self.clone();
+            let stop = stop();
+            tokio::spawn(async move {
+                tokio::select! {
+                    biased;
+                    _ = stop => {}
+                    () = busy_poll.run(index) => {}
+                }
+            });
+        }
+    }
+
+    fn nanos_since_origin(&self, at: Instant) -> u64 {
+        at.duration_since(self.origin).as_nanos() as u64
+    }
+
+    async fn run(&self, index: usize) {
+        let window = self.window.as_nanos() as u64;
+        loop {
+            self.sleep(index).await;
+            let start = Instant::now();
+            self.last_active.fetch_max(self.nanos_since_origin(start), Relaxed);
+            let mut yielded = Duration::ZERO;
+            let mut turns = 0u32;
+            let contended = loop {
+                // Lets the worker poll the I/O driver (without blocking) and run what it woke.
+                tokio::task::yield_now().await;
+                // Lets any other thread waiting for this CPU run first.
+                let before = Instant::now();
+                std::thread::yield_now();
+                let now = Instant::now();
+                yielded += now - before;
+                turns += 1;
+                if turns.is_multiple_of(CHECK_EVERY) && contended(yielded, now - start) {
+                    break true;
+                }
+                let now = self.nanos_since_origin(now);
+                if self.active.load(Relaxed) && self.active.swap(false, Relaxed) {
+                    self.last_active.fetch_max(now, Relaxed);
+                } else if now.saturating_sub(self.last_active.load(Relaxed)) >= window {
+                    break false;
+                }
+            };
+            self.spun_us.fetch_add(start.elapsed().as_micros() as u64, Relaxed);
+            if contended {
+                self.backoffs.fetch_add(1, Relaxed);
+                tokio::time::sleep(CONTENDED_BACKOFF).await;
+            }
+        }
+    }
+
+    /// Resolves once a connection reported activity (at once if it already did).
+    async fn sleep(&self, index: usize) {
+        let spinner = &self.spinners[index];
+        let mut counted = false;
+        poll_fn(|cx| {
+            spinner.waker.register(cx.waker());
+            if !counted {
+                counted = true;
+                spinner.asleep.store(true, SeqCst);
+                self.sleeping.fetch_add(1, SeqCst);
+            } else if !spinner.asleep.load(SeqCst) {
+                return Poll::Ready(()); // `activity` woke it (and uncounted it)
+            }
+            // SeqCst pairs with `activity`: either this sees `active`, or it sees
+            // `sleeping` and wakes this spinner.
+            if self.active.load(SeqCst) {
+                if spinner.asleep.swap(false, SeqCst) {
+                    self.sleeping.fetch_sub(1, SeqCst);
+                }
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zero_window_is_off() {
+        assert!(BusyPoll::new(Duration::ZERO, 2).is_none());
+        let capped = BusyPoll::new(Duration::from_secs(1), 2).unwrap();
+        assert_eq!(capped.window, MAX_BUSY_POLL);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spins_while_frames_arrive_and_sleeps_after_the_window() {
+        let poll = BusyPoll::new(Duration::from_millis(20), 2).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = futures_util::FutureExt::shared(async move { stop_rx.await.is_ok() });
+        poll.start(|| stop.clone());
+        // Asleep before any traffic: nothing spun.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(poll.spun_micros(), 0);
+        assert_eq!(poll.sleeping.load(SeqCst), 2, "the spinners sleep until a frame arrives");
+
+        // Frames 5 ms apart for 100 ms keep it spinning; it stops one window later.
+        let begun = Instant::now();
+        for _ in 0..20 {
+            poll.activity();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while poll.sleeping.load(SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "the spinner never went back to sleep");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let spun = Duration::from_micros(poll.spun_micros());
+        assert!(spun > Duration::ZERO, "frames arrived but nothing spun");
+        if poll.backoffs() == 0 {
+            // Unless the machine was busy enough to make a spinner back off.
+            assert!(spun >= Duration::from_millis(100), "spun {spun:?}: it must span the traffic");
+        }
+        assert!(spun <= 2 * begun.elapsed(), "spun {spun:?}: more than two spinners for the whole test");
+
+        // Stays asleep without traffic; a second start spawns nothing more.
+        poll.start(std::future::pending::<bool>);
+        let before = poll.spun_micros();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(poll.spun_micros(), before);
+        drop(stop_tx);
+    }
+
+    #[test]
+    fn contended_means_more_than_half_of_the_spell_went_to_other_threads() {
+        let ms = Duration::from_millis;
+        assert!(!contended(ms(0), ms(1)));
+        assert!(!contended(ms(5), ms(10)));
+        assert!(contended(ms(6), ms(10)));
+    }
+
+    #[test]
+    fn a_spinner_backs_off_when_other_threads_want_its_cpu() {
+        // As many CPU hogs as CPUs: every sched_yield hands the CPU to one of them.
+        let hogs = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let stop_hogs = std::sync::Arc::new(AtomicBool::new(false));
+        let hog_threads: Vec<_> = (0..hogs)
+            .map(|_| {
+                let stop = stop_hogs.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let backoffs = runtime.block_on(async {
+            let poll = BusyPoll::new(Duration::from_millis(5), 1).unwrap();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let stop = futures_util::FutureExt::shared(async move { stop_rx.await.is_ok() });
+            poll.start(|| stop.clone());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while poll.backoffs() == 0 && Instant::now() < deadline {
+                poll.activity();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            drop(stop_tx);
+            poll.backoffs()
+        });
+        stop_hogs.store(true, Relaxed);
+        hog_threads.into_iter().for_each(|h| h.join().unwrap());
+        assert!(backoffs > 0, "spinning on a CPU that hogs wanted never backed off");
+    }
+}
