@@ -248,10 +248,11 @@ pub(crate) struct OpsArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) max_connections: usize,
 
-    /// Microseconds a runtime worker keeps polling for the next WebSocket frame, after
-    /// one arrives, instead of sleeping (busy polling). Lowers message latency by a
-    /// thread wake-up, at the cost of up to one core spinning while traffic flows. 0
-    /// (the default) turns it off; at most 10000. See docs/operations.md.
+    /// Microseconds the runtime's workers keep polling for the next WebSocket frame,
+    /// after one arrives, instead of sleeping (busy polling). Lowers message latency by
+    /// a thread wake-up, at the cost of CPU spinning while traffic flows; a spinner
+    /// yields its CPU to any other thread that wants it. 0 (the default) turns it off;
+    /// at most 10000. See docs/operations.md, "Busy polling".
     #[arg(long, env = "RELAY_BUSY_POLL_US", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=relay_transport::MAX_BUSY_POLL.as_micros() as u64))]
     pub(crate) busy_poll_us: u64,

@@ -3,9 +3,10 @@
 //! next frame is picked up at once rather than after a worker (and, on a VM, its halted
 //! CPU) is woken.
 //!
-//! How: one task per worker, the spinners, sleep until a connection reports a burst of
-//! frames ([`BusyPoll::activity`], two loads on the hot path while they are awake). They
-//! then yield in a loop. A task that yields makes its tokio worker poll the I/O driver
+//! How: one task per worker, the spinners, sleep until a connection has written frames
+//! out ([`BusyPoll::frames_written`]: after the write, so waking them costs the message
+//! nothing). They then yield in a loop, and keep at it while connections report frames
+//! arriving ([`BusyPoll::frames_arrived`], one load on the hot path). A task that yields makes its tokio worker poll the I/O driver
 //! without blocking (`epoll_wait` with a zero timeout) and run it again, so that worker
 //! never parks; readiness is dispatched within a loop turn. There is one spinner per
 //! worker because tokio's multi-thread runtime has one I/O driver, held by whichever
@@ -97,10 +98,20 @@ impl BusyPoll {
         })
     }
 
-    /// A connection handled a burst of frames: keep (or start) spinning.
-    pub(crate) fn activity(&self) {
+    /// A connection handled a burst of frames: keep spinning. Wakes no sleeping spinner:
+    /// waking one schedules a task (and, for the second, another worker) ahead of the
+    /// connection the frames were for, which would put that cost on the message's path.
+    pub(crate) fn frames_arrived(&self) {
         // Store only on a change, so while the spinners are awake the cache lines stay
-        // shared and the hot path is two loads.
+        // shared and the hot path is one load.
+        if !self.active.load(Relaxed) {
+            self.active.store(true, SeqCst);
+        }
+    }
+
+    /// A connection wrote frames out: keep spinning, or start, waking the sleeping
+    /// spinners. Called after the write, so the wake-ups cost the message nothing.
+    pub(crate) fn frames_written(&self) {
         if !self.active.load(Relaxed) {
             // SeqCst pairs with `sleep`: either it sees `active`, or this sees `asleep`.
             self.active.store(true, SeqCst);
@@ -186,7 +197,8 @@ impl BusyPoll {
         }
     }
 
-    /// Resolves once a connection reported activity (at once if it already did).
+    /// Resolves once a connection wrote frames (at once if frames arrived or were written
+    /// since the last spell ended).
     async fn sleep(&self, index: usize) {
         let spinner = &self.spinners[index];
         let mut counted = false;
@@ -197,9 +209,9 @@ impl BusyPoll {
                 spinner.asleep.store(true, SeqCst);
                 self.sleeping.fetch_add(1, SeqCst);
             } else if !spinner.asleep.load(SeqCst) {
-                return Poll::Ready(()); // `activity` woke it (and uncounted it)
+                return Poll::Ready(()); // `frames_written` woke it (and uncounted it)
             }
-            // SeqCst pairs with `activity`: either this sees `active`, or it sees
+            // SeqCst pairs with `frames_written`: either this sees `active`, or it sees
             // `sleeping` and wakes this spinner.
             if self.active.load(SeqCst) {
                 if spinner.asleep.swap(false, SeqCst) {
@@ -238,7 +250,7 @@ mod tests {
         // Frames 5 ms apart for 100 ms keep it spinning; it stops one window later.
         let begun = Instant::now();
         for _ in 0..20 {
-            poll.activity();
+            poll.frames_written();
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -294,7 +306,7 @@ mod tests {
             poll.start(|| stop.clone());
             let deadline = Instant::now() + Duration::from_secs(5);
             while poll.backoffs() == 0 && Instant::now() < deadline {
-                poll.activity();
+                poll.frames_written();
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             drop(stop_tx);

@@ -272,6 +272,7 @@ async fn run(state: AppState, conn: MailboxConn, socket: WsStream, _guard: Drain
                 {
                     break end;
                 }
+                c.state.frames_written();
             }
             Step::Ping => {
                 let now = Instant::now();

@@ -393,7 +393,7 @@ async fn run_party(mut ws: WsStream, party: Party, state: AppState, _guard: Drai
                     }
                 }
                 match written {
-                    Ok(Ok(None)) => {}
+                    Ok(Ok(None)) => c.state.frames_written(),
                     Ok(Ok(Some(reason))) => break Exit::Close(reason.code(), reason.text()),
                     Ok(Err(_)) => break Exit::Dropped,
                     Err(_) => break Exit::Close(close::TRY_AGAIN_LATER, "slow consumer"),

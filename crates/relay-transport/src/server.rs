@@ -221,11 +221,19 @@ impl AppState {
         max.saturating_sub(self.inner.connection_slots.available_permits())
     }
 
-    /// A WebSocket handled a burst of frames: with busy polling on, keeps a worker
+    /// A WebSocket handled a burst of frames: with busy polling on, keeps the workers
     /// polling for the next one. A no-op otherwise.
     pub(crate) fn frames_arrived(&self) {
         if let Some(busy_poll) = &self.inner.busy_poll {
-            busy_poll.activity();
+            busy_poll.frames_arrived();
+        }
+    }
+
+    /// A WebSocket wrote frames out: with busy polling on, starts (or keeps) the
+    /// workers polling for the next frame. A no-op otherwise.
+    pub(crate) fn frames_written(&self) {
+        if let Some(busy_poll) = &self.inner.busy_poll {
+            busy_poll.frames_written();
         }
     }
 
