@@ -16,9 +16,13 @@
 //!
 //! Spinning must not take the CPU from other threads (a co-located service, or a load
 //! generator on the same machine): each turn also calls `sched_yield`, so a thread
-//! waiting for this CPU runs first, and a spinner whose CPU went to other threads for
-//! more than four fifths of a spell (time spent inside `sched_yield`, judged once a
-//! spell is [`JUDGE_AFTER`] long) stops and stays asleep for [`CONTENDED_BACKOFF`].
+//! waiting for this CPU runs first. But a worker that yielded to CPU-bound work waits a
+//! whole time slice for its turn, where a sleeping one would have been woken at once;
+//! so a spinner stops when one `sched_yield` lasted [`LONG_YIELD`] (a thread ran a
+//! slice), or when its CPU went to other threads for more than four fifths of a spell
+//! (judged once a spell is [`JUDGE_AFTER`] long), and stays asleep for
+//! [`CONTENDED_BACKOFF`], doubled each time the next spell finds the CPU wanted again
+//! (up to [`MAX_BACKOFF`]), so on a busy machine it is mostly off.
 //! Once no frame has arrived for the configured window, the spinners sleep again. So
 //! the cost is bounded: a worker spins only while frames arrive less than a window
 //! apart, plus one window after the last, and only while its CPU is not wanted
@@ -29,9 +33,9 @@
 //! `relay_busy_poll_backoffs_total` on `/metrics` say what it costs.
 
 use std::future::{Future, poll_fn};
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -41,8 +45,22 @@ use futures_util::task::AtomicWaker;
 /// latency trade.
 pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
 
-/// How long a spinner that found its CPU wanted by other threads stays asleep.
+/// How long a spinner that found its CPU wanted by other threads stays asleep; doubled
+/// each time the next spell finds it wanted again, up to [`MAX_BACKOFF`].
 const CONTENDED_BACKOFF: Duration = Duration::from_millis(10);
+
+/// The longest back-off: a spinner on a CPU that stays busy tries once a second.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The back-off after `current`, when the spell after it found the CPU wanted again.
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(MAX_BACKOFF)
+}
+
+/// One `sched_yield` that lasted this long handed the CPU to a thread that ran a whole
+/// time slice: CPU-bound work, behind which a spinning worker waits a slice for its turn
+/// where a sleeping one would have been woken at once. Such a spell stops at once.
+const LONG_YIELD: Duration = Duration::from_micros(500);
 
 /// Spin turns between two checks for contention.
 const CHECK_EVERY: u32 = 64;
@@ -71,10 +89,9 @@ pub(crate) struct BusyPoll {
     last_active: AtomicU64,
     /// How many spinners sleep, waiting for `active`.
     sleeping: AtomicUsize,
-    /// One per spinner.
-    spinners: Box<[Spinner]>,
-    /// Set when the spinners are spawned, so a server with several listeners runs one set.
-    started: AtomicBool,
+    /// One per spinner, made when they are spawned (one per worker of the runtime that
+    /// serves), so a server with several listeners runs one set.
+    spinners: OnceLock<Box<[Spinner]>>,
     /// Time spent spinning, summed over the spinners, in microseconds, for `/metrics`.
     spun_us: AtomicU64,
     /// Spells cut short because the CPU was wanted by other threads.
@@ -89,9 +106,9 @@ struct Spinner {
 }
 
 impl BusyPoll {
-    /// Spinners that poll for up to `window` after the last frame, one per worker of a
-    /// runtime with `workers` workers; `None` when the window is zero (busy polling off).
-    pub(crate) fn new(window: Duration, workers: usize) -> Option<Arc<BusyPoll>> {
+    /// Spinners that poll for up to `window` after the last frame; `None` when the
+    /// window is zero (busy polling off). Nothing spins until [`BusyPoll::start`].
+    pub(crate) fn new(window: Duration) -> Option<Arc<BusyPoll>> {
         (!window.is_zero()).then(|| {
             Arc::new(BusyPoll {
                 window: window.min(MAX_BUSY_POLL),
@@ -99,8 +116,7 @@ impl BusyPoll {
                 active: AtomicBool::new(false),
                 last_active: AtomicU64::new(0),
                 sleeping: AtomicUsize::new(0),
-                spinners: (0..workers.max(1)).map(|_| Spinner::default()).collect(),
-                started: AtomicBool::new(false),
+                spinners: OnceLock::new(),
                 spun_us: AtomicU64::new(0),
                 backoffs: AtomicU64::new(0),
             })
@@ -126,7 +142,7 @@ impl BusyPoll {
             self.active.store(true, SeqCst);
         }
         if self.sleeping.load(SeqCst) > 0 {
-            for spinner in &self.spinners {
+            for spinner in self.spinners.get().into_iter().flatten() {
                 if spinner.asleep.load(SeqCst) && spinner.asleep.swap(false, SeqCst) {
                     self.sleeping.fetch_sub(1, SeqCst);
                     spinner.waker.wake();
@@ -145,16 +161,17 @@ impl BusyPoll {
         self.backoffs.load(Relaxed)
     }
 
-    /// Spawns the spinners on the current runtime, once per server; they end when
-    /// `stop` resolves.
+    /// Spawns the spinners on the current runtime, one per worker, once per server;
+    /// they end when `stop` resolves.
     pub(crate) fn start<F>(self: &Arc<Self>, stop: impl Fn() -> F)
     where
         F: Future<Output = bool> + Send + 'static,
     {
-        if self.started.swap(true, Relaxed) {
+        let workers = tokio::runtime::Handle::current().metrics().num_workers().max(1);
+        if self.spinners.set((0..workers).map(|_| Spinner::default()).collect()).is_err() {
             return;
         }
-        for index in 0..self.spinners.len() {
+        for index in 0..workers {
             let busy_poll = self.clone();
             let stop = stop();
             tokio::spawn(async move {
@@ -173,6 +190,7 @@ impl BusyPoll {
 
     async fn run(&self, index: usize) {
         let window = self.window.as_nanos() as u64;
+        let mut backoff = CONTENDED_BACKOFF;
         loop {
             self.sleep(index).await;
             let start = Instant::now();
@@ -186,9 +204,12 @@ impl BusyPoll {
                 let before = Instant::now();
                 std::thread::yield_now();
                 let now = Instant::now();
-                yielded += now - before;
+                let took = now - before;
+                yielded += took;
                 turns += 1;
-                if turns.is_multiple_of(CHECK_EVERY) && contended(yielded, now - start) {
+                if took >= LONG_YIELD
+                    || (turns.is_multiple_of(CHECK_EVERY) && contended(yielded, now - start))
+                {
                     break true;
                 }
                 let now = self.nanos_since_origin(now);
@@ -201,7 +222,10 @@ impl BusyPoll {
             self.spun_us.fetch_add(start.elapsed().as_micros() as u64, Relaxed);
             if contended {
                 self.backoffs.fetch_add(1, Relaxed);
-                tokio::time::sleep(CONTENDED_BACKOFF).await;
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+            } else {
+                backoff = CONTENDED_BACKOFF;
             }
         }
     }
@@ -209,7 +233,7 @@ impl BusyPoll {
     /// Resolves once a connection wrote frames (at once if frames arrived or were written
     /// since the last spell ended).
     async fn sleep(&self, index: usize) {
-        let spinner = &self.spinners[index];
+        let spinner = &self.spinners.get().expect("spinners exist once started")[index];
         let mut counted = false;
         poll_fn(|cx| {
             spinner.waker.register(cx.waker());
@@ -240,14 +264,14 @@ mod tests {
 
     #[test]
     fn a_zero_window_is_off() {
-        assert!(BusyPoll::new(Duration::ZERO, 2).is_none());
-        let capped = BusyPoll::new(Duration::from_secs(1), 2).unwrap();
+        assert!(BusyPoll::new(Duration::ZERO).is_none());
+        let capped = BusyPoll::new(Duration::from_secs(1)).unwrap();
         assert_eq!(capped.window, MAX_BUSY_POLL);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spins_while_frames_arrive_and_sleeps_after_the_window() {
-        let poll = BusyPoll::new(Duration::from_millis(20), 2).unwrap();
+        let poll = BusyPoll::new(Duration::from_millis(20)).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let stop = futures_util::FutureExt::shared(async move { stop_rx.await.is_ok() });
         poll.start(|| stop.clone());
@@ -294,6 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn back_offs_double_up_to_a_second() {
+        let mut backoff = CONTENDED_BACKOFF;
+        let mut sequence = vec![backoff];
+        while backoff < MAX_BACKOFF {
+            backoff = next_backoff(backoff);
+            sequence.push(backoff);
+        }
+        let ms: Vec<u128> = sequence.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 320, 640, 1000]);
+        assert_eq!(next_backoff(MAX_BACKOFF), MAX_BACKOFF);
+    }
+
+    #[test]
     fn a_spinner_backs_off_when_other_threads_want_its_cpu() {
         // As many CPU hogs as CPUs: every sched_yield hands the CPU to one of them.
         let hogs = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -311,7 +348,7 @@ mod tests {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let backoffs = runtime.block_on(async {
-            let poll = BusyPoll::new(Duration::from_millis(5), 1).unwrap();
+            let poll = BusyPoll::new(Duration::from_millis(5)).unwrap();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let stop = futures_util::FutureExt::shared(async move { stop_rx.await.is_ok() });
             poll.start(|| stop.clone());

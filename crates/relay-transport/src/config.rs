@@ -58,11 +58,12 @@ pub struct ServerConfig {
     /// Rate limits per client address, per API key and per WebSocket (see
     /// [`RateLimits`] for each limit, its default and what happens over it).
     pub rate_limits: RateLimits,
-    /// After a WebSocket frame arrives, one runtime worker keeps polling for I/O for
-    /// this long instead of sleeping, so the next frame is handled without a wake-up.
-    /// Lowers latency at the cost of up to one core spinning while traffic flows (and
-    /// one window after it). Zero (the default) turns it off; capped at
-    /// [`crate::MAX_BUSY_POLL`].
+    /// Busy polling: once frames flow, every runtime worker keeps polling for I/O
+    /// instead of sleeping until no frame has arrived for this long, so the next frame
+    /// is handled without a wake-up. Lowers latency at the cost of CPU spinning while
+    /// traffic flows (and one window after it); spinners yield their CPU to other
+    /// threads and back off when it is wanted (docs/operations.md, "Busy polling").
+    /// Zero (the default) turns it off; capped at [`crate::MAX_BUSY_POLL`].
     pub busy_poll: Duration,
 }
 

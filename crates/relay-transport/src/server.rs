@@ -75,7 +75,7 @@ pub(crate) struct Inner {
     rate_limiter: RateLimiter,
     /// Counters for `/metrics`, bumped with relaxed atomics by the routes.
     metrics: Metrics,
-    /// The busy-poll spinner, when `config.busy_poll` is set.
+    /// The busy-poll spinners, when `config.busy_poll` is set.
     busy_poll: Option<Arc<BusyPoll>>,
 }
 
@@ -144,7 +144,7 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
-                busy_poll: BusyPoll::new(config.busy_poll, runtime_workers()),
+                busy_poll: BusyPoll::new(config.busy_poll),
                 mailbox: crate::mailbox::new_hub(&config),
                 config,
                 discovery,
@@ -283,12 +283,6 @@ impl AppState {
         let mut rx = self.inner.drain_rx.lock().await;
         while rx.recv().await.is_some() {}
     }
-}
-
-/// Workers of the current tokio runtime (1 outside one): busy polling runs a spinner
-/// on each.
-fn runtime_workers() -> usize {
-    tokio::runtime::Handle::try_current().map_or(1, |rt| rt.metrics().num_workers())
 }
 
 /// Serves HTTP and WebSockets on `listener` (over TLS when the config has a
