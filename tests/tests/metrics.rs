@@ -291,11 +291,11 @@ async fn mailbox_traffic_moves_mailbox_counters_and_gauges() {
     state.begin_shutdown();
 }
 
-/// With busy polling on (`--busy-poll-us`), mailbox traffic is relayed as usual and the
+/// With busy polling on (`--busy-poll-us`), mailbox and room traffic are relayed as usual and the
 /// time the workers spent spinning shows up at `/metrics`; with it off, the series is
 /// absent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn busy_polling_relays_mailbox_traffic_and_reports_its_spinning() {
+async fn busy_polling_relays_mailbox_and_room_traffic_and_reports_its_spinning() {
     let off = serve_in_process(open_config()).await.unwrap();
     assert!(!scrape(off.0).await.text.contains("relay_busy_poll"), "busy polling is off by default");
     off.1.begin_shutdown();
@@ -316,6 +316,23 @@ async fn busy_polling_relays_mailbox_traffic_and_reports_its_spinning() {
     }
     // A spell is counted when it ends, one window after the last frame (or at a backoff).
     scrape_until(addr, "spinning is reported", |s| s.get("relay_busy_poll_seconds_total") > 0.0).await;
+    state.begin_shutdown();
+
+    // Room connections start spells too (on a server of their own, so the mailbox's
+    // spinning above does not count).
+    let config = ServerConfig { busy_poll: Duration::from_micros(500), ..open_config() };
+    let (addr, state) = serve_in_process(config).await.unwrap();
+    let resp = post_json(addr, "/v1/rooms", &[], &serde_json::json!({"room_size": 2})).await.unwrap();
+    let room = resp.json()["room_uuid"].as_str().unwrap().to_owned();
+    let mut a = ws_connect(addr, &format!("/v1/rooms/{room}?slot=0")).await.unwrap();
+    let mut b = ws_connect(addr, &format!("/v1/rooms/{room}?slot=1")).await.unwrap();
+    assert_eq!(next_json(&mut a).await["type"], "welcome");
+    assert_eq!(next_json(&mut b).await["type"], "welcome");
+    let mut frame = 1u16.to_le_bytes().to_vec();
+    frame.extend_from_slice(b"hello");
+    send(&mut a, frame).await;
+    next_binary(&mut b).await;
+    scrape_until(addr, "room spinning is reported", |s| s.get("relay_busy_poll_seconds_total") > 0.0).await;
     state.begin_shutdown();
 }
 
