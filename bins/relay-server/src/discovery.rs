@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::announce::Announcer;
 use anyhow::{Context, bail};
-use relay_transport::announce::Announcer;
-use relay_transport::discovery::{DiscoveryConfig, GroupTtl, RegistryConfig, RegistryToken};
+use relay_discovery::{DiscoveryConfig, GroupTtl, RegistryConfig, RegistryToken};
 
 /// Discovery flags.
 #[derive(Debug, clap::Args)]

@@ -3,6 +3,7 @@
 //! runs [`relay_transport::serve`] until SIGTERM or SIGINT. SIGHUP reloads the TLS
 //! certificate and key.
 
+mod announce;
 mod cli;
 mod config_file;
 mod discovery;

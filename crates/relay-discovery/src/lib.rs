@@ -5,6 +5,7 @@ mod group;
 mod groups;
 mod json;
 mod registry;
+mod service;
 mod store;
 
 pub use error::DiscoveryError;
@@ -14,4 +15,5 @@ pub use registry::{
     Announcement, MAX_RELAY_URL_CHARS, RegistryConfig, RegistryToken, RelayEntry, RelayRegistry,
     validate_relay_url, validate_room_id_prefix,
 };
+pub use service::{Discovery, DiscoveryConfig};
 pub use store::{GroupStore, MemoryGroupStore, SledGroupStore};

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use relay_core::{Limits, RoomIdPrefix};
 
-use crate::discovery::DiscoveryConfig;
-use crate::ratelimit::RateLimits;
-use crate::tls::TlsHandle;
+use crate::http::ratelimit::RateLimits;
+use crate::net::tls::TlsHandle;
+use relay_discovery::DiscoveryConfig;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
 #[derive(Debug, Clone)]

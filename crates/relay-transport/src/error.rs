@@ -2,6 +2,7 @@
 //! rendered as `{"error": {"code": "...", "message": "..."}}` with its status.
 
 use hyper::StatusCode;
+use relay_core::CoreError;
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -55,4 +56,28 @@ impl ApiError {
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({"error": {"code": self.code, "message": self.message}})
     }
+}
+
+/// The HTTP refusal for a core error (docs/protocol.md section 3).
+pub(crate) fn core_error(e: &CoreError) -> ApiError {
+    let (status, code) = match e {
+        CoreError::RoomId(_) => (StatusCode::BAD_REQUEST, "bad_room_id"),
+        CoreError::BadRoomSize { .. }
+        | CoreError::BadTtl { .. }
+        | CoreError::BadSlot { .. }
+        | CoreError::ResumeAhead { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        CoreError::TooManyRooms(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms"),
+        CoreError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
+        CoreError::RoomFull(_) => (StatusCode::CONFLICT, "room_full"),
+        CoreError::SlotTaken(_) => (StatusCode::CONFLICT, "slot_taken"),
+        CoreError::ResumeGap { .. } => (StatusCode::CONFLICT, "resume_gap"),
+        CoreError::BadResumeToken => (StatusCode::FORBIDDEN, "bad_resume_token"),
+        CoreError::BadDestination(_) => (StatusCode::BAD_REQUEST, "bad_destination"),
+        CoreError::RoomBufferFull { .. } => (StatusCode::CONFLICT, "room_buffer_full"),
+        CoreError::MessageTooBig { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_big"),
+        CoreError::NoRuntime | CoreError::PartyClosed | CoreError::Mailbox(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+    };
+    ApiError::new(status, code, e.to_string())
 }

@@ -18,10 +18,9 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use hyper::{Response, StatusCode, header};
+use hyper::StatusCode;
 
-use crate::http::{Body, json};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The content type of the Prometheus text exposition format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -355,45 +354,6 @@ impl LabelCounters {
             sample(out, name, &[(label_name, "other")], other);
         }
     }
-}
-
-/// `GET /healthz`: 200 `{"status":"ok"}` while the process serves, draining or not.
-#[utoipa::path(
-    get, path = "/healthz", operation_id = "healthz", tag = "operations", summary = "Liveness",
-    responses((status = 200, description = "The process serves", body = crate::openapi::Status)),
-)]
-pub(crate) fn healthz() -> Response<Body> {
-    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-}
-
-/// `GET /readyz`: 200 `{"status":"ready"}` while serving, 503 `{"status":"draining"}`
-/// once shutdown has begun, so a load balancer stops sending new clients here.
-#[utoipa::path(
-    get, path = "/readyz", operation_id = "readyz", tag = "operations", summary = "Readiness",
-    responses(
-        (status = 200, description = "`{\"status\":\"ready\"}`: serving", body = crate::openapi::Status),
-        (status = 503, description = "`{\"status\":\"draining\"}`: shutdown has begun", body = crate::openapi::Status),
-    ),
-)]
-pub(crate) fn readyz(state: &AppState) -> Response<Body> {
-    if state.is_shutting_down() {
-        json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "draining"}))
-    } else {
-        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
-    }
-}
-
-/// `GET /metrics`: every metric in the Prometheus text exposition format.
-#[utoipa::path(
-    get, path = "/metrics", operation_id = "metrics", tag = "operations", summary = "Prometheus metrics",
-    description = "Prometheus text exposition format 0.0.4. Needs no key: keep it off the \
-        public internet (firewall, or do not proxy it). Metric list: docs/operations.md.",
-    responses((status = 200, description = "Every metric", body = String, content_type = "text/plain; version=0.0.4")),
-)]
-pub(crate) fn scrape(state: &AppState) -> Response<Body> {
-    let mut resp = Response::new(Body::from(render(state)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(CONTENT_TYPE));
-    resp
 }
 
 /// The scrape body.

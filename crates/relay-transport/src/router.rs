@@ -3,12 +3,14 @@
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 
+use crate::api::health as metrics;
+use crate::api::{admin, discovery, mailbox, rooms};
 use crate::error::ApiError;
-use crate::http::{Body, error_response};
+use crate::http::body::{Body, error_response};
+use crate::http::ratelimit::ClientAddr;
 use crate::metrics::Route;
-use crate::ratelimit::ClientAddr;
-use crate::server::AppState;
-use crate::{admin, discovery, mailbox, metrics, openapi, rooms};
+use crate::openapi;
+use crate::state::AppState;
 
 /// Routes one request.
 pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {

@@ -1,36 +1,20 @@
-//! Mailbox routes over WebSocket (docs/protocol.md section 4): `GET /v1/msg-relay` in the
-//! caller's tenant namespace and `GET /v1/rooms/{room_id}/msg-relay` in the room's.
-//!
-//! Refusals before the upgrade are JSON HTTP errors. After it, one task per connection
-//! moves frames between the socket and a [`relay_core::MailboxConn`]: binary frames in
-//! go to the core as the `Bytes` tungstenite produced (their receivers woken once per
-//! burst), frames out leave in batches with one vectored write each, never copied.
-//! Errors close the socket with a code.
+//! A mailbox connection's WebSocket, after the upgrade.
 
-use std::pin::Pin;
-use std::str::FromStr;
-use std::task::{Context, Poll};
-use std::time::Duration;
-
+use crate::http::auth::UsageMeter;
+use crate::metrics::WsKind;
+use crate::state::{AppState, DrainGuard};
+use crate::ws::{self, WsStream, close, close_message};
 use bytes::Bytes;
 use futures_util::future::FusedFuture;
 use futures_util::{FutureExt, SinkExt};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use relay_core::RoomId;
-use relay_core::mailbox::{HEADER_LEN, Mailbox, MailboxConn, MailboxError, Namespace};
+use relay_core::mailbox::{HEADER_LEN, MailboxConn, MailboxError};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-
-use crate::auth::UsageMeter;
-use crate::error::ApiError;
-use crate::http::Body;
-use crate::metrics::WsKind;
-use crate::server::{AppState, DrainGuard};
-use crate::ws::{self, WsStream, close, close_message};
-
 /// Frames taken from the connection's queue per write: one vectored write each, and at
 /// most this many frames in flight beyond the queue's own bound.
 const OUT_BATCH: usize = 64;
@@ -39,79 +23,6 @@ const OUT_BATCH: usize = 64;
 /// socket is dropped (dropping with unread input would reset the connection and could
 /// destroy the close frame in flight).
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// `GET /v1/msg-relay` (WebSocket): the namespace is the API key's tenant.
-#[utoipa::path(
-    get, path = "/v1/msg-relay", operation_id = "open_mailbox", tag = "mailbox", summary = "Open the mailbox (WebSocket)",
-    description = "A WebSocket handshake; binary frames as in docs/protocol.md section 4, \
-        in the API key's tenant namespace. Every refusal comes before the upgrade.",
-    responses(
-        (status = 101, description = "Switching Protocols: the mailbox WebSocket"),
-        (status = 400, description = "Malformed handshake", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
-        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
-    ),
-    security(("bearer" = []), ("api_key" = [])),
-)]
-pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let caller = crate::auth::authenticate(state, &req)?;
-    if let Some(refusal) = state.key_rate_refusal(&caller) {
-        return Ok(refusal);
-    }
-    let meter = state.usage_meter(&caller);
-    open(state, req, Namespace::tenant(&caller.tenant), meter)
-}
-
-/// `GET /v1/rooms/{room_id}/msg-relay` (WebSocket): the namespace is the room; whoever
-/// holds the room ID may use it, no key needed.
-#[utoipa::path(
-    get, path = "/v1/rooms/{room_id}/msg-relay", operation_id = "open_room_mailbox", tag = "mailbox", summary = "Open a room's mailbox (WebSocket)",
-    description = "A WebSocket handshake; the mailbox namespace is the room. Whoever holds \
-        the room ID may use it: no API key.",
-    params(("room_id" = String, Path, description = "A live room's ID")),
-    responses(
-        (status = 101, description = "Switching Protocols: the mailbox WebSocket"),
-        (status = 400, description = "Malformed room ID or handshake", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such room", body = crate::openapi::ErrorBody),
-        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
-    ),
-)]
-pub(crate) async fn connect_room(
-    state: &AppState,
-    req: Request<Incoming>,
-    room_id: &str,
-) -> Result<Response<Body>, ApiError> {
-    let room = RoomId::from_str(room_id).map_err(|e| ApiError::bad_request("bad_room_id", e.to_string()))?;
-    if state.rooms().info(&room).is_none() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "room_not_found",
-            "no such room (it never existed, expired or closed)",
-        ));
-    }
-    open(state, req, Namespace::room(&room), UsageMeter::default())
-}
-
-/// Validates the handshake, takes a drain guard and upgrades into [`run`].
-fn open(
-    state: &AppState,
-    req: Request<Incoming>,
-    namespace: Namespace,
-    meter: UsageMeter,
-) -> Result<Response<Body>, ApiError> {
-    let accept_key = ws::validate_handshake(&req)?;
-    let guard = state.drain_guard().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the relay is shutting down")
-    })?;
-    let task_state = state.clone();
-    Ok(ws::upgrade(req, accept_key, state.config(), move |socket| async move {
-        let conn = task_state.mailbox().connect(namespace);
-        run(task_state, conn, socket, guard, meter).await;
-    }))
-}
 
 /// How a connection ends.
 enum End {
@@ -141,7 +52,7 @@ struct Conn {
     conn: MailboxConn,
     socket: WsStream,
     meter: UsageMeter,
-    message_rate: crate::ratelimit::MessageRate,
+    message_rate: crate::http::ratelimit::MessageRate,
     ping: tokio::time::Interval,
     /// Something was heard since the last ping tick.
     heard: bool,
@@ -243,7 +154,13 @@ impl Conn {
 }
 
 /// One mailbox connection, from upgrade to close.
-async fn run(state: AppState, conn: MailboxConn, socket: WsStream, _guard: DrainGuard, meter: UsageMeter) {
+pub(crate) async fn run(
+    state: AppState,
+    conn: MailboxConn,
+    socket: WsStream,
+    _guard: DrainGuard,
+    meter: UsageMeter,
+) {
     let config = state.config();
     let _open = state.metrics().websocket_opened(WsKind::Mailbox);
     let mut shutdown = std::pin::pin!(state.shutting_down());
@@ -312,7 +229,7 @@ async fn write_batch(
             return Ok(false);
         }
         let parts: Vec<[&[u8]; 1]> = batch.iter().map(|f| [&f[..]]).collect();
-        ws::write_binary_vectored(socket, parts.iter().map(|p| &p[..]), &torn).await?;
+        crate::ws::write::write_binary_vectored(socket, parts.iter().map(|p| &p[..]), &torn).await?;
         batch.clear();
         Ok::<bool, std::io::Error>(true)
     };
@@ -389,9 +306,4 @@ async fn finish(mut socket: WsStream, end: End, max_message_bytes: usize) {
         }
     };
     let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
-}
-
-/// The hub as the routes see it.
-pub(crate) fn new_hub(config: &crate::ServerConfig) -> Mailbox {
-    Mailbox::new(config.limits.clone())
 }

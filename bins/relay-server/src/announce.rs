@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use relay_discovery::{RegistryToken, validate_relay_url};
 use tokio::net::TcpStream;
 
-use crate::error::TransportError;
+use relay_transport::TransportError;
 
 /// First retry delay after a failed announcement.
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -36,7 +36,7 @@ impl AnnounceError {
 
 /// Everything the announce loop needs.
 #[derive(Debug, Clone)]
-pub struct Announcer {
+pub(crate) struct Announcer {
     /// `<registry>/v1/relays`.
     target: Uri,
     token: RegistryToken,
@@ -49,7 +49,7 @@ pub struct Announcer {
 impl Announcer {
     /// An announcer of `public_url` (with this relay's room-ID prefix) to the registry
     /// at `registry` (its base URL, http or https), asking for `ttl`.
-    pub fn new(
+    pub(crate) fn new(
         registry: &str,
         public_url: &str,
         room_id_prefix: Option<String>,
@@ -68,7 +68,7 @@ impl Announcer {
     }
 
     /// Announces forever; spawn it.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let tls = tls_connector();
         let mut failures: u32 = 0;
         loop {

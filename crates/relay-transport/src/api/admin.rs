@@ -23,10 +23,10 @@ use relay_keystore::{ApiKey, CreateOptions, KeyInfo, KeyOrigin, KeyStore, Keysto
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{authenticate, bearer_or_raw, no_key_store};
 use crate::error::ApiError;
-use crate::http::{Body, json, parse_json, percent_decode, read_body};
-use crate::server::AppState;
+use crate::http::auth::{authenticate, bearer_or_raw, no_key_store};
+use crate::http::body::{Body, json, parse_json, percent_decode, read_body};
+use crate::state::AppState;
 
 /// What a log line may show of a request URI: the admin token of a Sodot admin path
 /// (`/createkey/..`, `/rooms/<token>`, `/revokekey/..`) and the value of an `api_key`

@@ -27,8 +27,8 @@ use std::time::Duration;
 use hyper::{Response, StatusCode, header};
 use tokio::time::Instant;
 
-use crate::auth::Caller;
-use crate::http::{Body, json};
+use crate::http::auth::Caller;
+use crate::http::body::{Body, json};
 
 /// At most one "rate limit reached" warning per limit per this interval; the warning
 /// carries how many actions were refused since the previous one.

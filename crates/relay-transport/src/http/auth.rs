@@ -9,14 +9,13 @@
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode, header};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
-use relay_core::RoomId;
 use relay_keystore::{KeyStore, VerifyError, unix_now};
 
 use crate::error::ApiError;
-use crate::http::query_param;
-use crate::server::AppState;
+use crate::http::body::query_param;
+use crate::state::AppState;
 
 /// The mailbox namespace of callers when keys are not enforced.
 pub(crate) const OPEN_TENANT: &str = "";
@@ -74,44 +73,10 @@ pub(crate) fn no_key_store() -> ApiError {
     )
 }
 
-impl AppState {
-    /// Adds to the usage of `caller`'s key (in memory; written by the periodic flush).
-    /// Does nothing for callers without a key (keys not enforced).
-    pub(crate) fn record_usage(&self, caller: &Caller, messages: u64, bytes: u64, rooms: u64) {
-        self.usage_meter(caller).add(messages, bytes, rooms);
-    }
-
-    /// A meter that counts one connection's messages against `caller`'s key.
-    pub(crate) fn usage_meter(&self, caller: &Caller) -> UsageMeter {
-        UsageMeter(self.keystore().cloned().zip(caller.key_name.clone()))
-    }
-
-    /// Remembers that `caller`'s key created `room`, so the room's messages count
-    /// against that key (parties join with the room ID alone, no key).
-    pub(crate) fn set_room_owner(&self, room: RoomId, caller: &Caller) {
-        let Some(name) = caller.key_name.clone() else { return };
-        let mut owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
-        // Forget closed rooms now and then: amortized, and bounded by the live rooms.
-        if owners.len() >= 2 * self.rooms().len() + ROOM_OWNERS_SLACK {
-            owners.retain(|id, _| self.rooms().info(id).is_some());
-        }
-        owners.insert(room, name);
-    }
-
-    /// A meter that counts a room party's messages against the key that created the room.
-    pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
-        let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
-        UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
-    }
-}
-
-/// Closed rooms whose owner entry may linger before the owner map is pruned.
-const ROOM_OWNERS_SLACK: usize = 64;
-
 /// Counts messages against one key, in memory (a read lock and three atomic adds per
 /// call). Empty when keys are not enforced or the key is unknown.
 #[derive(Clone, Default)]
-pub(crate) struct UsageMeter(Option<(Arc<KeyStore>, String)>);
+pub(crate) struct UsageMeter(pub(crate) Option<(Arc<KeyStore>, String)>);
 
 impl UsageMeter {
     /// Adds `messages`, `bytes` and `rooms` to the key's usage.

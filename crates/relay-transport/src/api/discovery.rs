@@ -12,86 +12,22 @@
 //! | `POST /v1/relays` | announce or refresh a relay (`Authorization: Bearer <registry token>`) |
 //! | `GET /v1/relays` | the live relays |
 
-use std::future::Future;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 
-pub use relay_discovery::{
-    Announcement, DiscoveryError, Group, GroupRecord, GroupTtl, Groups, RegistryConfig, RegistryToken,
-    RelayEntry, RelayRegistry, validate_relay_url, validate_room_id_prefix,
-};
-use relay_discovery::{GroupInput, GroupStore, MemoryGroupStore, SledGroupStore, sweep_forever, unix_now};
+#[cfg(test)]
+use relay_discovery::DiscoveryConfig;
+#[cfg(test)]
+use relay_discovery::Group;
+use relay_discovery::{Announcement, DiscoveryError, GroupRecord};
+use relay_discovery::{Discovery, GroupInput, unix_now};
 
-use crate::auth::{Caller, authenticate, presented_key};
 use crate::error::ApiError;
-use crate::http::{Body, json, query_param, read_body};
-use crate::server::AppState;
-
-/// Discovery settings: group TTLs and the relay registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiscoveryConfig {
-    /// Default and largest per-group TTL (`--group-ttl`, default 5 minutes).
-    pub group_ttl: GroupTtl,
-    /// How often expired groups are swept from storage (`--group-ttl-heartbeat`,
-    /// default 1 minute). Expired groups are invisible before that anyway.
-    pub group_ttl_heartbeat: Duration,
-    /// The relay registry: its token (none = announcements refused) and entry TTLs.
-    pub registry: RegistryConfig,
-}
-
-impl Default for DiscoveryConfig {
-    fn default() -> DiscoveryConfig {
-        DiscoveryConfig {
-            group_ttl: GroupTtl::default(),
-            group_ttl_heartbeat: Duration::from_secs(60),
-            registry: RegistryConfig::default(),
-        }
-    }
-}
-
-/// The server's discovery state: groups and the relay registry.
-pub struct Discovery {
-    groups: Arc<Groups>,
-    registry: RelayRegistry,
-    heartbeat: Duration,
-}
-
-impl Discovery {
-    /// Opens the group store: sled in `data_dir/discovery` when a data directory is
-    /// given, memory otherwise.
-    pub fn open(config: &DiscoveryConfig, data_dir: Option<&Path>) -> Result<Discovery, DiscoveryError> {
-        let store: Arc<dyn GroupStore> = match data_dir {
-            Some(dir) => Arc::new(SledGroupStore::open(dir.join("discovery"))?),
-            None => Arc::new(MemoryGroupStore::new()),
-        };
-        Ok(Discovery {
-            groups: Arc::new(Groups::new(store, config.group_ttl)),
-            registry: RelayRegistry::new(config.registry.clone()),
-            heartbeat: config.group_ttl_heartbeat,
-        })
-    }
-
-    /// The groups.
-    pub fn groups(&self) -> &Groups {
-        &self.groups
-    }
-
-    /// The relay registry.
-    pub fn registry(&self) -> &RelayRegistry {
-        &self.registry
-    }
-
-    /// The sweeper: removes expired groups every heartbeat, forever. Spawn it once.
-    pub fn sweeper(&self) -> impl Future<Output = ()> + Send + 'static {
-        sweep_forever(self.groups.clone(), self.heartbeat, unix_now)
-    }
-}
+use crate::http::auth::{Caller, authenticate, presented_key};
+use crate::http::body::{Body, json, query_param, read_body};
+use crate::state::AppState;
 
 /// Routes a request whose path starts with `group`, `groups`, `v1/group`, `v1/groups`
 /// or `v1/relays`.

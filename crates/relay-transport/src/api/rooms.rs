@@ -1,0 +1,180 @@
+//! Room routes (docs/protocol.md section 3): create over REST (`POST /v1/rooms`, and the
+//! Sodot shape `POST /create-room`), join over WebSocket (`GET /v1/rooms/{room_id}`).
+//!
+//! Every refusal of a join happens before the upgrade, as a JSON error. After the
+//! upgrade one task per connection moves frames between the socket and a
+//! [`relay_core::rooms::Party`]: it pulls events from the room only as fast as the
+//! socket takes them, so a slow reader never costs more memory than the room's
+//! held-bytes bound; it writes every event that is ready and flushes once (data events
+//! with one vectored write per run of them).
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use relay_core::CoreError;
+use relay_core::rooms::{JoinRequest, Resume, RoomInfo};
+use serde::Deserialize;
+
+use crate::error::{ApiError, core_error};
+use crate::http::auth::{Caller, authenticate};
+use crate::http::body::{Body, json, parse_json, query_param, read_body};
+use crate::state::AppState;
+use crate::ws::room::run_party;
+use crate::ws::{upgrade, validate_handshake};
+
+/// Room size of a Sodot `/create-room` call without a body.
+const SODOT_DEFAULT_ROOM_SIZE: u64 = 2;
+
+/// The JSON body of a room creation.
+#[derive(Debug, Default, Deserialize)]
+struct CreateBody {
+    room_size: Option<u64>,
+    ttl_secs: Option<u64>,
+}
+
+/// `POST /v1/rooms`: `{"room_size": N, "ttl_secs": T?}` -> 201
+/// `{"room_uuid", "room_size", "expires_at"}`.
+#[utoipa::path(
+    post, path = "/v1/rooms", operation_id = "create_room", tag = "rooms", summary = "Create a room",
+    request_body = crate::openapi::CreateRoomRequest,
+    responses(
+        (status = 201, description = "The room", body = crate::openapi::RoomCreated),
+        (status = 400, description = "Invalid JSON, or a room size or TTL out of range", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Too many rooms", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let caller = authenticate(state, &req)?;
+    if let Some(refusal) = state.key_rate_refusal(&caller) {
+        return Ok(refusal);
+    }
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    let body: CreateBody = parse_json(&body)?;
+    let size = body.room_size.ok_or_else(|| ApiError::bad_request("bad_request", "room_size is required"))?;
+    let room = create_room(state, size, body.ttl_secs)?;
+    count_room(state, &caller, &room);
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({"room_uuid": room.id, "room_size": room.room_size, "expires_at": room.expires_at}),
+    ))
+}
+
+/// `POST /create-room` (Sodot shape): optional `{"room_size": N}` (2 without a body)
+/// -> 200 `{"room_uuid"}`.
+#[utoipa::path(
+    post, path = "/create-room", operation_id = "create_room_sodot", tag = "rooms", summary = "Create a room (Sodot shape)",
+    request_body(content = Option<crate::openapi::SodotCreateRoomRequest>, description = "Optional: a 2-party room without a body"),
+    responses(
+        (status = 200, description = "The room", body = crate::openapi::SodotRoomCreated),
+        (status = 400, description = "Invalid JSON, or a room size or TTL out of range", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Too many rooms", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+pub(crate) async fn create_sodot(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let caller = authenticate(state, &req)?;
+    if let Some(refusal) = state.key_rate_refusal(&caller) {
+        return Ok(refusal);
+    }
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    let body: CreateBody =
+        if body.iter().all(u8::is_ascii_whitespace) { CreateBody::default() } else { parse_json(&body)? };
+    let room = create_room(state, body.room_size.unwrap_or(SODOT_DEFAULT_ROOM_SIZE), body.ttl_secs)?;
+    count_room(state, &caller, &room);
+    Ok(json(StatusCode::OK, &serde_json::json!({"room_uuid": room.id})))
+}
+
+/// `GET /v1/rooms/{room_id}` (WebSocket), with `slot`, or `resume_token` and `last_seq`.
+#[utoipa::path(
+    get, path = "/v1/rooms/{room_id}", operation_id = "join_room", tag = "rooms", summary = "Join a room (WebSocket)",
+    description = "A WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`, \
+        `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). Every refusal comes before the \
+        upgrade, as a JSON error. Whoever holds the room ID may join: no API key.",
+    params(
+        ("room_id" = String, Path, description = "The room ID from the create call"),
+        ("slot" = Option<u16>, Query, description = "The slot to take (0-based); the lowest free one when absent"),
+        ("resume_token" = Option<String>, Query, description = "Resume a dropped connection: the token from its welcome"),
+        ("last_seq" = Option<u64>, Query, description = "With resume_token: the last seq received"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the room's WebSocket"),
+        (status = 400, description = "Malformed room ID, query or handshake", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Bad resume token", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such room", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Room full, slot taken, or resume gap", body = crate::openapi::ErrorBody),
+        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
+    ),
+)]
+pub(crate) async fn join(
+    state: &AppState,
+    req: Request<Incoming>,
+    room_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = room_id
+        .parse()
+        .map_err(|e: relay_core::id::RoomIdError| ApiError::bad_request("bad_room_id", e.to_string()))?;
+    let accept_key = validate_handshake(&req)?;
+    let request = join_request(req.uri().query())?;
+    let guard = state.drain_guard().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the relay is shutting down")
+    })?;
+    let party = state.rooms().join(&id, request).map_err(|e| core_error(&e))?;
+    tracing::debug!(room = %id, slot = party.slot(), resumed = party.welcome().resumed, "party joined");
+    let task_state = state.clone();
+    let meter = state.room_usage_meter(&id);
+    Ok(upgrade(req, accept_key, state.config(), move |ws| run_party(ws, party, task_state, guard, meter)))
+}
+
+/// Usage: the room counts against the caller's key, and so will its messages.
+fn count_room(state: &AppState, caller: &Caller, room: &RoomInfo) {
+    state.record_usage(caller, 0, 0, 1);
+    state.set_room_owner(room.id, caller);
+}
+
+fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<RoomInfo, ApiError> {
+    let max = state.rooms().limits().max_room_size;
+    let size = u16::try_from(size).map_err(|_| core_error(&CoreError::BadRoomSize { got: size, max }))?;
+    let room = state.rooms().create(size, ttl_secs.map(Duration::from_secs)).map_err(|e| core_error(&e))?;
+    tracing::debug!(room = %room.id, size, "room created");
+    state.metrics().room_created();
+    Ok(room)
+}
+
+/// Reads `slot`, `resume_token` and `last_seq` from the query string.
+fn join_request(query: Option<&str>) -> Result<JoinRequest, ApiError> {
+    let slot = match query_param(query, "slot") {
+        Some(s) => Some(s.parse::<u16>().map_err(|_| {
+            ApiError::bad_request("bad_request", format!("slot must be a slot number, got {s:?}"))
+        })?),
+        None => None,
+    };
+    let last_seq = match query_param(query, "last_seq") {
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_request",
+                format!("last_seq must be a non-negative integer, got {s:?}"),
+            )
+        })?),
+        None => None,
+    };
+    let resume = match (query_param(query, "resume_token").filter(|t| !t.is_empty()), last_seq) {
+        (Some(token), last_seq) => Some(Resume { token, last_seq }),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request("bad_request", "last_seq needs a resume_token"));
+        }
+        (None, None) => None,
+    };
+    Ok(JoinRequest { slot, resume })
+}

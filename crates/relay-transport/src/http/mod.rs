@@ -1,0 +1,5 @@
+//! What the REST routes share: JSON bodies and queries, who is calling, rate limits.
+
+pub(crate) mod auth;
+pub(crate) mod body;
+pub(crate) mod ratelimit;

@@ -1,0 +1,299 @@
+//! The state every connection shares: the configuration, the core's rooms and mailbox,
+//! discovery, the key store, connection slots, rate limiters, metrics and the shutdown
+//! signal; and what the routes ask of it (usage meters, room owners, drain guards).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use relay_core::RoomId;
+use relay_core::rooms::Rooms;
+use relay_discovery::Discovery;
+use relay_keystore::KeyStore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use crate::config::ServerConfig;
+use crate::error::TransportError;
+use crate::http::auth::{Caller, UsageMeter};
+use crate::http::ratelimit::RateLimiter;
+use crate::metrics::{KeyUsage, Metrics};
+use crate::net::busy_poll::BusyPoll;
+
+/// The state every connection shares: configuration, the core's rooms and mailbox, and
+/// the shutdown signal. Cheap to clone; one per server, shared by all its listeners.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ServerConfig,
+    /// The live rooms, shared by the create routes and every room WebSocket.
+    rooms: Rooms,
+    /// The mailbox hub shared by `/v1/msg-relay` and every room-scoped mailbox.
+    mailbox: relay_core::Mailbox,
+    /// Groups and the relay registry (sled in `config.data_dir`, or memory).
+    discovery: Discovery,
+    /// Flips to true once shutdown starts; WebSocket handlers watch it to close with 1001.
+    shutdown_tx: watch::Sender<bool>,
+    /// Every live WebSocket task holds a clone; shutdown waits until all are dropped.
+    /// `None` once shutdown started, so no new guard is handed out.
+    drain_tx: Mutex<Option<mpsc::Sender<()>>>,
+    drain_rx: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// The API keys and admin token; `None` only in tests and embeddings built with
+    /// [`AppState::new`] (then key-gated and admin routes answer 503 when enforced).
+    pub(crate) keystore: Option<Arc<KeyStore>>,
+    /// The key that created each room, so the room's messages count against it.
+    pub(crate) room_owners: Mutex<std::collections::HashMap<relay_core::RoomId, String>>,
+    /// One permit per open connection, `max_connections` in all, shared by every
+    /// listener. A connection's permit lives inside its I/O object, so it is held
+    /// through the TLS handshake and after a WebSocket upgrade, until the socket closes.
+    connection_slots: Arc<Semaphore>,
+    /// The rate limits' buckets: per client address, per API key.
+    rate_limiter: RateLimiter,
+    /// Counters for `/metrics`, bumped with relaxed atomics by the routes.
+    metrics: Metrics,
+    /// The busy-poll spinners, when `config.busy_poll` is set.
+    pub(crate) busy_poll: Option<Arc<BusyPoll>>,
+}
+
+/// Held by a live WebSocket task; shutdown waits for every guard to drop.
+pub(crate) struct DrainGuard {
+    _tx: mpsc::Sender<()>,
+}
+
+impl AppState {
+    /// Builds the shared state for `config`, without a key store: enough for a server
+    /// with keys not enforced. With keys enforced, every key is refused as unknown (401)
+    /// and the admin routes answer 503; give a store with [`AppState::try_with_keystore`].
+    ///
+    /// # Panics
+    /// If `config.data_dir` is set and its store cannot be opened; use
+    /// [`AppState::try_new`] to get that as an error. Without a data dir, never.
+    pub fn new(config: ServerConfig) -> AppState {
+        AppState::try_new(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Builds the shared state for `config`, opening the stores in `config.data_dir`.
+    pub fn try_new(config: ServerConfig) -> Result<AppState, TransportError> {
+        AppState::build(config, None)
+    }
+
+    /// As [`AppState::try_new`], with the key store that verifies API keys, serves the
+    /// admin routes and counts usage.
+    pub fn try_with_keystore(
+        config: ServerConfig,
+        keystore: Arc<KeyStore>,
+    ) -> Result<AppState, TransportError> {
+        AppState::build(config, Some(keystore))
+    }
+
+    /// The key store, if the server has one.
+    pub fn keystore(&self) -> Option<&Arc<KeyStore>> {
+        self.inner.keystore.as_ref()
+    }
+
+    fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+        let discovery = Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
+            let dir = config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
+            TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))
+        })?;
+        let (shutdown_tx, _) = watch::channel(false);
+        let (drain_tx, drain_rx) = mpsc::channel(1);
+        let connection_slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+        let rate_limiter = RateLimiter::new(&config.rate_limits);
+        let metrics = Metrics::default();
+        if let Some(store) = keystore.clone() {
+            // Per-key series on /metrics come from the store's own counters, read at scrape time.
+            let source = move || {
+                store
+                    .list()
+                    .into_iter()
+                    .map(|k| KeyUsage {
+                        name: k.name,
+                        messages: k.usage.messages,
+                        bytes: k.usage.bytes,
+                        rooms: k.usage.rooms,
+                    })
+                    .collect()
+            };
+            metrics.set_key_usage_source(Box::new(source));
+        }
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
+                busy_poll: BusyPoll::new(config.busy_poll),
+                mailbox: crate::api::mailbox::new_hub(&config),
+                config,
+                discovery,
+                shutdown_tx,
+                drain_tx: Mutex::new(Some(drain_tx)),
+                drain_rx: tokio::sync::Mutex::new(drain_rx),
+                keystore,
+                room_owners: Mutex::default(),
+                connection_slots,
+                rate_limiter,
+                metrics,
+            }),
+        })
+    }
+
+    /// Groups and the relay registry. Spawn [`Discovery::sweeper`] to purge expired groups.
+    pub fn discovery(&self) -> &Discovery {
+        &self.inner.discovery
+    }
+
+    /// The configuration this state was built with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// The room registry.
+    pub fn rooms(&self) -> &Rooms {
+        &self.inner.rooms
+    }
+
+    /// The mailbox hub: every mailbox namespace of this server.
+    pub fn mailbox(&self) -> &relay_core::Mailbox {
+        &self.inner.mailbox
+    }
+
+    /// Starts shutdown: new WebSockets are refused, open ones close with 1001.
+    /// Idempotent.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown_tx.send_replace(true);
+        self.inner.drain_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown_tx.borrow()
+    }
+
+    /// A receiver that changes to true when shutdown starts.
+    pub fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown_tx.subscribe()
+    }
+
+    /// Resolves to true once shutdown starts (to false if the state goes away first).
+    /// Fused, so a connection's poll loop can poll it on every turn, after it resolved
+    /// too.
+    pub(crate) fn shutting_down(
+        &self,
+    ) -> impl futures_util::future::FusedFuture<Output = bool> + Send + use<> {
+        use futures_util::FutureExt;
+        let mut stop = self.shutdown_watch();
+        async move { stop.wait_for(|stopping| *stopping).await.is_ok() }.fuse()
+    }
+
+    /// A guard for a new WebSocket task, or `None` while shutting down.
+    pub(crate) fn drain_guard(&self) -> Option<DrainGuard> {
+        let tx = self.inner.drain_tx.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        Some(DrainGuard { _tx: tx })
+    }
+
+    /// How many connections are open right now, across all listeners (including those
+    /// in the TLS handshake and upgraded WebSockets).
+    pub fn open_connections(&self) -> usize {
+        let max = self.inner.config.max_connections.min(Semaphore::MAX_PERMITS);
+        max.saturating_sub(self.inner.connection_slots.available_permits())
+    }
+
+    /// A WebSocket handled a burst of frames: with busy polling on, keeps the workers
+    /// polling for the next one. A no-op otherwise.
+    pub(crate) fn frames_arrived(&self) {
+        if let Some(busy_poll) = &self.inner.busy_poll {
+            busy_poll.frames_arrived();
+        }
+    }
+
+    /// A WebSocket wrote frames out: with busy polling on, starts (or keeps) the
+    /// workers polling for the next frame. A no-op otherwise.
+    pub(crate) fn frames_written(&self) {
+        if let Some(busy_poll) = &self.inner.busy_poll {
+            busy_poll.frames_written();
+        }
+    }
+
+    /// Microseconds spent busy polling since start (`None` when it is off).
+    pub(crate) fn busy_polled_micros(&self) -> Option<u64> {
+        self.inner.busy_poll.as_ref().map(|b| b.spun_micros())
+    }
+
+    /// Busy-poll spells cut short since start because the CPU was wanted elsewhere.
+    pub(crate) fn busy_poll_backoffs(&self) -> u64 {
+        self.inner.busy_poll.as_ref().map_or(0, |b| b.backoffs())
+    }
+
+    /// The counters served at `/metrics`.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Serves per-key usage at `/metrics` (`relay_key_messages_total{key="name"}` and
+    /// friends): `source` is called once per scrape and returns every key's totals, as
+    /// the key store counts them. Only the first call has an effect; returns whether
+    /// this one did.
+    pub fn set_key_usage_source(&self, source: impl Fn() -> Vec<KeyUsage> + Send + Sync + 'static) -> bool {
+        self.inner.metrics.set_key_usage_source(Box::new(source))
+    }
+
+    /// A slot for a new connection, or `None` when `max_connections` are open.
+    pub(crate) fn connection_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.connection_slots.clone().try_acquire_owned().ok()
+    }
+
+    /// The rate limiters shared by every connection.
+    pub(crate) fn rate_limiter(&self) -> &RateLimiter {
+        &self.inner.rate_limiter
+    }
+
+    /// The per-key rate limit for one keyed operation (room creation, a mailbox open):
+    /// `Some(429 response)` when `caller`'s key is over it, counted on `/metrics`.
+    pub(crate) fn key_rate_refusal(
+        &self,
+        caller: &Caller,
+    ) -> Option<hyper::Response<crate::http::body::Body>> {
+        let limited = self.inner.rate_limiter.key(caller, tokio::time::Instant::now()).err()?;
+        self.inner.metrics.rate_limited("key");
+        Some(limited.response())
+    }
+
+    /// Waits until every WebSocket task has ended (after [`AppState::begin_shutdown`]).
+    pub async fn websockets_closed(&self) {
+        let mut rx = self.inner.drain_rx.lock().await;
+        while rx.recv().await.is_some() {}
+    }
+}
+
+impl AppState {
+    /// Adds to the usage of `caller`'s key (in memory; written by the periodic flush).
+    /// Does nothing for callers without a key (keys not enforced).
+    pub(crate) fn record_usage(&self, caller: &Caller, messages: u64, bytes: u64, rooms: u64) {
+        self.usage_meter(caller).add(messages, bytes, rooms);
+    }
+
+    /// A meter that counts one connection's messages against `caller`'s key.
+    pub(crate) fn usage_meter(&self, caller: &Caller) -> UsageMeter {
+        UsageMeter(self.keystore().cloned().zip(caller.key_name.clone()))
+    }
+
+    /// Remembers that `caller`'s key created `room`, so the room's messages count
+    /// against that key (parties join with the room ID alone, no key).
+    pub(crate) fn set_room_owner(&self, room: RoomId, caller: &Caller) {
+        let Some(name) = caller.key_name.clone() else { return };
+        let mut owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget closed rooms now and then: amortized, and bounded by the live rooms.
+        if owners.len() >= 2 * self.rooms().len() + ROOM_OWNERS_SLACK {
+            owners.retain(|id, _| self.rooms().info(id).is_some());
+        }
+        owners.insert(room, name);
+    }
+
+    /// A meter that counts a room party's messages against the key that created the room.
+    pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
+        let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
+        UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
+    }
+}
+
+/// Closed rooms whose owner entry may linger before the owner map is pruned.
+const ROOM_OWNERS_SLACK: usize = 64;
