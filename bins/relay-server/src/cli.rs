@@ -194,6 +194,8 @@ impl Cli {
             discovery: self.discovery.config()?,
             header_read_timeout: Duration::from_secs(self.ops.header_read_timeout_secs),
             tls_handshake_timeout: Duration::from_secs(self.ops.tls_handshake_timeout_secs),
+            request_timeout: Duration::from_secs(self.ops.request_timeout_secs),
+            max_body_bytes: self.ops.max_body_bytes,
             max_connections: self.ops.max_connections,
             busy_poll: Duration::from_micros(self.ops.busy_poll_us),
             rate_limits: self.rate_limits.to_rate_limits(),
@@ -233,6 +235,19 @@ pub(crate) struct OpsArgs {
           default_value_t = ServerConfig::default().header_read_timeout.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) header_read_timeout_secs: u64,
+
+    /// Seconds a REST request may take, reading its body included, before it is answered
+    /// 408 request_timeout. WebSockets are not bound by it.
+    #[arg(long, env = "RELAY_REQUEST_TIMEOUT_SECS",
+          default_value_t = ServerConfig::default().request_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) request_timeout_secs: u64,
+
+    /// Largest REST request body in bytes; over it, 413 body_too_large.
+    #[arg(long, env = "RELAY_MAX_BODY_BYTES",
+          default_value_t = ServerConfig::default().max_body_bytes,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) max_body_bytes: usize,
 
     /// Seconds a client has to complete the TLS handshake after connecting.
     #[arg(long, env = "RELAY_TLS_HANDSHAKE_TIMEOUT_SECS",

@@ -18,8 +18,15 @@ pub struct ServerConfig {
     pub room_id_prefix: Option<RoomIdPrefix>,
     /// When false, no API key is checked anywhere (development only).
     pub api_keys_enforced: bool,
-    /// Largest REST request body, in bytes (default 64 KiB).
+    /// Largest REST request body, in bytes (default 64 KiB); over it, 413.
     pub max_body_bytes: usize,
+    /// A REST request (reading its body included) must be answered within this long,
+    /// else 408 `request_timeout` (default 30 s). WebSocket connections are not bound
+    /// by it: their handshake is answered at once.
+    pub request_timeout: Duration,
+    /// Origins allowed to call the REST API from a browser (CORS), e.g.
+    /// `https://app.example`. Empty (the default) sends no CORS headers.
+    pub cors_allowed_origins: Vec<String>,
     /// WebSocket read buffer per connection. tungstenite's 128 KiB default costs about
     /// 140 KiB per idle connection; 4 KiB keeps idle connections cheap (default 4 KiB).
     pub ws_read_buffer_bytes: usize,
@@ -74,6 +81,8 @@ impl Default for ServerConfig {
             room_id_prefix: None,
             api_keys_enforced: true,
             max_body_bytes: 64 << 10,
+            request_timeout: Duration::from_secs(30),
+            cors_allowed_origins: Vec::new(),
             ws_read_buffer_bytes: 4 << 10,
             ws_burst_read_bytes: 64 << 10,
             ws_write_buffer_bytes: 4 << 10,

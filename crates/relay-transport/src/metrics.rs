@@ -98,6 +98,13 @@ impl Route {
         Route::Unmatched,
     ];
 
+    /// The route of a path template the router matched (`/v1/rooms/{room_id}`), or
+    /// `Unmatched`.
+    pub(crate) fn of_template(template: &str) -> Route {
+        let segments: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        Route::of(&segments)
+    }
+
     /// The route template for a path's segments (as the router splits them).
     pub(crate) fn of(segments: &[&str]) -> Route {
         match segments {
@@ -283,6 +290,18 @@ impl Metrics {
         if let Some(code) = error_code.filter(|c| AUTH_FAILURE_CODES.contains(c)) {
             self.auth_failures.add(code);
         }
+    }
+
+    /// A request answered: by the route template the router matched (or `unmatched`).
+    pub(crate) fn http_request_at(
+        &self,
+        route: &str,
+        _method: &hyper::Method,
+        status: StatusCode,
+        error_code: Option<&'static str>,
+        _elapsed: std::time::Duration,
+    ) {
+        self.http_request(Route::of_template(route), status, error_code);
     }
 
     /// Installs the per-key usage source; only the first call has an effect.

@@ -3,23 +3,22 @@
 //!
 //! The schema types mirror what the handlers write (the handlers build their JSON from
 //! core types that know nothing of OpenAPI); the e2e test `openapi` holds the two
-//! together by checking live responses against these schemas. Routes that one handler
-//! serves at two paths (Disco's `/group...` and `/v1/group...`, `PATCH /group` and
-//! `PATCH /groups/{ID}`) are annotated once and copied to the other path in
-//! [`AlsoServedAt`], so the document lists every path the router answers.
+//! together by checking live responses against these schemas. The paths come from the
+//! router (`crate::router`): utoipa-axum collects each handler's annotation as the
+//! route is registered, so the document lists exactly the routes the router serves.
 
 use std::sync::OnceLock;
 
 use hyper::{Response, StatusCode, header};
 use serde::Serialize;
-use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::OpenApi as OpenApiDoc;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{OpenApi as OpenApiDoc, Required};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::http::body::Body;
 
-/// The document, as served.
+/// The document's frame: info, tags, shared schemas and security schemes. The paths
+/// come from the router (`crate::router`), which registers every annotated handler.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -30,35 +29,8 @@ use crate::http::body::Body;
             Frame formats are in docs/protocol.md.",
         license(name = "MIT OR Apache-2.0"),
     ),
-    paths(
-        crate::api::health::healthz,
-        crate::api::health::readyz,
-        crate::api::health::scrape,
-        serve,
-        crate::api::rooms::create,
-        crate::api::rooms::create_sodot,
-        crate::api::rooms::join,
-        crate::api::mailbox::connect,
-        crate::api::mailbox::connect_room,
-        crate::api::discovery::create,
-        crate::api::discovery::update,
-        crate::api::discovery::list,
-        crate::api::discovery::get,
-        crate::api::discovery::delete,
-        crate::api::discovery::announce,
-        crate::api::discovery::list_relays,
-        crate::api::admin::sodot_create,
-        crate::api::admin::sodot_list,
-        crate::api::admin::sodot_revoke,
-        crate::api::admin::create,
-        crate::api::admin::list,
-        crate::api::admin::revoke,
-        crate::api::admin::rooms,
-        crate::api::admin::usage,
-        crate::api::admin::whoami,
-    ),
     components(schemas(ErrorBody)),
-    modifiers(&SecuritySchemes, &AlsoServedAt),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "rooms", description = "Rooms: create over REST, join over WebSocket"),
         (name = "mailbox", description = "Silence Labs compatible mailbox over WebSocket"),
@@ -70,22 +42,43 @@ use crate::http::body::Body;
 )]
 pub(crate) struct ApiDoc;
 
-/// `GET /openapi.json`: the document, built once.
+/// The document as served, rendered once from the first router built (every router
+/// builds the same one).
+static DOC: OnceLock<String> = OnceLock::new();
+
+/// Keeps `doc`, the router's document, for [`serve`]. Disco's routes are mounted twice
+/// (at Disco's paths and under `/v1/`): the second mount's operation IDs get `_v1` so
+/// every operation ID stays unique.
+pub(crate) fn publish(mut doc: OpenApiDoc) {
+    DOC.get_or_init(|| {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if path.starts_with("/v1/group") {
+                for op in
+                    [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten()
+                {
+                    if let Some(id) = &mut op.operation_id {
+                        id.push_str("_v1");
+                    }
+                }
+            }
+        }
+        doc.to_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    });
+}
+
+/// `GET /openapi.json`: the document.
 #[utoipa::path(
     get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
     responses((status = 200, description = "This OpenAPI document", content_type = "application/json")),
 )]
-pub(crate) fn serve() -> Response<Body> {
-    static DOC: OnceLock<String> = OnceLock::new();
-    let doc =
-        DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
-    let mut resp = Response::new(Body::from(doc.clone()));
+pub(crate) async fn serve() -> Response<Body> {
+    let doc = DOC.get().cloned().unwrap_or_default();
+    let mut resp = Response::new(Body::from(doc));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     resp
 }
 
-/// Every refusal: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
     error: ErrorDetail,
@@ -274,50 +267,4 @@ impl Modify for SecuritySchemes {
             ),
         );
     }
-}
-
-/// Copies operations served at a second path (see the module docs).
-struct AlsoServedAt;
-
-impl Modify for AlsoServedAt {
-    fn modify(&self, doc: &mut OpenApiDoc) {
-        let paths = &mut doc.paths.paths;
-        // PATCH /group (ID in the body) is also PATCH /groups/{ID} (ID in the path).
-        let patch = paths.get("/group").and_then(|item| item.patch.clone());
-        if let Some(mut op) = patch {
-            op.operation_id = Some("update_group_by_id".to_owned());
-            op.summary = Some("Change the group named in the path".to_owned());
-            op.parameters.get_or_insert_with(Vec::new).push(group_id_parameter());
-            paths.entry("/groups/{ID}".to_owned()).or_default().patch = Some(op);
-        }
-        // Every Disco path is also served under /v1/.
-        let disco: Vec<(String, PathItem)> = paths
-            .iter()
-            .filter(|(path, _)| path.starts_with("/group"))
-            .map(|(path, item)| (format!("/v1{path}"), item.clone()))
-            .collect();
-        for (path, mut item) in disco {
-            for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten()
-            {
-                rename_v1(op);
-            }
-            paths.insert(path, item);
-        }
-    }
-}
-
-fn rename_v1(op: &mut Operation) {
-    if let Some(id) = &mut op.operation_id {
-        id.push_str("_v1");
-    }
-}
-
-fn group_id_parameter() -> Parameter {
-    ParameterBuilder::new()
-        .name("ID")
-        .parameter_in(ParameterIn::Path)
-        .required(Required::True)
-        .description(Some("The group's ID"))
-        .schema(Some(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String)))
-        .build()
 }

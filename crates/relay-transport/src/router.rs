@@ -1,134 +1,263 @@
-//! Maps (method, path) to a handler. Every refusal is a JSON error with its status.
+//! The one route table: every REST and WebSocket route in one axum `Router`, built with
+//! utoipa-axum so that the routes and `/openapi.json` come from the same
+//! `#[utoipa::path]` annotations on the handlers in [`crate::api`].
+//!
+//! Middleware, as tower layers around every route, outermost first:
+//! 1. the per-address request rate (429 before any other work; the accept loop put the
+//!    client address in the request's extensions);
+//! 2. tracing, with the `Authorization`, `Cookie` and `Sec-WebSocket-Protocol` headers
+//!    redacted and the admin token and keys cut out of logged URIs;
+//! 3. metrics by matched route template and status, and JSON errors: a refusal that a
+//!    layer or the router made without a body of ours (405 with its `Allow` header, 408,
+//!    413, a path the extractor could not read) gets the same JSON body as every other;
+//! 4. CORS, when origins are configured (`ServerConfig::cors_allowed_origins`);
+//! 5. the request timeout (`ServerConfig::request_timeout`; a WebSocket handler answers
+//!    101 at once and its connection runs in its own task, beyond this timeout);
+//! 6. the body limit (`ServerConfig::max_body_bytes`).
+//!
+//! Unknown paths answer 404 `not_found` from the fallback.
 
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode, header};
+use std::time::Instant;
 
-use crate::api::health as metrics;
-use crate::api::{admin, discovery, mailbox, rooms};
-use crate::error::ApiError;
-use crate::http::body::{Body, error_response};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use hyper::{StatusCode, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::api::{admin, discovery, health, mailbox, rooms};
+use crate::error::{ApiError, ErrorCodeSent};
 use crate::http::ratelimit::ClientAddr;
-use crate::metrics::Route;
 use crate::openapi;
 use crate::state::AppState;
 
-/// Routes one request.
-pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
-    // The per-address request rate, before any work; the accept loop sets the address.
+/// The router of `state`'s server: every route, its middleware and its state.
+pub(crate) fn router(state: &AppState) -> axum::Router {
+    let (routes, doc) = api_routes().split_for_parts();
+    openapi::publish(doc);
+    let config = state.config();
+    let mut router = routes.fallback(no_route);
+    router = router.layer(RequestBodyLimitLayer::new(config.max_body_bytes));
+    router =
+        router.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout));
+    if !config.cors_allowed_origins.is_empty() {
+        let origins = config.cors_allowed_origins.iter().filter_map(|o| o.parse().ok());
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods(tower_http::cors::Any)
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    router
+        .layer(middleware::from_fn_with_state(state.clone(), metrics_and_json_errors))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let uri = admin::redact_uri(req.uri());
+            tracing::debug_span!("request", method = %req.method(), uri = %uri)
+        }))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+            header::COOKIE,
+            header::SEC_WEBSOCKET_PROTOCOL,
+        ]))
+        .layer(middleware::from_fn_with_state(state.clone(), request_rate))
+        .with_state(state.clone())
+}
+
+/// Every annotated route. Routes of one path share a `routes!` (utoipa-axum's rule).
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::scrape))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(rooms::create))
+        .routes(routes!(rooms::create_sodot))
+        .routes(routes!(rooms::join))
+        .routes(routes!(mailbox::connect))
+        .routes(routes!(mailbox::connect_room))
+        .routes(routes!(admin::sodot_create))
+        .routes(routes!(admin::sodot_list))
+        .routes(routes!(admin::sodot_revoke))
+        .routes(routes!(admin::create, admin::list))
+        .routes(routes!(admin::revoke))
+        .routes(routes!(admin::rooms))
+        .routes(routes!(admin::usage))
+        .routes(routes!(admin::whoami))
+        .routes(routes!(discovery::announce, discovery::list_relays))
+        // Disco's paths, and the same routes under /v1/.
+        .merge(group_routes())
+        .nest("/v1", group_routes())
+}
+
+/// Disco's group routes, mounted at the root and under `/v1`.
+fn group_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(discovery::create, discovery::update))
+        .routes(routes!(discovery::list))
+        .routes(routes!(discovery::get, discovery::update_by_id, discovery::delete))
+}
+
+/// 404 `not_found` for a path no route serves.
+async fn no_route() -> ApiError {
+    ApiError::no_route()
+}
+
+/// The per-address request rate: 429 `rate_limited` before any other work.
+async fn request_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(&ClientAddr(ip)) = req.extensions().get::<ClientAddr>()
         && let Err(limited) = state.rate_limiter().request(ip, tokio::time::Instant::now())
     {
         state.metrics().rate_limited("request");
-        return limited.response();
+        return limited.error().into_response();
     }
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    next.run(req).await
+}
+
+/// Counts the request by its route template and status (never its raw path: paths carry
+/// room IDs, group IDs and admin tokens), and gives a refusal without a body of ours
+/// the JSON error body, keeping its headers (`Allow` on a 405).
+async fn metrics_and_json_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
     let method = req.method().clone();
-    let metric_route = Route::of(&segments);
-    let result = match (segments.as_slice(), &method) {
-        (["healthz"], &Method::GET) => Ok(metrics::healthz()),
-        (["readyz"], &Method::GET) => Ok(metrics::readyz(&state)),
-        (["metrics"], &Method::GET) => Ok(metrics::scrape(&state)),
-        (["openapi.json"], &Method::GET) => Ok(openapi::serve()),
-        (["v1", "rooms"], &Method::POST) => rooms::create(&state, req).await,
-        (["create-room"], &Method::POST) => rooms::create_sodot(&state, req).await,
-        (["v1", "rooms", room_id], &Method::GET) => rooms::join(&state, req, room_id).await,
-        (["v1", "msg-relay"], &Method::GET) => mailbox::connect(&state, req).await,
-        (["v1", "rooms", room_id, "msg-relay"], &Method::GET) => {
-            mailbox::connect_room(&state, req, room_id).await
-        }
-        // Admin (admin.rs): Sodot paths with the token last, and REST with a Bearer token.
-        (["createkey", name, expiry, token], &Method::GET) => {
-            admin::sodot_create(&state, name, expiry, token).await
-        }
-        (["rooms", token], &Method::GET) => admin::sodot_list(&state, token),
-        (["revokekey", name, token], &Method::GET) => admin::sodot_revoke(&state, name, token).await,
-        (["v1", "admin", "keys"], &Method::POST) => admin::create(&state, req).await,
-        (["v1", "admin", "keys"], &Method::GET) => admin::list(&state, &req),
-        (["v1", "admin", "keys", name], &Method::DELETE) => admin::revoke(&state, &req, name).await,
-        (["v1", "admin", "rooms"], &Method::GET) => admin::rooms(&state, &req),
-        (["v1", "admin", "usage"], &Method::GET) => admin::usage(&state, &req),
-        (["v1", "key"], &Method::GET) => admin::whoami(&state, &req),
-        (
-            ["createkey", _, _, _]
-            | ["rooms", _]
-            | ["revokekey", _, _]
-            | ["v1", "admin", "keys" | "rooms" | "usage"]
-            | ["v1", "admin", "keys", _]
-            | ["v1", "key"],
-            _,
-        ) => Err(ApiError::method_not_allowed()),
-        (["group" | "groups", ..] | ["v1", "group" | "groups" | "relays", ..], _) => {
-            discovery::route(&state, req, &segments).await
-        }
-        (
-            ["healthz"]
-            | ["readyz"]
-            | ["metrics"]
-            | ["openapi.json"]
-            | ["v1", "rooms"]
-            | ["create-room"]
-            | ["v1", "rooms", _]
-            | ["v1", "msg-relay"]
-            | ["v1", "rooms", _, "msg-relay"],
-            _,
-        ) => Err(ApiError::method_not_allowed()),
-        _ => Err(ApiError::no_route()),
-    };
-    let (mut resp, error_code) = match result {
-        Ok(resp) => (resp, None),
-        Err(e) => (error_response(&e), Some(e.code)),
-    };
-    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
-        && let Some(allow) = allowed_methods(&segments)
-    {
-        resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let mut resp = next.run(req).await;
+    let status = resp.status();
+    let mut code = resp.extensions().get::<ErrorCodeSent>().map(|c| c.0);
+    let is_json =
+        resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json");
+    if code.is_none() && !is_json && (status.is_client_error() || status.is_server_error()) {
+        let error = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::body_too_large(state.config().max_body_bytes),
+            status => ApiError::for_status(status),
+        };
+        code = Some(error.code);
+        let (mut parts, _) = resp.into_parts();
+        let json = error.into_response();
+        parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let (_, body) = json.into_parts();
+        resp = Response::from_parts(parts, body);
     }
-    state.metrics().http_request(metric_route, resp.status(), error_code);
+    state.metrics().http_request_at(
+        route.as_deref().unwrap_or("unmatched"),
+        &method,
+        status,
+        code,
+        started.elapsed(),
+    );
     resp
 }
 
-/// The methods a known path serves, for the `Allow` header every 405 must carry
-/// (RFC 9110 section 15.5.6); `None` for a path no route serves.
-fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
-    let segments = match segments {
-        ["v1", "group" | "groups", ..] => &segments[1..],
-        other => other,
-    };
-    Some(match segments {
-        ["v1", "rooms"] | ["create-room"] => "POST",
-        ["v1", "admin", "keys"] | ["v1", "relays"] => "GET, POST",
-        ["v1", "admin", "keys", _] => "DELETE",
-        ["group"] => "POST, PATCH",
-        ["groups", _] => "GET, PATCH, DELETE",
-        ["healthz"]
-        | ["readyz"]
-        | ["metrics"]
-        | ["openapi.json"]
-        | ["v1", "rooms", _]
-        | ["v1", "msg-relay"]
-        | ["v1", "rooms", _, "msg-relay"]
-        | ["createkey", _, _, _]
-        | ["rooms", _]
-        | ["revokekey", _, _]
-        | ["v1", "admin", "rooms" | "usage"]
-        | ["v1", "key"]
-        | ["groups"] => "GET",
-        _ => return None,
-    })
+/// The OpenAPI document's route list, for tests: every (method, path) it names.
+#[cfg(test)]
+fn documented_routes() -> Vec<(String, String)> {
+    let (_, doc) = api_routes().split_for_parts();
+    let mut out = Vec::new();
+    for (path, item) in doc.paths.paths {
+        let ops = [
+            ("GET", item.get.is_some()),
+            ("POST", item.post.is_some()),
+            ("PATCH", item.patch.is_some()),
+            ("DELETE", item.delete.is_some()),
+        ];
+        out.extend(ops.into_iter().filter(|(_, on)| *on).map(|(m, _)| (m.to_owned(), path.clone())));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::allowed_methods;
+    use axum::body::Body;
+    use hyper::{Request, StatusCode, header};
+    use tower::ServiceExt;
+
+    use super::{documented_routes, router};
+    use crate::{AppState, ServerConfig};
+
+    async fn call(config: ServerConfig, req: Request<Body>) -> axum::response::Response {
+        let state = AppState::try_new(config).unwrap();
+        router(&state).oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn cors_headers_only_for_configured_origins() {
+        let preflight = || {
+            Request::builder()
+                .method("OPTIONS")
+                .uri("/v1/rooms")
+                .header(header::ORIGIN, "https://app.example")
+                .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let off = call(ServerConfig::default(), preflight()).await;
+        assert!(off.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+
+        let config = ServerConfig {
+            cors_allowed_origins: vec!["https://app.example".into()],
+            ..ServerConfig::default()
+        };
+        let on = call(config.clone(), preflight()).await;
+        assert_eq!(on.status(), StatusCode::OK);
+        assert_eq!(on.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example");
+        let other = Request::builder()
+            .uri("/healthz")
+            .header(header::ORIGIN, "https://evil.example")
+            .body(Body::empty())
+            .unwrap();
+        let other = call(config, other).await;
+        assert!(other.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+    }
+
+    #[tokio::test]
+    async fn refusals_of_layers_and_router_are_json_errors() {
+        let config = ServerConfig { max_body_bytes: 8, ..ServerConfig::default() };
+        let big = Request::builder()
+            .method("POST")
+            .uri("/v1/rooms")
+            .header(header::CONTENT_LENGTH, "100")
+            .body(Body::from(vec![b' '; 100]))
+            .unwrap();
+        let resp = call(config, big).await;
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "body_too_large");
+        assert!(body["error"]["message"].as_str().unwrap().contains("8-byte"), "{body}");
+
+        let wrong = Request::builder().method("DELETE").uri("/healthz").body(Body::empty()).unwrap();
+        let resp = call(ServerConfig::default(), wrong).await;
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(resp.headers().contains_key(header::ALLOW));
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    }
 
     #[test]
-    fn every_405_path_names_its_methods() {
-        assert_eq!(allowed_methods(&["v1", "rooms"]), Some("POST"));
-        assert_eq!(allowed_methods(&["v1", "groups", "g1"]), Some("GET, PATCH, DELETE"));
-        assert_eq!(allowed_methods(&["group"]), Some("POST, PATCH"));
-        assert_eq!(allowed_methods(&["v1", "relays"]), Some("GET, POST"));
-        assert_eq!(allowed_methods(&["v1", "rooms", "x", "msg-relay"]), Some("GET"));
-        assert_eq!(allowed_methods(&["nope"]), None);
+    fn disco_routes_are_documented_at_both_paths() {
+        let routes = documented_routes();
+        for (method, path) in [
+            ("POST", "/group"),
+            ("POST", "/v1/group"),
+            ("PATCH", "/group"),
+            ("PATCH", "/groups/{ID}"),
+            ("PATCH", "/v1/groups/{ID}"),
+            ("DELETE", "/v1/groups/{ID}"),
+            ("GET", "/v1/relays"),
+            ("POST", "/v1/relays"),
+            ("GET", "/v1/rooms/{room_id}/msg-relay"),
+            ("GET", "/openapi.json"),
+        ] {
+            assert!(routes.contains(&(method.to_owned(), path.to_owned())), "{method} {path} missing");
+        }
     }
 }

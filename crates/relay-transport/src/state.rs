@@ -247,14 +247,13 @@ impl AppState {
     }
 
     /// The per-key rate limit for one keyed operation (room creation, a mailbox open):
-    /// `Some(429 response)` when `caller`'s key is over it, counted on `/metrics`.
-    pub(crate) fn key_rate_refusal(
-        &self,
-        caller: &Caller,
-    ) -> Option<hyper::Response<crate::http::body::Body>> {
-        let limited = self.inner.rate_limiter.key(caller, tokio::time::Instant::now()).err()?;
+    /// 429 `rate_limited` when `caller`'s key is over it, counted on `/metrics`.
+    pub(crate) fn check_key_rate(&self, caller: &Caller) -> Result<(), crate::error::ApiError> {
+        let Err(limited) = self.inner.rate_limiter.key(caller, tokio::time::Instant::now()) else {
+            return Ok(());
+        };
         self.inner.metrics.rate_limited("key");
-        Some(limited.response())
+        Err(limited.error())
     }
 
     /// Waits until every WebSocket task has ended (after [`AppState::begin_shutdown`]).

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
+use axum::extract::{Path, State};
 use hyper::{Request, Response, StatusCode, Uri};
 use relay_keystore::{ApiKey, CreateOptions, KeyInfo, KeyOrigin, KeyStore, KeystoreError, unix_now};
 use serde::Deserialize;
@@ -125,12 +125,11 @@ struct CreateKeyRequest {
 )]
 /// `GET /createkey/<name>/<expiry_unix>/<token>`: 200 with the new key.
 pub(crate) async fn sodot_create(
-    state: &AppState,
-    name: &str,
-    expiry: &str,
-    token: &str,
+    State(state): State<AppState>,
+    Path((name, expiry, token)): Path<(String, String, String)>,
 ) -> Result<Response<Body>, ApiError> {
-    let store = admin_store(state, percent_decode(token).as_deref())?;
+    let state = &state;
+    let store = admin_store(state, Some(token.as_str()))?;
     let expires_at = expiry.parse::<u64>().map_err(|_| {
         ApiError::bad_request("bad_expiry", "expiry must be unix seconds (0 = never expires)")
     })?;
@@ -149,8 +148,12 @@ pub(crate) async fn sodot_create(
     ),
 )]
 /// `GET /rooms/<token>`: every key under `"Licenses"`, the live rooms under `"Rooms"`.
-pub(crate) fn sodot_list(state: &AppState, token: &str) -> Result<Response<Body>, ApiError> {
-    let store = admin_store(state, percent_decode(token).as_deref())?;
+pub(crate) async fn sodot_list(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response<Body>, ApiError> {
+    let state = &state;
+    let store = admin_store(state, Some(token.as_str()))?;
     let now = unix_now();
     let licenses: Vec<Value> = store.list().iter().map(|k| key_json(k, now)).collect();
     Ok(json(StatusCode::OK, &json!({"Licenses": licenses, "Rooms": live_rooms(state)})))
@@ -172,11 +175,11 @@ pub(crate) fn sodot_list(state: &AppState, token: &str) -> Result<Response<Body>
 )]
 /// `GET /revokekey/<name>/<token>`: 200 with the revoked key.
 pub(crate) async fn sodot_revoke(
-    state: &AppState,
-    name: &str,
-    token: &str,
+    State(state): State<AppState>,
+    Path((name, token)): Path<(String, String)>,
 ) -> Result<Response<Body>, ApiError> {
-    let store = admin_store(state, percent_decode(token).as_deref())?;
+    let state = &state;
+    let store = admin_store(state, Some(token.as_str()))?;
     revoke_key(store, name.to_owned()).await
 }
 
@@ -195,7 +198,11 @@ pub(crate) async fn sodot_revoke(
     security(("bearer" = [])),
 )]
 /// `POST /v1/admin/keys` with `{"name", "expires_at"?, "tenant"?}`: 201 with the new key.
-pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let state = &state;
     let store = admin_store(state, bearer_or_raw(&req).as_deref())?;
     let body = read_body(req, state.config().max_body_bytes).await?;
     let request: CreateKeyRequest = parse_json(&body)?;
@@ -214,7 +221,11 @@ pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<R
     security(("bearer" = [])),
 )]
 /// `GET /v1/admin/keys`: every key (revoked and expired ones too), by name.
-pub(crate) fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let (state, req) = (&state, &req);
     let store = admin_store(state, bearer_or_raw(req).as_deref())?;
     let now = unix_now();
     let keys: Vec<Value> = store.list().iter().map(|k| key_json(k, now)).collect();
@@ -235,10 +246,11 @@ pub(crate) fn list(state: &AppState, req: &Request<Incoming>) -> Result<Response
 )]
 /// `DELETE /v1/admin/keys/{name}`: revokes it; 200 with the revoked key.
 pub(crate) async fn revoke(
-    state: &AppState,
-    req: &Request<Incoming>,
-    name: &str,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
+    let (state, req) = (&state, &req);
     let store = admin_store(state, bearer_or_raw(req).as_deref())?;
     revoke_key(store, name.to_owned()).await
 }
@@ -254,7 +266,11 @@ pub(crate) async fn revoke(
     security(("bearer" = [])),
 )]
 /// `GET /v1/admin/rooms`: the live rooms.
-pub(crate) fn rooms(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn rooms(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let (state, req) = (&state, &req);
     admin_store(state, bearer_or_raw(req).as_deref())?;
     Ok(json(StatusCode::OK, &json!({"rooms": live_rooms(state)})))
 }
@@ -270,7 +286,11 @@ pub(crate) fn rooms(state: &AppState, req: &Request<Incoming>) -> Result<Respons
     security(("bearer" = [])),
 )]
 /// `GET /v1/admin/usage`: usage per key and the total.
-pub(crate) fn usage(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let (state, req) = (&state, &req);
     let store = admin_store(state, bearer_or_raw(req).as_deref())?;
     let keys = store.list();
     let (mut messages, mut bytes, mut rooms) = (0u64, 0u64, 0u64);
@@ -305,7 +325,11 @@ pub(crate) fn usage(state: &AppState, req: &Request<Incoming>) -> Result<Respons
 )]
 /// `GET /v1/key` with an API key: the name, tenant and expiry of the key presented, so
 /// a client can check its key without creating anything.
-pub(crate) fn whoami(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn whoami(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let (state, req) = (&state, &req);
     let caller = authenticate(state, req)?;
     let info = caller.key_name.as_deref().and_then(|name| state.keystore()?.get(name));
     let body = match info {

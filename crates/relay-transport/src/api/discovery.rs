@@ -12,10 +12,8 @@
 //! | `POST /v1/relays` | announce or refresh a relay (`Authorization: Bearer <registry token>`) |
 //! | `GET /v1/relays` | the live relays |
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode, header};
+use axum::extract::{Path, State};
+use hyper::{Request, Response, StatusCode, header};
 
 #[cfg(test)]
 use relay_discovery::DiscoveryConfig;
@@ -28,33 +26,6 @@ use crate::error::ApiError;
 use crate::http::auth::{Caller, authenticate, presented_key};
 use crate::http::body::{Body, json, query_param, read_body};
 use crate::state::AppState;
-
-/// Routes a request whose path starts with `group`, `groups`, `v1/group`, `v1/groups`
-/// or `v1/relays`.
-pub(crate) async fn route(
-    state: &AppState,
-    req: Request<Incoming>,
-    segments: &[&str],
-) -> Result<Response<Body>, ApiError> {
-    let rest = match segments {
-        ["v1", rest @ ..] => rest,
-        rest => rest,
-    };
-    let method = req.method().clone();
-    match (rest, &method) {
-        (["group"], &Method::POST) => create(state, req).await,
-        (["group"], &Method::PATCH) => update(state, req, None).await,
-        (["groups"], &Method::GET) => list(state, req),
-        (["groups", id], &Method::GET) => get(state, req, id),
-        (["groups", id], &Method::PATCH) => update(state, req, Some(id)).await,
-        (["groups", id], &Method::DELETE) => delete(state, req, id),
-        (["relays"], &Method::POST) if segments[0] == "v1" => announce(state, req).await,
-        (["relays"], &Method::GET) if segments[0] == "v1" => Ok(list_relays(state.discovery())),
-        (["group"] | ["groups"] | ["groups", _], _) => Err(ApiError::method_not_allowed()),
-        (["relays"], _) if segments[0] == "v1" => Err(ApiError::method_not_allowed()),
-        _ => Err(ApiError::no_route()),
-    }
-}
 
 /// `POST /group`.
 #[utoipa::path(
@@ -69,7 +40,11 @@ pub(crate) async fn route(
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
-async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let state = &state;
     let caller = discovery_caller(state, &req)?;
     let body = read_body(req, state.config().max_body_bytes).await?;
     create_group(state.discovery(), &caller, &body, unix_now())
@@ -89,9 +64,39 @@ async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Bod
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
-async fn update(
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    update_named(&state, req, None).await
+}
+
+/// `PATCH /groups/{ID}`: as `PATCH /group`, with the ID in the path.
+#[utoipa::path(
+    patch, path = "/groups/{ID}", operation_id = "update_group_by_id", tag = "discovery", summary = "Change the group named in the path",
+    params(("ID" = String, Path, description = "The group's ID")),
+    request_body = crate::openapi::GroupRequest,
+    responses(
+        (status = 200, description = "The group's ID, as a JSON string", body = String),
+        (status = 400, description = "Invalid JSON or field", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such live group", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
+pub(crate) async fn update_by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    update_named(&state, req, Some(&id)).await
+}
+
+async fn update_named(
     state: &AppState,
-    req: Request<Incoming>,
+    req: Request<Body>,
     id: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let caller = discovery_caller(state, &req)?;
@@ -110,7 +115,11 @@ async fn update(
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
-fn list(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let state = &state;
     discovery_caller(state, &req)?;
     let app_id = query_param(req.uri().query(), "app-id");
     let groups = state.discovery().groups().list(app_id.as_deref(), unix_now()).map_err(api_error)?;
@@ -129,7 +138,12 @@ fn list(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
-fn get(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let (state, id) = (&state, id.as_str());
     discovery_caller(state, &req)?;
     let group = state.discovery().groups().get(id, unix_now()).map_err(api_error)?;
     Ok(json(StatusCode::OK, &to_json(&group)))
@@ -147,7 +161,12 @@ fn get(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Bo
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
-fn delete(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let (state, id) = (&state, id.as_str());
     let caller = discovery_caller(state, &req)?;
     delete_group(state.discovery(), &caller, id, unix_now())
 }
@@ -165,7 +184,11 @@ fn delete(state: &AppState, req: Request<Incoming>, id: &str) -> Result<Response
     ),
     security(("registry_token" = [])),
 )]
-async fn announce(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn announce(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let state = &state;
     let token = bearer_token(&req);
     let body = read_body(req, state.config().max_body_bytes).await?;
     let announcement = Announcement::from_json(&body).map_err(api_error)?;
@@ -182,8 +205,8 @@ async fn announce(state: &AppState, req: Request<Incoming>) -> Result<Response<B
     get, path = "/v1/relays", operation_id = "list_relays", tag = "registry", summary = "The live relays",
     responses((status = 200, description = "The live relays", body = crate::openapi::RelayList)),
 )]
-fn list_relays(discovery: &Discovery) -> Response<Body> {
-    let relays = discovery.registry().list_live(unix_now());
+pub(crate) async fn list_relays(State(state): State<AppState>) -> Response<Body> {
+    let relays = state.discovery().registry().list_live(unix_now());
     json(StatusCode::OK, &serde_json::json!({ "relays": relays }))
 }
 
@@ -226,9 +249,7 @@ fn delete_group(
     now: u64,
 ) -> Result<Response<Body>, ApiError> {
     discovery.groups().delete(id, now, |r| authorize_owner(caller, r).is_ok()).map_err(api_error)?;
-    let mut resp = Response::new(Full::new(Bytes::from(format!(
-        "The group with ID {id} has been deleted successfully"
-    ))));
+    let mut resp = Response::new(Body::from(format!("The group with ID {id} has been deleted successfully")));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     Ok(resp)
@@ -249,7 +270,7 @@ pub(crate) fn authorize_owner(caller: &Caller, record: &GroupRecord) -> Result<(
 /// The caller of a discovery route. The admin token, presented like a key, is a caller
 /// without a key name: [`authorize_owner`] lets it change any group, and groups it
 /// creates have no owner, so only the admin may change them.
-fn discovery_caller(state: &AppState, req: &Request<Incoming>) -> Result<Caller, ApiError> {
+fn discovery_caller(state: &AppState, req: &Request<Body>) -> Result<Caller, ApiError> {
     if let (Some(store), Some(presented)) = (state.keystore(), presented_key(req))
         && store.verify_admin_token(&presented)
     {
@@ -259,7 +280,7 @@ fn discovery_caller(state: &AppState, req: &Request<Incoming>) -> Result<Caller,
 }
 
 /// The token of `Authorization: Bearer <token>` (or a bare `Authorization: <token>`).
-fn bearer_token(req: &Request<Incoming>) -> Option<String> {
+fn bearer_token(req: &Request<Body>) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let token =
         value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();

@@ -1,5 +1,6 @@
 //! Operations routes: liveness, readiness, metrics.
 
+use axum::extract::State;
 use hyper::{Response, StatusCode, header};
 
 use crate::http::body::{Body, json};
@@ -11,7 +12,7 @@ use crate::state::AppState;
     get, path = "/healthz", operation_id = "healthz", tag = "operations", summary = "Liveness",
     responses((status = 200, description = "The process serves", body = crate::openapi::Status)),
 )]
-pub(crate) fn healthz() -> Response<Body> {
+pub(crate) async fn healthz() -> Response<Body> {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
@@ -24,7 +25,7 @@ pub(crate) fn healthz() -> Response<Body> {
         (status = 503, description = "`{\"status\":\"draining\"}`: shutdown has begun", body = crate::openapi::Status),
     ),
 )]
-pub(crate) fn readyz(state: &AppState) -> Response<Body> {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response<Body> {
     if state.is_shutting_down() {
         json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "draining"}))
     } else {
@@ -39,8 +40,8 @@ pub(crate) fn readyz(state: &AppState) -> Response<Body> {
         public internet (firewall, or do not proxy it). Metric list: docs/operations.md.",
     responses((status = 200, description = "Every metric", body = String, content_type = "text/plain; version=0.0.4")),
 )]
-pub(crate) fn scrape(state: &AppState) -> Response<Body> {
-    let mut resp = Response::new(Body::from(render(state)));
+pub(crate) async fn scrape(State(state): State<AppState>) -> Response<Body> {
+    let mut resp = Response::new(Body::from(render(&state)));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(CONTENT_TYPE));
     resp
 }

@@ -9,7 +9,7 @@
 
 use std::str::FromStr;
 
-use hyper::body::Incoming;
+use axum::extract::{Path, State};
 use hyper::{Request, Response, StatusCode};
 use relay_core::RoomId;
 use relay_core::mailbox::{Mailbox, Namespace};
@@ -36,11 +36,13 @@ use crate::ws::{self};
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
-pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn connect(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let state = &state;
     let caller = crate::http::auth::authenticate(state, &req)?;
-    if let Some(refusal) = state.key_rate_refusal(&caller) {
-        return Ok(refusal);
-    }
+    state.check_key_rate(&caller)?;
     let meter = state.usage_meter(&caller);
     open(state, req, Namespace::tenant(&caller.tenant), meter)
 }
@@ -61,11 +63,12 @@ pub(crate) async fn connect(state: &AppState, req: Request<Incoming>) -> Result<
     ),
 )]
 pub(crate) async fn connect_room(
-    state: &AppState,
-    req: Request<Incoming>,
-    room_id: &str,
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
-    let room = RoomId::from_str(room_id).map_err(|e| ApiError::bad_request("bad_room_id", e.to_string()))?;
+    let state = &state;
+    let room = RoomId::from_str(&room_id).map_err(|e| ApiError::bad_request("bad_room_id", e.to_string()))?;
     if state.rooms().info(&room).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -79,7 +82,7 @@ pub(crate) async fn connect_room(
 /// Validates the handshake, takes a drain guard and upgrades into [`run`].
 fn open(
     state: &AppState,
-    req: Request<Incoming>,
+    req: Request<Body>,
     namespace: Namespace,
     meter: UsageMeter,
 ) -> Result<Response<Body>, ApiError> {

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use axum::extract::{Path, State};
 use hyper::{Request, Response, StatusCode};
 use relay_core::CoreError;
 use relay_core::rooms::{JoinRequest, Resume, RoomInfo};
@@ -48,11 +48,13 @@ struct CreateBody {
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
-pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let state = &state;
     let caller = authenticate(state, &req)?;
-    if let Some(refusal) = state.key_rate_refusal(&caller) {
-        return Ok(refusal);
-    }
+    state.check_key_rate(&caller)?;
     let body = read_body(req, state.config().max_body_bytes).await?;
     let body: CreateBody = parse_json(&body)?;
     let size = body.room_size.ok_or_else(|| ApiError::bad_request("bad_request", "room_size is required"))?;
@@ -80,13 +82,12 @@ pub(crate) async fn create(state: &AppState, req: Request<Incoming>) -> Result<R
     security(("bearer" = []), ("api_key" = [])),
 )]
 pub(crate) async fn create_sodot(
-    state: &AppState,
-    req: Request<Incoming>,
+    State(state): State<AppState>,
+    req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
+    let state = &state;
     let caller = authenticate(state, &req)?;
-    if let Some(refusal) = state.key_rate_refusal(&caller) {
-        return Ok(refusal);
-    }
+    state.check_key_rate(&caller)?;
     let body = read_body(req, state.config().max_body_bytes).await?;
     let body: CreateBody =
         if body.iter().all(u8::is_ascii_whitespace) { CreateBody::default() } else { parse_json(&body)? };
@@ -118,10 +119,11 @@ pub(crate) async fn create_sodot(
     ),
 )]
 pub(crate) async fn join(
-    state: &AppState,
-    req: Request<Incoming>,
-    room_id: &str,
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
+    let state = &state;
     let id = room_id
         .parse()
         .map_err(|e: relay_core::id::RoomIdError| ApiError::bad_request("bad_room_id", e.to_string()))?;

@@ -7,14 +7,13 @@
 //! key is known but no longer allowed, so both are 403). A WebSocket route calls
 //! [`authenticate`] before it upgrades, so these are plain HTTP answers.
 
-use hyper::body::Incoming;
 use hyper::{Request, StatusCode, header};
 use std::sync::Arc;
 
 use relay_keystore::{KeyStore, VerifyError, unix_now};
 
 use crate::error::ApiError;
-use crate::http::body::query_param;
+use crate::http::body::{Body, query_param};
 use crate::state::AppState;
 
 /// The mailbox namespace of callers when keys are not enforced.
@@ -30,7 +29,7 @@ pub(crate) struct Caller {
 }
 
 /// Resolves the caller of `req`, or refuses with 401/403 and a JSON error naming why.
-pub(crate) fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Caller, ApiError> {
+pub(crate) fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Caller, ApiError> {
     if !state.config().api_keys_enforced {
         return Ok(Caller { tenant: OPEN_TENANT.to_owned(), key_name: None });
     }
@@ -91,7 +90,7 @@ impl UsageMeter {
 
 /// The key presented by `req`, if any: the Authorization header (with or without
 /// `Bearer `) wins over the `api_key` query parameter.
-pub(crate) fn presented_key(req: &Request<Incoming>) -> Option<String> {
+pub(crate) fn presented_key(req: &Request<Body>) -> Option<String> {
     if let Some(value) = bearer_or_raw(req) {
         return Some(value);
     }
@@ -99,7 +98,7 @@ pub(crate) fn presented_key(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// The Authorization header's value without a leading `Bearer `, if non-empty.
-pub(crate) fn bearer_or_raw(req: &Request<Incoming>) -> Option<String> {
+pub(crate) fn bearer_or_raw(req: &Request<Body>) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())?.trim();
     let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value).trim();
     (!key.is_empty()).then(|| key.to_owned())

@@ -1,39 +1,42 @@
-//! Small HTTP helpers shared by the routes: JSON responses, bounded body reads, queries.
+//! Small HTTP helpers shared by the routes: JSON responses, whole-body reads, queries.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode, header};
 
 use crate::error::ApiError;
 
-/// The response body type of every route.
-pub(crate) type Body = Full<Bytes>;
+/// The body type of every request and response (axum's).
+pub(crate) type Body = axum::body::Body;
 
 /// A JSON response with the given status.
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    let mut resp = Response::new(Body::from(value.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     resp
 }
 
-/// The JSON error response for `err`.
-pub(crate) fn error_response(err: &ApiError) -> Response<Body> {
-    json(err.status, &err.body())
-}
-
-/// Reads the whole body, refusing more than `limit` bytes with 413.
-pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), limit).collect().await {
+/// Reads the whole body. The router's body-limit layer bounds it to `limit`
+/// (`ServerConfig::max_body_bytes`): past that the read fails with 413 `body_too_large`.
+pub(crate) async fn read_body(req: Request<Body>, limit: usize) -> Result<Bytes, ApiError> {
+    match req.into_body().collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body is over the {limit}-byte limit"),
-        )),
+        Err(e) if is_length_limit(&e) => Err(ApiError::body_too_large(limit)),
         Err(e) => Err(ApiError::bad_request("bad_body", format!("could not read request body: {e}"))),
     }
+}
+
+/// Whether `e` (or what it wraps) is the body-limit layer's refusal.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Parses a JSON body into `T`, naming what is wrong on failure.

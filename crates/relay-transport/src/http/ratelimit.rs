@@ -24,11 +24,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hyper::{Response, StatusCode, header};
+use hyper::StatusCode;
 use tokio::time::Instant;
 
+use crate::error::ApiError;
 use crate::http::auth::Caller;
-use crate::http::body::{Body, json};
 
 /// At most one "rate limit reached" warning per limit per this interval; the warning
 /// carries how many actions were refused since the previous one.
@@ -120,20 +120,18 @@ impl RateLimited {
         (self.retry_after.as_secs_f64().ceil() as u64).max(1)
     }
 
-    /// 429 `rate_limited` with a JSON error and `Retry-After`.
-    pub(crate) fn response(&self) -> Response<Body> {
+    /// 429 `rate_limited`, answered with `Retry-After`.
+    pub(crate) fn error(&self) -> ApiError {
         let secs = self.retry_after_secs();
         let what = match self.limit {
             "key" => "this API key",
             _ => "this client address",
         };
         let message = format!("too many requests from {what}: retry after {secs} s");
-        let mut resp = json(
-            StatusCode::TOO_MANY_REQUESTS,
-            &serde_json::json!({"error": {"code": "rate_limited", "message": message}}),
-        );
-        resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-        resp
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
     }
 }
 
@@ -338,6 +336,8 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
+    use hyper::header;
+
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
@@ -491,7 +491,7 @@ mod tests {
     #[test]
     fn the_429_names_the_error_and_rounds_retry_after_up() {
         let limited = RateLimited { limit: "request", retry_after: Duration::from_millis(1200) };
-        let resp = limited.response();
+        let resp = axum::response::IntoResponse::into_response(limited.error());
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");

@@ -9,7 +9,6 @@
 //! at once, like over the cap); each request then carries its client address for the
 //! per-address request rate in the router.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -30,6 +29,7 @@ use crate::error::TransportError;
 use crate::http::ratelimit::ClientAddr;
 use crate::router;
 use crate::state::AppState;
+use tower::ServiceExt;
 
 /// At most one "connection cap reached" warning per listener per this interval; the
 /// warning carries how many connections were refused since the previous one.
@@ -49,6 +49,7 @@ pub async fn serve(
     builder.http1().timer(TokioTimer::new()).keep_alive(true).header_read_timeout(config.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
+    let router = router::router(&state);
     let graceful = GracefulShutdown::new();
     if let Some(busy_poll) = &state.inner.busy_poll {
         let stop = state.clone();
@@ -96,6 +97,7 @@ pub async fn serve(
             peer,
             slot,
             state.clone(),
+            router.clone(),
             builder.clone(),
             graceful.watcher(),
         ));
@@ -124,6 +126,7 @@ async fn serve_connection(
     peer: SocketAddr,
     slot: OwnedSemaphorePermit,
     state: AppState,
+    router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
 ) {
@@ -132,7 +135,7 @@ async fn serve_connection(
     match &config.tls {
         None => {
             let io = ConnIo::new(stream, slot, header_read_timeout);
-            serve_http(io, peer, state, &builder, watcher).await;
+            serve_http(io, peer, router, &builder, watcher).await;
         }
         Some(tls) => {
             let handshake = tokio::time::timeout(config.tls_handshake_timeout, tls.acceptor().accept(stream));
@@ -152,7 +155,7 @@ async fn serve_connection(
                 _ = stop.wait_for(|s| *s) => return,
             };
             let io = ConnIo::new(tls_stream, slot, header_read_timeout);
-            serve_http(io, peer, state.clone(), &builder, watcher).await;
+            serve_http(io, peer, router, &builder, watcher).await;
         }
     }
 }
@@ -160,7 +163,7 @@ async fn serve_connection(
 async fn serve_http<IO>(
     io: ConnIo<IO>,
     peer: SocketAddr,
-    state: AppState,
+    router: axum::Router,
     builder: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
 ) where
@@ -168,8 +171,7 @@ async fn serve_http<IO>(
 {
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ClientAddr(peer.ip()));
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(router::route(state, req).await) }
+        router.clone().oneshot(req)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {

@@ -3,7 +3,6 @@
 //! small buffers and the configured message limit. Also the vectored write of binary
 //! frames that both routes use for their data (`write_binary_vectored`).
 
-use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -22,7 +21,7 @@ use crate::net::burst::BurstReader;
 pub type WsStream = WebSocketStream<BurstReader<TokioIo<Upgraded>>>;
 
 /// Checks that `req` is a valid WebSocket handshake; refuses with 426 or 400 otherwise.
-pub(crate) fn validate_handshake(req: &Request<Incoming>) -> Result<String, ApiError> {
+pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError> {
     let header_has = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
@@ -77,7 +76,7 @@ pub(crate) fn ws_config(config: &ServerConfig) -> WebSocketConfig {
 /// task. The caller validated the request with [`validate_handshake`] first, so that
 /// refusals (unknown room, bad key) are plain HTTP before any upgrade.
 pub(crate) fn upgrade<F, Fut>(
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     accept_key: String,
     config: &ServerConfig,
     handler: F,
