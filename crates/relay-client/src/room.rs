@@ -968,10 +968,6 @@ impl ConnectionTask {
                         self.closing = Some((code, reason.clone()));
                         RoomEvent::Closing { code, reason }
                     }
-                    other => {
-                        tracing::debug!("ignoring a control event this client does not know: {other:?}");
-                        return None;
-                    }
                 };
                 let _ = self.events.send(Ok(event));
                 None

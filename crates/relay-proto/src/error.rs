@@ -20,7 +20,6 @@ macro_rules! error_codes {
         /// A machine-readable error code.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-        #[non_exhaustive]
         pub enum ErrorCode {
             $(
                 $(#[doc = $doc])*

@@ -109,7 +109,6 @@ impl RelayHeader {
 /// `{"type":"joined","slot":2}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum ServerEvent {
     /// Always the first frame after the upgrade.
     Welcome(Welcome),
