@@ -1,4 +1,4 @@
-//! Mailbox frames from clients: `FrameHeader::parse` on raw bytes, then a whole
+//! Mailbox frames from clients: relay-proto's `MailboxHeader::parse` on raw bytes, then a whole
 //! sequence of frames through `MailboxConn::handle_frame_at` on several connections of
 //! two namespaces, with small limits so the full, too-many-asks and slow-consumer paths
 //! are reached. Checks: never a panic; parse agrees with the layout; the stored bytes
@@ -12,7 +12,8 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use relay_core::Limits;
-use relay_core::mailbox::{FrameHeader, FrameKind, HEADER_LEN, Mailbox, MailboxConn};
+use relay_core::mailbox::{Mailbox, MailboxConn};
+use relay_proto::mailbox::{FrameKind, HEADER_LEN, MailboxHeader};
 use tokio::time::Instant;
 
 #[derive(Debug, Arbitrary)]
@@ -36,9 +37,10 @@ const CONNS: usize = 4;
 
 fuzz_target!(|input: (Vec<u8>, Vec<Op>)| {
     let (raw, ops) = input;
-    if let Some(h) = FrameHeader::parse(&raw) {
+    if let Some(h) = MailboxHeader::parse(&raw) {
         assert!(raw.len() >= HEADER_LEN);
         assert_eq!(&h.id[..], &raw[..32]);
+        assert_eq!(h.encode()[..], raw[..HEADER_LEN]);
         assert_eq!(h.kind == FrameKind::Ask, raw.len() == HEADER_LEN);
     } else {
         assert!(raw.len() < HEADER_LEN);
@@ -53,7 +55,8 @@ fuzz_target!(|input: (Vec<u8>, Vec<Op>)| {
         ..Limits::default()
     };
     let max_held = limits.max_namespace_held_bytes;
-    let mailbox = Mailbox::new(limits);
+    // No runtime here: the `Sweep` op runs the sweeper's work by hand.
+    let mailbox = Mailbox::with_manual_sweep(limits);
     // Connections 0 and 1 in namespace "a", 2 and 3 in "b". Payloads carry the
     // namespace's letter first, so a delivery from the other namespace is visible.
     let ns = |c: usize| if c < 2 { "a" } else { "b" };

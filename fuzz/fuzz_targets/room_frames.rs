@@ -1,5 +1,6 @@
-//! Room frames from clients: binary data frames through the server's own parser
-//! (`parse_data_frame`) into a real room, and text control frames through `control`,
+//! Room frames from clients: binary data frames through the protocol's parser
+//! (relay-proto's `parse_client_frame`, which the server runs) into a real room, and
+//! text control frames through `ClientControl::parse`,
 //! for a room of three parties with small limits. Checks: never a panic; a frame under
 //! 2 bytes is refused by the parser; a send over the held-bytes bound is refused rather
 //! than stored.
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use relay_core::rooms::{Destination, JoinRequest, Rooms};
 use relay_core::{CoreError, Limits};
-use relay_transport::fuzzing::{Control, control, parse_data_frame};
+use relay_proto::room::{BROADCAST_SLOT, CLIENT_HEADER_LEN, ClientControl, parse_client_frame};
 
 #[derive(Debug, Arbitrary)]
 enum Frame {
@@ -33,21 +34,21 @@ fuzz_target!(|frames: Vec<Frame>| {
     let _guard = runtime.enter();
     let limits = Limits { max_message_bytes: 64, max_room_held_bytes: 2048, ..Limits::default() };
     let rooms = Rooms::new(limits, None);
-    let room = rooms.create(3, Some(Duration::from_secs(60))).unwrap();
+    let room = rooms.create(3, Some(Duration::from_secs(60)), 1_767_225_600).unwrap();
     let mut parties: Vec<_> = (0..3).map(|_| rooms.join(&room.id, JoinRequest::default()).unwrap()).collect();
     for frame in frames.into_iter().take(512) {
         match frame {
             Frame::Binary { party, bytes } => {
                 let p = &parties[usize::from(party) % 3];
                 let bytes = Bytes::from(bytes);
-                match parse_data_frame(&bytes) {
-                    None => assert!(bytes.len() < 2),
+                match parse_client_frame(&bytes) {
+                    None => assert!(bytes.len() < CLIENT_HEADER_LEN),
                     Some((to, payload)) => {
-                        assert_eq!(payload.len(), bytes.len() - 2);
-                        if let Destination::To(slot) = to {
-                            assert_ne!(slot, 0xFFFF);
+                        assert_eq!(payload.len(), bytes.len() - CLIENT_HEADER_LEN);
+                        if let Destination::Slot(slot) = to {
+                            assert_ne!(slot, BROADCAST_SLOT);
                         }
-                        match p.send(to, payload) {
+                        match p.send(to, bytes.slice(CLIENT_HEADER_LEN..)) {
                             Ok(())
                             | Err(
                                 CoreError::BadDestination(_)
@@ -63,9 +64,9 @@ fuzz_target!(|frames: Vec<Frame>| {
             Frame::Text { party, bytes } => {
                 let Ok(text) = std::str::from_utf8(&bytes) else { continue };
                 let p = &parties[usize::from(party) % 3];
-                match control(text) {
-                    Control::Ack(seq) => p.ack(seq),
-                    Control::Leave | Control::Bad => {}
+                match ClientControl::parse(text) {
+                    Some(ClientControl::Ack { seq }) => p.ack(seq),
+                    Some(ClientControl::Leave) | None => {}
                 }
             }
             Frame::Read { party } => {

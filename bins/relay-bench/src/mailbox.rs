@@ -20,7 +20,9 @@ use crate::util::{
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The mailbox flag for "one receiver": the relay may drop the message once delivered.
-const ONE_RECEIVER: u16 = 0x8000;
+const ONE_RECEIVER: u16 = relay_proto::mailbox::FLAG_ONE_RECEIVER;
+/// Bytes of a mailbox frame before its payload.
+const HEADER_LEN: usize = relay_proto::mailbox::HEADER_LEN;
 
 /// Workload 1: one party asks for an ID, then another publishes it; the time from the
 /// publish leaving the publisher to the message reaching the asker.
@@ -39,7 +41,8 @@ pub(crate) async fn push_latency(t: &Target, iterations: u64, payload: usize) ->
     let run = run_tag();
     let body = vec![0x5a; payload];
     let check = |got: &Bytes, id: &[u8; 32]| {
-        if got.len() != 36 + payload || got[..32] != *id {
+        let same_id = relay_proto::mailbox::MailboxHeader::parse(got).is_some_and(|h| h.id == *id);
+        if got.len() != HEADER_LEN + payload || !same_id {
             bail!("push latency: got a frame for another id or of the wrong size ({} bytes)", got.len());
         }
         Ok(())
@@ -141,8 +144,12 @@ pub(crate) async fn throughput(
                     }
                 }
                 for frame in &batch {
-                    if frame.len() != 36 + payload {
-                        bail!("throughput: frame of {} bytes, expected {}", frame.len(), 36 + payload);
+                    if frame.len() != HEADER_LEN + payload {
+                        bail!(
+                            "throughput: frame of {} bytes, expected {}",
+                            frame.len(),
+                            HEADER_LEN + payload
+                        );
                     }
                 }
                 received += batch.len() as u64;
@@ -320,7 +327,7 @@ pub(crate) async fn stalled(t: &Target, count: u64, payload: usize) -> anyhow::R
             Err(_) => break,
         }
     }
-    let sent_mib = (count as usize * (payload + 36)) as f64 / (1 << 20) as f64;
+    let sent_mib = (count as usize * (payload + HEADER_LEN)) as f64 / (1 << 20) as f64;
     Ok(vec![
         Metric::new(
             format!("peak RSS growth (MiB), {sent_mib:.0} MiB sent"),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
+use relay_proto::room::{self, ClientControl, Destination, RELAY_HEADER_LEN, RelayHeader};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Better, Goal, Metric};
@@ -16,16 +17,11 @@ use crate::util::{
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-const BROADCAST: u16 = 0xFFFF;
-/// Data frame header to the relay: `[to u16 LE]`.
-const TO_HEADER: usize = 2;
-/// Data frame header from the relay: `[seq u64][from u16][flags u16]`.
-const FROM_HEADER: usize = 12;
 /// Broadcasts a fan-out party may send ahead of what it has received from the others.
 const FANOUT_WINDOW: u64 = 32;
 
 fn ack(seq: u64) -> Message {
-    Message::text(format!(r#"{{"type":"ack","seq":{seq}}}"#))
+    Message::text(ClientControl::Ack { seq }.to_json())
 }
 
 /// Creates a room of `size` and returns its ID.
@@ -56,22 +52,24 @@ async fn wait_ready(ws: &mut Ws) -> anyhow::Result<()> {
     }
 }
 
-fn data_frame(to: u16, sent_at: Duration, size: usize) -> Vec<u8> {
-    let mut f = Vec::with_capacity(TO_HEADER + size.max(16));
-    f.extend_from_slice(&to.to_le_bytes());
+/// A data frame to `to` whose payload (at least 8 bytes) starts with the send time.
+fn data_frame(to: Destination, sent_at: Duration, size: usize) -> Vec<u8> {
+    let header = room::client_header(to);
+    let mut f = Vec::with_capacity(header.len() + size.max(16));
+    f.extend_from_slice(&header);
     f.extend_from_slice(&(sent_at.as_nanos() as u64).to_le_bytes());
-    f.resize(TO_HEADER + size.max(8), 0x42);
+    f.resize(header.len() + size.max(8), 0x42);
     f
 }
 
 /// The send time carried in a delivered frame's payload.
 fn sent_at(frame: &[u8]) -> Option<Duration> {
-    let ts = frame.get(FROM_HEADER..FROM_HEADER + 8)?;
+    let ts = frame.get(RELAY_HEADER_LEN..RELAY_HEADER_LEN + 8)?;
     Some(Duration::from_nanos(u64::from_le_bytes(ts.try_into().ok()?)))
 }
 
 fn seq_of(frame: &[u8]) -> u64 {
-    frame.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0)
+    RelayHeader::parse(frame).map_or(0, |(h, _)| h.seq)
 }
 
 /// Workload 3: a room of `size` where every party broadcasts `per_party` messages.
@@ -114,7 +112,8 @@ pub(crate) async fn fanout(
                 while let Ok(seq) = ack_rx.try_recv() {
                     sink.feed(ack(seq)).await?;
                 }
-                sink.feed(Message::binary(data_frame(BROADCAST, epoch.elapsed(), payload))).await?;
+                sink.feed(Message::binary(data_frame(Destination::Broadcast, epoch.elapsed(), payload)))
+                    .await?;
             }
             sink.flush().await?;
             // Keep acking until the receiver is done, so the room never fills.
@@ -200,7 +199,7 @@ pub(crate) async fn p2p_latency(t: &Target, iterations: u64, payload: usize) -> 
         let (from, to, to_slot) =
             if i.is_multiple_of(2) { (&mut a, &mut b, slot_b) } else { (&mut b, &mut a, slot_a) };
         let start = Instant::now();
-        send_binary(from, data_frame(to_slot, epoch.elapsed(), payload)).await?;
+        send_binary(from, data_frame(Destination::Slot(to_slot), epoch.elapsed(), payload)).await?;
         let frame = next_binary(to, WAIT).await?;
         if record {
             crate::util::record(h, start);

@@ -123,14 +123,10 @@ pub(crate) async fn post_json(
     Ok((status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
 }
 
-/// A mailbox frame: `[id 32][ttl u16 LE][flags u16 LE][payload]`.
+/// A mailbox frame: `[id 32][ttl u16 LE][flags u16 LE][payload]`; an empty payload
+/// makes an ASK.
 pub(crate) fn mailbox_frame(id: &[u8; 32], ttl: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(36 + payload.len());
-    f.extend_from_slice(id);
-    f.extend_from_slice(&ttl.to_le_bytes());
-    f.extend_from_slice(&flags.to_le_bytes());
-    f.extend_from_slice(payload);
-    f
+    relay_proto::mailbox::publish_frame(id, ttl, flags, payload)
 }
 
 /// A 32-byte message ID from a run tag, a stream number and a sequence number, so

@@ -4,6 +4,12 @@
 
 use std::time::Duration;
 
+use relay_proto::{CloseCode, ErrorBody, ErrorCode};
+
+/// The close code RFC 6455 reports for a close frame without one ("no status
+/// received"); never sent on the wire.
+pub(crate) const NO_CLOSE_CODE: u16 = 1005;
+
 /// Anything that can go wrong talking to the relay.
 ///
 /// HTTP refusals carry the server's human-readable `message`; close codes carry the
@@ -247,57 +253,79 @@ pub enum Error {
 }
 
 impl Error {
-    /// Maps an HTTP refusal (status and the JSON error body) to its variant.
+    /// Maps an HTTP refusal (status and the JSON error body) to its variant. The
+    /// status decides the family; the [`ErrorCode`] picks a dedicated variant within it.
     pub fn from_http(status: u16, body: &[u8]) -> Error {
-        #[derive(serde::Deserialize)]
-        struct Body {
-            error: Inner,
-        }
-        #[derive(serde::Deserialize)]
-        struct Inner {
-            code: String,
-            #[serde(default)]
-            message: String,
-        }
-        let (code, message) = match serde_json::from_slice::<Body>(body) {
-            Ok(b) => (b.error.code, b.error.message),
-            Err(_) => (String::new(), String::from_utf8_lossy(body).into_owned()),
+        let (code, code_text, message) = match ErrorBody::parse(body) {
+            Ok(b) => {
+                let text = match b.error.code {
+                    // A code from a newer relay: keep its text.
+                    ErrorCode::Unknown => raw_error_code(body),
+                    known => known.as_str().to_owned(),
+                };
+                (Some(b.error.code), text, b.error.message)
+            }
+            Err(_) => (None, String::new(), String::from_utf8_lossy(body).into_owned()),
         };
-        match (status, code.as_str()) {
-            (400, "bad_room_id") => Error::BadRoomId { message },
-            (400, _) => Error::BadRequest { code, message },
+        match (status, code) {
+            (400, Some(ErrorCode::BadRoomId)) => Error::BadRoomId { message },
+            (400, _) => Error::BadRequest { code: code_text, message },
             (401, _) => Error::Unauthorized { message },
-            (403, "bad_resume_token") => Error::BadResumeToken { message },
-            (403, _) => Error::Forbidden { code, message },
-            (404, "room_not_found") => Error::RoomNotFound { message },
-            (404, _) => Error::NotFound { code, message },
-            (409, "room_full") => Error::RoomFull { message },
-            (409, "slot_taken") => Error::SlotTaken { message },
-            (409, "resume_gap") => Error::ResumeGap { message },
-            (409, _) => Error::Conflict { code, message },
+            (403, Some(ErrorCode::BadResumeToken)) => Error::BadResumeToken { message },
+            (403, _) => Error::Forbidden { code: code_text, message },
+            (404, Some(ErrorCode::RoomNotFound)) => Error::RoomNotFound { message },
+            (404, _) => Error::NotFound { code: code_text, message },
+            (409, Some(ErrorCode::RoomFull)) => Error::RoomFull { message },
+            (409, Some(ErrorCode::SlotTaken)) => Error::SlotTaken { message },
+            (409, Some(ErrorCode::ResumeGap)) => Error::ResumeGap { message },
+            (409, _) => Error::Conflict { code: code_text, message },
             (413, _) => Error::PayloadTooLarge { message },
             (426, _) => Error::UpgradeRequired { message },
             (429, _) => Error::RateLimited { message },
-            (503, _) => Error::Unavailable { code, message },
-            _ => Error::HttpStatus { status, code, message },
+            (503, _) => Error::Unavailable { code: code_text, message },
+            _ => Error::HttpStatus { status, code: code_text, message },
         }
     }
 
     /// Maps a WebSocket close code and reason to its variant.
     pub fn from_close(code: u16, reason: &str) -> Error {
         let reason = reason.to_owned();
-        match code {
-            1000 => Error::Closed { reason },
-            1001 => Error::ServerShutdown { reason },
-            1007 => Error::Malformed { reason },
-            1008 => Error::PolicyViolation { reason },
-            1009 => Error::MessageTooBig { reason },
-            1011 => Error::ServerError { reason },
-            1013 => Error::TryAgainLater { reason },
-            4000 => Error::RoomExpired { reason },
-            4001 => Error::Replaced { reason },
+        match CloseCode::from_code(code) {
+            Some(CloseCode::Normal) => Error::Closed { reason },
+            Some(CloseCode::GoingAway) => Error::ServerShutdown { reason },
+            Some(CloseCode::Malformed) => Error::Malformed { reason },
+            Some(CloseCode::Policy) => Error::PolicyViolation { reason },
+            Some(CloseCode::TooBig) => Error::MessageTooBig { reason },
+            Some(CloseCode::Internal) => Error::ServerError { reason },
+            Some(CloseCode::TryAgainLater) => Error::TryAgainLater { reason },
+            Some(CloseCode::RoomExpired) => Error::RoomExpired { reason },
+            Some(CloseCode::Replaced) => Error::Replaced { reason },
             _ => Error::ClosedWithCode { code, reason },
         }
+    }
+
+    /// The relay's error code, when this error is an HTTP refusal that carried one.
+    /// A code this client does not know is [`ErrorCode::Unknown`].
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            Error::BadRoomId { .. } => ErrorCode::BadRoomId,
+            Error::BadResumeToken { .. } => ErrorCode::BadResumeToken,
+            Error::RoomNotFound { .. } => ErrorCode::RoomNotFound,
+            Error::RoomFull { .. } => ErrorCode::RoomFull,
+            Error::SlotTaken { .. } => ErrorCode::SlotTaken,
+            Error::ResumeGap { .. } => ErrorCode::ResumeGap,
+            Error::BadRequest { code, .. }
+            | Error::Forbidden { code, .. }
+            | Error::NotFound { code, .. }
+            | Error::Conflict { code, .. }
+            | Error::Unavailable { code, .. }
+            | Error::HttpStatus { code, .. }
+                if !code.is_empty() =>
+            {
+                code.parse().unwrap_or(ErrorCode::Unknown)
+            }
+            _ => return None,
+        })
     }
 
     /// The HTTP status of a refusal, when this error is one.
@@ -322,19 +350,20 @@ impl Error {
 
     /// The WebSocket close code, when this error is a close by the relay.
     pub fn close_code(&self) -> Option<u16> {
-        Some(match self {
-            Error::Closed { .. } => 1000,
-            Error::ServerShutdown { .. } => 1001,
-            Error::Malformed { .. } => 1007,
-            Error::PolicyViolation { .. } => 1008,
-            Error::MessageTooBig { .. } => 1009,
-            Error::ServerError { .. } => 1011,
-            Error::TryAgainLater { .. } => 1013,
-            Error::RoomExpired { .. } => 4000,
-            Error::Replaced { .. } => 4001,
-            Error::ClosedWithCode { code, .. } => *code,
+        let code = match self {
+            Error::Closed { .. } => CloseCode::Normal,
+            Error::ServerShutdown { .. } => CloseCode::GoingAway,
+            Error::Malformed { .. } => CloseCode::Malformed,
+            Error::PolicyViolation { .. } => CloseCode::Policy,
+            Error::MessageTooBig { .. } => CloseCode::TooBig,
+            Error::ServerError { .. } => CloseCode::Internal,
+            Error::TryAgainLater { .. } => CloseCode::TryAgainLater,
+            Error::RoomExpired { .. } => CloseCode::RoomExpired,
+            Error::Replaced { .. } => CloseCode::Replaced,
+            Error::ClosedWithCode { code, .. } => return Some(*code),
             _ => return None,
-        })
+        };
+        Some(code.code())
     }
 
     /// Whether this is a refusal a retry can cure (network, timeout, 1011, 1013, 429,
@@ -389,6 +418,15 @@ impl Error {
     }
 }
 
+/// The `error.code` string of a JSON error body, as sent (for codes relay-proto does
+/// not know).
+fn raw_error_code(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.get("code")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -411,13 +449,21 @@ mod tests {
         let e = Error::from_http(503, &body("too_many_rooms"));
         assert!(matches!(&e, Error::Unavailable { code, .. } if code == "too_many_rooms"));
         assert_eq!(e.http_status(), Some(503));
+        let newer = Error::from_http(409, &body("from_the_future"));
+        assert!(matches!(&newer, Error::Conflict { code, .. } if code == "from_the_future"));
+        assert_eq!(newer.error_code(), Some(ErrorCode::Unknown));
+        assert_eq!(
+            Error::from_http(404, &body("room_not_found")).error_code(),
+            Some(ErrorCode::RoomNotFound)
+        );
+        assert_eq!(e.error_code(), Some(ErrorCode::TooManyRooms));
         let raw = Error::from_http(502, b"bad gateway");
         assert!(matches!(&raw, Error::HttpStatus { status: 502, message, .. } if message == "bad gateway"));
     }
 
     #[test]
     fn close_codes_map_and_round_trip() {
-        for code in [1000, 1001, 1007, 1008, 1009, 1011, 1013, 4000, 4001, 4999] {
+        for code in CloseCode::ALL.iter().map(|c| c.code()).chain([1005, 4999]) {
             assert_eq!(Error::from_close(code, "r").close_code(), Some(code));
         }
         assert!(matches!(Error::from_close(4000, "room expired"), Error::RoomExpired { .. }));

@@ -12,8 +12,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use relay_proto::mailbox::MailboxHeader;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,14 +24,14 @@ use crate::error::{Error, Result};
 use crate::net::{Endpoint, Stream as NetStream};
 
 /// Length of a mailbox message ID.
-pub const MAILBOX_ID_LEN: usize = 32;
+pub const MAILBOX_ID_LEN: usize = std::mem::size_of::<MailboxId>();
 /// Length of the frame header (id, ttl, flags); a frame of exactly this length is an ASK.
-pub const MAILBOX_HEADER_LEN: usize = 36;
-/// Flag: the message is removed after its first delivery.
-pub const FLAG_ONE_RECEIVER: u16 = 0x8000;
+pub const MAILBOX_HEADER_LEN: usize = relay_proto::mailbox::HEADER_LEN;
+/// Flag: the message is removed after its first delivery (relay-proto's).
+pub use relay_proto::mailbox::FLAG_ONE_RECEIVER;
 
 /// A mailbox message ID.
-pub type MailboxId = [u8; MAILBOX_ID_LEN];
+pub type MailboxId = relay_proto::mailbox::MessageId;
 
 /// One mailbox frame, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,24 +64,22 @@ impl MailboxFrame {
 
     /// The wire bytes: id, ttl u16 LE, flags u16 LE, payload.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = BytesMut::with_capacity(MAILBOX_HEADER_LEN + self.payload.len());
-        b.put_slice(&self.id);
-        b.put_u16_le(self.ttl);
-        b.put_u16_le(self.flags);
-        b.put_slice(&self.payload);
-        b.to_vec()
+        relay_proto::mailbox::publish_frame(&self.id, self.ttl, self.flags, &self.payload)
     }
 
     /// Parses wire bytes; shorter than 36 bytes is an error.
     pub fn decode(frame: impl Into<Bytes>) -> Result<MailboxFrame> {
         let frame: Bytes = frame.into();
-        if frame.len() < MAILBOX_HEADER_LEN {
-            return Err(Error::Protocol(format!("mailbox frame of {} bytes, shorter than 36", frame.len())));
-        }
+        let Some(header) = MailboxHeader::parse(&frame) else {
+            return Err(Error::Protocol(format!(
+                "mailbox frame of {} bytes, shorter than {MAILBOX_HEADER_LEN}",
+                frame.len()
+            )));
+        };
         Ok(MailboxFrame {
-            id: frame[..MAILBOX_ID_LEN].try_into().expect("32 bytes"),
-            ttl: u16::from_le_bytes([frame[32], frame[33]]),
-            flags: u16::from_le_bytes([frame[34], frame[35]]),
+            id: header.id,
+            ttl: header.ttl_secs,
+            flags: header.flags,
             payload: frame.slice(MAILBOX_HEADER_LEN..),
         })
     }
@@ -218,7 +217,7 @@ impl MailboxTask {
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Binary(b))) => self.deliver(b),
                     Some(Ok(Message::Close(f))) => {
-                        let (code, reason) = f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                        let (code, reason) = f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((crate::error::NO_CLOSE_CODE, String::new()));
                         return Error::from_close(code, &reason);
                     }
                     Some(Ok(_)) => {}
@@ -311,8 +310,9 @@ impl Stream for RawMailbox {
             match ready!(self.ws.poll_next_unpin(cx)) {
                 Some(Ok(Message::Binary(b))) => return Poll::Ready(Some(b.to_vec())),
                 Some(Ok(Message::Close(f))) => {
-                    let (code, reason) =
-                        f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                    let (code, reason) = f
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((crate::error::NO_CLOSE_CODE, String::new()));
                     self.ended = Some(Error::from_close(code, &reason));
                 }
                 Some(Ok(_)) => {}

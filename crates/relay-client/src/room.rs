@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use relay_proto::CloseCode;
+use relay_proto::room::{self as proto, ClientControl, RELAY_HEADER_LEN, RelayHeader, ServerEvent};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -28,8 +30,8 @@ use crate::config::{ClientConfig, percent_encode};
 use crate::error::{Error, Result};
 use crate::net::{Endpoint, Stream as NetStream};
 
-/// The destination slot that means "every other party" on the wire.
-pub const BROADCAST_SLOT: u16 = 0xFFFF;
+/// The destination slot that means "every other party" on the wire (relay-proto's).
+pub use relay_proto::room::BROADCAST_SLOT;
 
 /// Creates rooms and joins them on one relay.
 #[derive(Debug, Clone)]
@@ -240,14 +242,9 @@ pub enum RoomEvent {
     },
 }
 
-/// Where an outgoing message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Destination {
-    /// One party.
-    Slot(u16),
-    /// Every other party.
-    Broadcast,
-}
+/// Where an outgoing message goes: one party ([`Destination::Slot`]) or every other
+/// party ([`Destination::Broadcast`]). relay-proto's type, re-exported.
+pub use relay_proto::room::Destination;
 
 /// A message to send, the item of [`RoomSender`]'s `Sink`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,12 +268,9 @@ impl OutgoingMessage {
 
     /// The client-to-relay frame: `to` u16 LE, then the payload.
     pub fn encode(&self) -> Bytes {
-        let to = match self.to {
-            Destination::Slot(s) => s,
-            Destination::Broadcast => BROADCAST_SLOT,
-        };
-        let mut b = BytesMut::with_capacity(2 + self.payload.len());
-        b.put_u16_le(to);
+        let header = proto::client_header(self.to);
+        let mut b = BytesMut::with_capacity(header.len() + self.payload.len());
+        b.put_slice(&header);
         b.put_slice(&self.payload);
         b.freeze()
     }
@@ -285,16 +279,13 @@ impl OutgoingMessage {
 /// Decodes a relay-to-client data frame (`seq` u64 LE, `from` u16 LE, `flags` u16 LE,
 /// payload).
 pub fn decode_room_frame(frame: Bytes) -> Result<RoomMessage> {
-    if frame.len() < 12 {
+    let Some((RelayHeader { seq, from, broadcast }, _)) = RelayHeader::parse(&frame) else {
         return Err(Error::Protocol(format!(
-            "data frame of {} bytes, shorter than its 12-byte header",
+            "data frame of {} bytes, shorter than its {RELAY_HEADER_LEN}-byte header",
             frame.len()
         )));
-    }
-    let seq = u64::from_le_bytes(frame[0..8].try_into().expect("8 bytes"));
-    let from = u16::from_le_bytes([frame[8], frame[9]]);
-    let flags = u16::from_le_bytes([frame[10], frame[11]]);
-    Ok(RoomMessage { from, seq, broadcast: flags & 1 != 0, payload: frame.slice(12..) })
+    };
+    Ok(RoomMessage { from, seq, broadcast, payload: frame.slice(RELAY_HEADER_LEN..) })
 }
 
 impl RoomClient {
@@ -312,12 +303,19 @@ impl RoomClient {
     /// `POST /v1/rooms`: creates a room of `room_size` parties living `ttl` (the
     /// relay's default when `None`). Needs the API key when the relay enforces keys.
     pub async fn create_room(&self, room_size: u16, ttl: Option<Duration>) -> Result<RoomInfo> {
-        let mut body = serde_json::json!({ "room_size": room_size });
-        if let Some(ttl) = ttl {
-            body["ttl_secs"] = ttl.as_secs().into();
-        }
+        let request = relay_proto::rest::CreateRoomRequest {
+            room_size: room_size.into(),
+            ttl_secs: ttl.map(|t| t.as_secs()),
+        };
+        let body = serde_json::to_value(&request).map_err(|e| Error::Protocol(e.to_string()))?;
         let bytes = self.endpoint.request_json(http::Method::POST, "/v1/rooms", &body, &self.config).await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("create room answer: {e}")))
+        let created: relay_proto::rest::RoomCreated = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Protocol(format!("create room answer: {e}")))?;
+        Ok(RoomInfo {
+            room_uuid: created.room_uuid,
+            room_size: created.room_size,
+            expires_at: created.expires_at,
+        })
     }
 
     /// Joins `room_id` over a WebSocket and returns once the relay's `welcome` arrived.
@@ -352,13 +350,14 @@ impl RoomClient {
             .await
             .map_err(|_| Error::Timeout { what: "welcome", after: self.config.connect_timeout })?;
         match first {
-            Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerEvent>(&t) {
-                Ok(ServerEvent::Welcome(w)) => Ok((ws, w)),
+            Some(Ok(Message::Text(t))) => match ServerEvent::parse(&t) {
+                Ok(ServerEvent::Welcome(w)) => Ok((ws, Welcome::from(w))),
                 _ => Err(Error::Protocol(format!("expected welcome, got {t}"))),
             },
             Some(Ok(Message::Close(frame))) => {
-                let (code, reason) =
-                    frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((crate::error::NO_CLOSE_CODE, String::new()));
                 Err(Error::from_close(code, &reason))
             }
             Some(Ok(other)) => Err(Error::Protocol(format!("expected welcome, got {other:?}"))),
@@ -387,30 +386,31 @@ pub async fn join(url: &str, room_id: &str, options: JoinOptions) -> Result<Room
 
 type Ws = WebSocketStream<NetStream>;
 
-/// Relay-to-client control events (text frames).
-#[derive(Debug, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ServerEvent {
-    Welcome(Welcome),
-    Joined {
-        slot: u16,
-    },
-    Left {
-        slot: u16,
-    },
-    Ready {
-        room_size: u16,
-    },
-    Error {
-        code: String,
-        #[serde(default)]
-        message: String,
-    },
-    Closing {
-        code: u16,
-        #[serde(default)]
-        reason: String,
-    },
+impl From<proto::Welcome> for Welcome {
+    fn from(w: proto::Welcome) -> Welcome {
+        Welcome {
+            room_uuid: w.room_uuid,
+            slot: w.slot,
+            room_size: w.room_size,
+            expires_at: w.expires_at,
+            present: w.present,
+            resumed: w.resumed,
+            next_seq: w.next_seq,
+            resume_token: Secret(w.resume_token),
+        }
+    }
+}
+
+/// The code of an `error` event as text: the wire string, even for a code this
+/// client does not know (which relay-proto reads as `ErrorCode::Unknown`).
+fn error_code_text(code: relay_proto::ErrorCode, event: &str) -> String {
+    if code != relay_proto::ErrorCode::Unknown {
+        return code.as_str().to_owned();
+    }
+    serde_json::from_str::<serde_json::Value>(event)
+        .ok()
+        .and_then(|v| v.get("code")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| code.as_str().to_owned())
 }
 
 /// What the application and the connection task share.
@@ -873,7 +873,7 @@ impl ConnectionTask {
                         // Ack what was taken so the relay forgets it, then leave.
                         let _ = self.ack(ws, true).await;
                         self.leaving = true;
-                        if let Err(e) = ws.send(Message::text(r#"{"type":"leave"}"#)).await {
+                        if let Err(e) = ws.send(Message::text(ClientControl::Leave.to_json())).await {
                             return Outcome::Finished(Some(Error::from_ws(e)));
                         }
                     }
@@ -910,7 +910,7 @@ impl ConnectionTask {
         if consumed <= acked || (!timer && consumed - acked < self.shared.ack_every) {
             return Ok(());
         }
-        ws.send(Message::text(format!(r#"{{"type":"ack","seq":{consumed}}}"#)))
+        ws.send(Message::text(ClientControl::Ack { seq: consumed }.to_json()))
             .await
             .map_err(Error::from_ws)?;
         self.shared.acked.store(consumed, Ordering::Release);
@@ -944,7 +944,7 @@ impl ConnectionTask {
                 None
             }
             Message::Text(text) => {
-                let event = match serde_json::from_str::<ServerEvent>(&text) {
+                let event = match ServerEvent::parse(&text) {
                     Ok(ev) => ev,
                     Err(e) => {
                         tracing::debug!("ignoring an unknown control event {text}: {e}");
@@ -961,7 +961,9 @@ impl ConnectionTask {
                         let _ = self.ready.send(true);
                         RoomEvent::Ready { room_size }
                     }
-                    ServerEvent::Error { code, message } => RoomEvent::RelayError { code, message },
+                    ServerEvent::Error { code, message } => {
+                        RoomEvent::RelayError { code: error_code_text(code, &text), message }
+                    }
                     ServerEvent::Closing { code, reason } => {
                         self.closing = Some((code, reason.clone()));
                         RoomEvent::Closing { code, reason }
@@ -974,13 +976,15 @@ impl ConnectionTask {
                 let (code, reason) = match (frame, self.closing.take()) {
                     (Some(f), _) => (u16::from(f.code), f.reason.to_string()),
                     (None, Some(c)) => c,
-                    (None, None) => (1005, String::new()),
+                    (None, None) => (crate::error::NO_CLOSE_CODE, String::new()),
                 };
                 let err = Error::from_close(code, &reason);
-                Some(match code {
-                    1000 => Outcome::Finished(None),
+                Some(match CloseCode::from_code(code) {
+                    Some(CloseCode::Normal) => Outcome::Finished(None),
                     // "a relay bug; reconnect" and "slow consumer; reconnect and resume"
-                    1011 | 1013 if !self.leaving => Outcome::Dropped(err),
+                    Some(CloseCode::Internal | CloseCode::TryAgainLater) if !self.leaving => {
+                        Outcome::Dropped(err)
+                    }
                     _ => Outcome::Finished(Some(err)),
                 })
             }
@@ -1015,14 +1019,22 @@ mod tests {
     }
 
     #[test]
+    fn error_events_keep_codes_this_client_does_not_know() {
+        let known = r#"{"type":"error","code":"room_buffer_full","message":"m"}"#;
+        assert_eq!(error_code_text(relay_proto::ErrorCode::RoomBufferFull, known), "room_buffer_full");
+        let newer = r#"{"type":"error","code":"from_the_future","message":"m"}"#;
+        assert_eq!(error_code_text(relay_proto::ErrorCode::Unknown, newer), "from_the_future");
+    }
+
+    #[test]
     fn control_events_parse_as_documented() {
-        let w: ServerEvent = serde_json::from_str(
-            r#"{"type":"welcome","room_uuid":"1a2b","slot":0,"room_size":3,"resume_token":"9d3f","expires_at":1767225600,"present":[0],"resumed":false,"next_seq":1}"#,
-        )
-        .unwrap();
-        assert!(matches!(w, ServerEvent::Welcome(Welcome { slot: 0, room_size: 3, next_seq: 1, .. })));
-        let c: ServerEvent =
-            serde_json::from_str(r#"{"type":"closing","code":4000,"reason":"room expired"}"#).unwrap();
+        let text = r#"{"type":"welcome","room_uuid":"1a2b","slot":0,"room_size":3,"resume_token":"9d3f","expires_at":1767225600,"present":[0],"resumed":false,"next_seq":1}"#;
+        let ServerEvent::Welcome(w) = ServerEvent::parse(text).unwrap() else { panic!("not a welcome") };
+        let w = Welcome::from(w);
+        assert!(matches!(w, Welcome { slot: 0, room_size: 3, next_seq: 1, .. }));
+        assert_eq!(w.resume_token.0, "9d3f");
+        assert!(!format!("{w:?}").contains("9d3f"), "the resume token stays out of Debug");
+        let c = ServerEvent::parse(r#"{"type":"closing","code":4000,"reason":"room expired"}"#).unwrap();
         assert!(matches!(c, ServerEvent::Closing { code: 4000, .. }));
     }
 }

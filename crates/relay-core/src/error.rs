@@ -29,8 +29,9 @@ pub enum CoreError {
     /// `max_rooms` rooms are live already.
     #[error("too many rooms: this relay holds its maximum of {0} live rooms")]
     TooManyRooms(usize),
-    /// Rooms are created inside a tokio runtime (each room runs its own expiry timer).
-    #[error("rooms must be created inside a tokio runtime")]
+    /// Rooms, and a mailbox with its sweeper, are created inside a tokio runtime (each
+    /// runs a timer task).
+    #[error("must run inside a tokio runtime")]
     NoRuntime,
     /// No such room: it never existed, expired, or closed.
     #[error("no such room (it never existed, expired or closed)")]

@@ -1,9 +1,10 @@
 //! The protocol core of Relay: room IDs, rooms, the mailbox and their limits.
 //!
-//! No sockets, no disk, no HTTP. Time comes from `tokio::time` (rooms) or is passed in
-//! as `now` (mailbox store), so tests control it. A Rust service can drive rooms and
-//! mailboxes through channels without the transport crate: see [`rooms`] and the
-//! crate README.
+//! No sockets, no disk, no HTTP, no wall clock. Time comes from `tokio::time` (room
+//! deadlines) or is passed in: `now` (mailbox), `now_unix` (a room's `expires_at`), so
+//! tests control it. Frame layouts, destinations and close codes are `relay_proto`'s.
+//! A Rust service can drive rooms and mailboxes through channels without the transport
+//! crate: see [`rooms`] and the crate README.
 
 mod error;
 pub mod id;

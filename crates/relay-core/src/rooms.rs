@@ -8,8 +8,9 @@
 //!
 //! No sockets here: the transport moves frames between a WebSocket and a [`Party`], and
 //! a Rust service can drive a [`Party`] directly. Deadlines (TTL, reconnect grace) run
-//! on `tokio::time`, so tests pause and advance time; only `expires_at` (the Unix
-//! second reported to clients) reads the wall clock.
+//! on `tokio::time`, so tests pause and advance time. The wall clock is never read
+//! here: `expires_at` (the Unix second reported to clients) is computed from the
+//! `now_unix` the caller passes to [`Rooms::create`].
 //!
 //! Concurrency: one `std::sync::Mutex` per room, never held across an `.await`. Each
 //! connection has its own wake-up flag that a sender raises after queueing for it, and
@@ -20,9 +21,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
+use relay_proto::CloseCode;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -77,14 +79,10 @@ pub struct Resume {
     pub last_seq: Option<u64>,
 }
 
-/// Where a message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Destination {
-    /// One party, by slot.
-    To(u16),
-    /// Every other party of the room that has not left.
-    Broadcast,
-}
+/// Where a message goes: one party by slot ([`Destination::Slot`]), or every other
+/// party of the room that has not left ([`Destination::Broadcast`]). The wire protocol's
+/// type, re-exported.
+pub use relay_proto::room::Destination;
 
 /// What a party learns when it joins: the first frame the transport sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,8 +239,15 @@ impl Rooms {
     }
 
     /// Creates a room of `room_size` parties living `ttl` (the default TTL when `None`).
-    /// Must run inside a tokio runtime: the room's expiry timer is a task.
-    pub fn create(&self, room_size: u16, ttl: Option<Duration>) -> Result<RoomInfo, CoreError> {
+    /// `now_unix` is the wall clock in Unix seconds, read by the caller: the room's
+    /// `expires_at` is `now_unix + ttl`. Must run inside a tokio runtime: the room's
+    /// expiry timer is a task (on `tokio::time`, not on `now_unix`).
+    pub fn create(
+        &self,
+        room_size: u16,
+        ttl: Option<Duration>,
+        now_unix: u64,
+    ) -> Result<RoomInfo, CoreError> {
         let limits = &self.inner.limits;
         if room_size < 2 || room_size > limits.max_room_size {
             return Err(CoreError::BadRoomSize { got: room_size.into(), max: limits.max_room_size });
@@ -255,8 +260,7 @@ impl Rooms {
             });
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| CoreError::NoRuntime)?;
-        let expires_at =
-            (SystemTime::now() + ttl).duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let expires_at = now_unix.saturating_add(ttl.as_secs());
 
         let room = {
             let mut rooms = lock(&self.inner.rooms);
@@ -336,13 +340,18 @@ impl Rooms {
 
 impl CloseReason {
     /// The WebSocket close code docs/protocol.md gives this reason.
-    pub fn code(self) -> u16 {
+    pub fn close_code(self) -> CloseCode {
         match self {
-            CloseReason::Expired => 4000,
-            CloseReason::AllLeft => 1000,
-            CloseReason::Replaced => 4001,
-            CloseReason::Shutdown => 1001,
+            CloseReason::Expired => CloseCode::RoomExpired,
+            CloseReason::AllLeft => CloseCode::Normal,
+            CloseReason::Replaced => CloseCode::Replaced,
+            CloseReason::Shutdown => CloseCode::GoingAway,
         }
+    }
+
+    /// The number of [`CloseReason::close_code`], as sent in the close frame.
+    pub fn code(self) -> u16 {
+        self.close_code().code()
     }
 
     /// The close reason text docs/protocol.md gives this reason.
@@ -415,10 +424,10 @@ impl Party {
         }
         let broadcast = matches!(to, Destination::Broadcast);
         let receivers = match to {
-            Destination::To(slot) if slot == self.slot || slot >= room.size => {
+            Destination::Slot(slot) if slot == self.slot || slot >= room.size => {
                 return Err(CoreError::BadDestination(slot));
             }
-            Destination::To(slot) => usize::from(!st.slots[usize::from(slot)].left),
+            Destination::Slot(slot) => usize::from(!st.slots[usize::from(slot)].left),
             Destination::Broadcast => {
                 st.slots.iter().enumerate().filter(|(i, s)| *i != usize::from(self.slot) && !s.left).count()
             }
@@ -439,7 +448,7 @@ impl Party {
             }
         };
         match to {
-            Destination::To(slot) => {
+            Destination::Slot(slot) => {
                 let slot = &mut st.slots[usize::from(slot)];
                 if !slot.left {
                     push(slot);

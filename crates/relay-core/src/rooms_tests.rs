@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The wall clock the tests pass to [`Rooms::create`], Unix seconds (2026-01-01).
+const NOW: u64 = 1_767_225_600;
+
 fn limits() -> Limits {
     Limits::default()
 }
@@ -40,7 +43,7 @@ async fn settle() {
 #[tokio::test(start_paused = true)]
 async fn ready_is_sent_when_all_joined_and_broadcast_reaches_the_others_only() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(3, None).unwrap();
+    let room = rooms.create(3, None, NOW).unwrap();
     let mut a = join(&rooms, &room.id);
     let mut b = join(&rooms, &room.id);
     assert_eq!(b.welcome().present, vec![0, 1]);
@@ -72,14 +75,14 @@ async fn ready_is_sent_when_all_joined_and_broadcast_reaches_the_others_only() {
 #[tokio::test(start_paused = true)]
 async fn messages_from_one_sender_arrive_in_order_with_contiguous_seq() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(3, None).unwrap();
+    let room = rooms.create(3, None, NOW).unwrap();
     let a = join(&rooms, &room.id);
     let b = join(&rooms, &room.id);
     let mut c = join(&rooms, &room.id);
     drain(&mut c);
     for i in 0u32..1000 {
-        a.send(Destination::To(2), Bytes::from(i.to_le_bytes().to_vec())).unwrap();
-        b.send(Destination::To(2), Bytes::from(i.to_le_bytes().to_vec())).unwrap();
+        a.send(Destination::Slot(2), Bytes::from(i.to_le_bytes().to_vec())).unwrap();
+        b.send(Destination::Slot(2), Bytes::from(i.to_le_bytes().to_vec())).unwrap();
     }
     let got = data(&mut c);
     assert_eq!(got.len(), 2000);
@@ -97,10 +100,10 @@ async fn messages_from_one_sender_arrive_in_order_with_contiguous_seq() {
 #[tokio::test(start_paused = true)]
 async fn messages_for_a_party_not_joined_yet_are_held_until_it_joins() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let a = join(&rooms, &room.id);
     for p in [&b"one"[..], b"two", b"three"] {
-        a.send(Destination::To(1), Bytes::copy_from_slice(p)).unwrap();
+        a.send(Destination::Slot(1), Bytes::copy_from_slice(p)).unwrap();
     }
     let mut b = join(&rooms, &room.id);
     assert_eq!(b.welcome().next_seq, 1);
@@ -112,12 +115,12 @@ async fn messages_for_a_party_not_joined_yet_are_held_until_it_joins() {
 #[tokio::test(start_paused = true)]
 async fn resume_replays_everything_after_last_seq_exactly_once() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let mut a = join(&rooms, &room.id);
     let mut b = join(&rooms, &room.id);
     drain(&mut b);
     for i in 1u8..=5 {
-        a.send(Destination::To(1), Bytes::from(vec![i])).unwrap();
+        a.send(Destination::Slot(1), Bytes::from(vec![i])).unwrap();
     }
     let first: Vec<u64> = (0..3)
         .map(|_| match b.try_next_event() {
@@ -131,7 +134,7 @@ async fn resume_replays_everything_after_last_seq_exactly_once() {
     drop(b);
     drain(&mut a);
     for i in 6u8..=7 {
-        a.send(Destination::To(1), Bytes::from(vec![i])).unwrap();
+        a.send(Destination::Slot(1), Bytes::from(vec![i])).unwrap();
     }
     let mut b = resume(&rooms, &room.id, &token, Some(3)).unwrap();
     assert!(b.welcome().resumed);
@@ -146,11 +149,11 @@ async fn resume_replays_everything_after_last_seq_exactly_once() {
 #[tokio::test(start_paused = true)]
 async fn resume_older_than_what_is_held_is_a_gap_and_bad_tokens_are_refused() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let a = join(&rooms, &room.id);
     let mut b = join(&rooms, &room.id);
     for i in 1u8..=4 {
-        a.send(Destination::To(1), Bytes::from(vec![i])).unwrap();
+        a.send(Destination::Slot(1), Bytes::from(vec![i])).unwrap();
     }
     assert_eq!(data(&mut b).len(), 4);
     b.ack(3);
@@ -165,7 +168,7 @@ async fn resume_older_than_what_is_held_is_a_gap_and_bad_tokens_are_refused() {
         CoreError::ResumeAhead { last_seq: 9, last: 4 }
     );
     assert_eq!(resume(&rooms, &room.id, "not-a-token", Some(3)).unwrap_err(), CoreError::BadResumeToken);
-    let other = rooms.create(2, None).unwrap();
+    let other = rooms.create(2, None, NOW).unwrap();
     assert_eq!(resume(&rooms, &other.id, &token, Some(3)).unwrap_err(), CoreError::BadResumeToken);
     // Without last_seq, everything not acked is replayed.
     let mut b = resume(&rooms, &room.id, &token, None).unwrap();
@@ -177,7 +180,7 @@ async fn resume_older_than_what_is_held_is_a_gap_and_bad_tokens_are_refused() {
 async fn a_send_over_the_held_bound_is_refused_for_every_destination_and_acks_free_space() {
     let unit = 100 + HELD_MESSAGE_OVERHEAD;
     let rooms = Rooms::new(Limits { max_room_held_bytes: 3 * unit, ..limits() }, None);
-    let room = rooms.create(3, None).unwrap();
+    let room = rooms.create(3, None, NOW).unwrap();
     let a = join(&rooms, &room.id);
     let mut b = join(&rooms, &room.id);
     let mut c = join(&rooms, &room.id);
@@ -187,17 +190,17 @@ async fn a_send_over_the_held_bound_is_refused_for_every_destination_and_acks_fr
         a.send(Destination::Broadcast, payload.clone()).unwrap_err(),
         CoreError::RoomBufferFull { max: 3 * unit }
     );
-    a.send(Destination::To(2), payload.clone()).unwrap(); // 3 units held
+    a.send(Destination::Slot(2), payload.clone()).unwrap(); // 3 units held
     assert_eq!(
-        a.send(Destination::To(1), payload.clone()).unwrap_err(),
+        a.send(Destination::Slot(1), payload.clone()).unwrap_err(),
         CoreError::RoomBufferFull { max: 3 * unit }
     );
     assert_eq!(data(&mut b).len(), 1, "the refused broadcast reached nobody");
     assert_eq!(data(&mut c).len(), 2);
     // Delivered but not acked still counts.
-    assert!(a.send(Destination::To(1), payload.clone()).is_err());
+    assert!(a.send(Destination::Slot(1), payload.clone()).is_err());
     b.ack(1);
-    a.send(Destination::To(1), payload.clone()).unwrap();
+    a.send(Destination::Slot(1), payload.clone()).unwrap();
     c.ack(2);
     a.send(Destination::Broadcast, payload).unwrap();
 }
@@ -205,7 +208,7 @@ async fn a_send_over_the_held_bound_is_refused_for_every_destination_and_acks_fr
 #[tokio::test(start_paused = true)]
 async fn the_room_closes_at_its_ttl_and_leaves_the_registry() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, Some(Duration::from_secs(5))).unwrap();
+    let room = rooms.create(2, Some(Duration::from_secs(5)), NOW).unwrap();
     let mut a = join(&rooms, &room.id);
     tokio::time::advance(Duration::from_secs(4)).await;
     settle().await;
@@ -216,14 +219,14 @@ async fn the_room_closes_at_its_ttl_and_leaves_the_registry() {
     assert_eq!(CloseReason::Expired.code(), 4000);
     assert_eq!(rooms.len(), 0);
     assert_eq!(rooms.join(&room.id, JoinRequest::default()).unwrap_err(), CoreError::RoomNotFound);
-    assert_eq!(a.send(Destination::To(1), Bytes::new()).unwrap_err(), CoreError::PartyClosed);
+    assert_eq!(a.send(Destination::Slot(1), Bytes::new()).unwrap_err(), CoreError::PartyClosed);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_empty_room_closes_after_the_reconnect_grace_unless_someone_comes_back() {
     let grace = Duration::from_secs(30);
     let rooms = Rooms::new(Limits { reconnect_grace: grace, ..limits() }, None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let a = join(&rooms, &room.id);
     let b = join(&rooms, &room.id);
     let token = a.welcome().resume_token.clone();
@@ -248,7 +251,7 @@ async fn an_empty_room_closes_after_the_reconnect_grace_unless_someone_comes_bac
 #[tokio::test(start_paused = true)]
 async fn the_room_closes_at_once_when_every_party_left() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let a = join(&rooms, &room.id);
     let mut b = join(&rooms, &room.id);
     drain(&mut b);
@@ -262,14 +265,14 @@ async fn the_room_closes_at_once_when_every_party_left() {
 #[tokio::test(start_paused = true)]
 async fn a_party_that_left_gets_nothing_more_and_cannot_resume() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(3, None).unwrap();
+    let room = rooms.create(3, None, NOW).unwrap();
     let a = join(&rooms, &room.id);
     let b = join(&rooms, &room.id);
     let mut c = join(&rooms, &room.id);
     drain(&mut c);
     let token = b.welcome().resume_token.clone();
     b.leave();
-    a.send(Destination::To(1), Bytes::from_static(b"dropped")).unwrap();
+    a.send(Destination::Slot(1), Bytes::from_static(b"dropped")).unwrap();
     a.send(Destination::Broadcast, Bytes::from_static(b"to c")).unwrap();
     assert_eq!(data(&mut c).len(), 1);
     assert_eq!(resume(&rooms, &room.id, &token, None).unwrap_err(), CoreError::BadResumeToken);
@@ -282,7 +285,7 @@ async fn a_party_that_left_gets_nothing_more_and_cannot_resume() {
 #[tokio::test(start_paused = true)]
 async fn slots_full_rooms_and_destinations_are_checked() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let b = rooms.join(&room.id, JoinRequest { slot: Some(1), resume: None }).unwrap();
     assert_eq!(b.slot(), 1);
     assert_eq!(
@@ -302,16 +305,16 @@ async fn slots_full_rooms_and_destinations_are_checked() {
         CoreError::RoomFull(2),
         "a dropped party keeps its slot"
     );
-    assert_eq!(b.send(Destination::To(1), Bytes::new()).unwrap_err(), CoreError::BadDestination(1));
-    assert_eq!(b.send(Destination::To(2), Bytes::new()).unwrap_err(), CoreError::BadDestination(2));
+    assert_eq!(b.send(Destination::Slot(1), Bytes::new()).unwrap_err(), CoreError::BadDestination(1));
+    assert_eq!(b.send(Destination::Slot(2), Bytes::new()).unwrap_err(), CoreError::BadDestination(2));
     let big = Bytes::from(vec![0u8; limits().max_message_bytes + 1]);
-    assert!(matches!(b.send(Destination::To(0), big).unwrap_err(), CoreError::MessageTooBig { .. }));
+    assert!(matches!(b.send(Destination::Slot(0), big).unwrap_err(), CoreError::MessageTooBig { .. }));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_new_connection_for_a_slot_replaces_the_old_one() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let mut old = join(&rooms, &room.id);
     let mut b = join(&rooms, &room.id);
     drain(&mut old);
@@ -320,13 +323,13 @@ async fn a_new_connection_for_a_slot_replaces_the_old_one() {
     let mut new = resume(&rooms, &room.id, &token, None).unwrap();
     assert_eq!(old.next_event().await, PartyEvent::Closed(CloseReason::Replaced));
     assert_eq!(CloseReason::Replaced.code(), 4001);
-    assert_eq!(old.send(Destination::To(1), Bytes::new()).unwrap_err(), CoreError::PartyClosed);
+    assert_eq!(old.send(Destination::Slot(1), Bytes::new()).unwrap_err(), CoreError::PartyClosed);
     drop(old);
     assert!(
         drain(&mut b).iter().all(|e| *e != PartyEvent::Left(0)),
         "dropping a replaced connection is not a departure"
     );
-    b.send(Destination::To(0), Bytes::from_static(b"x")).unwrap();
+    b.send(Destination::Slot(0), Bytes::from_static(b"x")).unwrap();
     assert!(matches!(new.next_event().await, PartyEvent::Ready { .. }));
     assert!(matches!(new.next_event().await, PartyEvent::Data(Delivery { seq: 1, from: 1, .. })));
 }
@@ -334,36 +337,36 @@ async fn a_new_connection_for_a_slot_replaces_the_old_one() {
 #[tokio::test(start_paused = true)]
 async fn max_rooms_is_enforced_and_expired_rooms_free_their_place() {
     let rooms = Rooms::new(Limits { max_rooms: 2, ..limits() }, Some("1a2b3c4d".parse().unwrap()));
-    let r1 = rooms.create(2, Some(Duration::from_secs(1))).unwrap();
+    let r1 = rooms.create(2, Some(Duration::from_secs(1)), NOW).unwrap();
     assert!(r1.id.to_string().starts_with("1a2b3c4d-"));
-    rooms.create(2, None).unwrap();
-    assert_eq!(rooms.create(2, None).unwrap_err(), CoreError::TooManyRooms(2));
+    rooms.create(2, None, NOW).unwrap();
+    assert_eq!(rooms.create(2, None, NOW).unwrap_err(), CoreError::TooManyRooms(2));
     tokio::time::advance(Duration::from_secs(1)).await;
     settle().await;
     assert_eq!(rooms.list().len(), 1);
-    rooms.create(2, None).unwrap();
+    rooms.create(2, None, NOW).unwrap();
 }
 
 #[tokio::test(start_paused = true)]
 async fn sizes_and_ttls_out_of_range_are_refused() {
     let rooms = Rooms::new(limits(), None);
-    assert!(matches!(rooms.create(1, None), Err(CoreError::BadRoomSize { got: 1, .. })));
-    assert!(matches!(rooms.create(65, None), Err(CoreError::BadRoomSize { got: 65, .. })));
-    assert!(matches!(rooms.create(2, Some(Duration::ZERO)), Err(CoreError::BadTtl { .. })));
-    assert!(matches!(rooms.create(2, Some(Duration::from_secs(86_401))), Err(CoreError::BadTtl { .. })));
+    assert!(matches!(rooms.create(1, None, NOW), Err(CoreError::BadRoomSize { got: 1, .. })));
+    assert!(matches!(rooms.create(65, None, NOW), Err(CoreError::BadRoomSize { got: 65, .. })));
+    assert!(matches!(rooms.create(2, Some(Duration::ZERO), NOW), Err(CoreError::BadTtl { .. })));
+    assert!(matches!(rooms.create(2, Some(Duration::from_secs(86_401)), NOW), Err(CoreError::BadTtl { .. })));
     assert!(rooms.is_empty());
 }
 
 #[test]
 fn creating_a_room_outside_a_runtime_is_an_error_not_a_panic() {
     let rooms = Rooms::new(limits(), None);
-    assert_eq!(rooms.create(2, None).unwrap_err(), CoreError::NoRuntime);
+    assert_eq!(rooms.create(2, None, NOW).unwrap_err(), CoreError::NoRuntime);
 }
 
 #[tokio::test(start_paused = true)]
 async fn close_all_closes_every_party() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let mut a = join(&rooms, &room.id);
     drain(&mut a);
     rooms.close_all(CloseReason::Shutdown);
@@ -374,7 +377,7 @@ async fn close_all_closes_every_party() {
 #[tokio::test(start_paused = true)]
 async fn a_flapping_party_leaves_one_pending_event_for_a_reader_that_is_away() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(2, None).unwrap();
+    let room = rooms.create(2, None, NOW).unwrap();
     let mut a = join(&rooms, &room.id);
     let mut b = join(&rooms, &room.id);
     drain(&mut a);
@@ -400,7 +403,7 @@ impl std::task::Wake for CountingWaker {
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_deferred_sends_wakes_each_receiver_once_after_the_burst() {
     let rooms = Rooms::new(limits(), None);
-    let room = rooms.create(3, None).unwrap();
+    let room = rooms.create(3, None, NOW).unwrap();
     let mut a = join(&rooms, &room.id);
     let mut b = join(&rooms, &room.id);
     let mut c = join(&rooms, &room.id);
@@ -424,12 +427,31 @@ async fn a_burst_of_deferred_sends_wakes_each_receiver_once_after_the_burst() {
 
     // An immediate send wakes at once; a party dropped mid-burst pays what it owes.
     assert!(b.poll_next_event(&mut cx).is_pending());
-    a.send(Destination::To(b.slot()), Bytes::from_static(b"now")).unwrap();
+    a.send(Destination::Slot(b.slot()), Bytes::from_static(b"now")).unwrap();
     assert_eq!(woken(), 3);
     assert!(matches!(b.poll_next_event(&mut cx), Poll::Ready(PartyEvent::Data(_))));
     assert!(c.poll_next_event(&mut cx).is_pending());
-    a.send_deferred(Destination::To(c.slot()), Bytes::from_static(b"later")).unwrap();
+    a.send_deferred(Destination::Slot(c.slot()), Bytes::from_static(b"later")).unwrap();
     assert_eq!(woken(), 3);
     drop(a);
     assert!(woken() >= 4, "dropping the sender wakes what it deferred");
+}
+
+#[tokio::test(start_paused = true)]
+async fn expires_at_is_the_callers_now_plus_the_ttl() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, Some(Duration::from_secs(90)), NOW).unwrap();
+    assert_eq!(room.expires_at, NOW + 90);
+    let default = rooms.create(2, None, NOW).unwrap();
+    assert_eq!(default.expires_at, NOW + limits().room_ttl_default.as_secs());
+    let a = join(&rooms, &room.id);
+    assert_eq!(a.welcome().expires_at, NOW + 90);
+}
+
+#[test]
+fn close_reasons_map_to_the_protocols_close_codes() {
+    assert_eq!(CloseReason::Expired.close_code(), CloseCode::RoomExpired);
+    assert_eq!(CloseReason::Replaced.code(), 4001);
+    assert_eq!(CloseReason::AllLeft.code(), 1000);
+    assert_eq!(CloseReason::Shutdown.code(), 1001);
 }

@@ -6,10 +6,19 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use proptest::prelude::*;
-use relay_core::mailbox::{FLAG_ONE_RECEIVER, HEADER_LEN, Mailbox, MailboxConn, ask_frame, publish_frame};
+use relay_core::mailbox::{FLAG_ONE_RECEIVER, HEADER_LEN, Mailbox, MailboxConn, MessageId};
 use relay_core::{Limits, Namespace};
 use tokio::time::Instant;
+
+fn ask_frame(id: &MessageId, ttl_secs: u16) -> Bytes {
+    Bytes::from(relay_proto::mailbox::ask_frame(id, ttl_secs))
+}
+
+fn publish_frame(id: &MessageId, ttl_secs: u16, flags: u16, payload: &[u8]) -> Bytes {
+    Bytes::from(relay_proto::mailbox::publish_frame(id, ttl_secs, flags, payload))
+}
 
 /// One client action against the mailbox.
 #[derive(Debug, Clone)]
@@ -68,7 +77,7 @@ proptest! {
         max_asks in 1usize..4,
         ops in proptest::collection::vec(op(), 1..150),
     ) {
-        let mailbox = Mailbox::new(limits(max_held, max_asks));
+        let mailbox = Mailbox::with_manual_sweep(limits(max_held, max_asks));
         let mut conns: Vec<Option<MailboxConn>> = (0..CONNS).map(|c| Some(mailbox.connect(namespace(c)))).collect();
         let mut now = Instant::now();
         let mut out = Vec::new();
@@ -122,7 +131,7 @@ proptest! {
         max_held in 200usize..2000,
         pubs in proptest::collection::vec((0u8..20, 1u16..40, 1usize..400), 1..60),
     ) {
-        let mailbox = Mailbox::new(limits(max_held, 10));
+        let mailbox = Mailbox::with_manual_sweep(limits(max_held, 10));
         let now = Instant::now();
         let mut held = 0usize;
         let mut stored: std::collections::HashSet<u8> = std::collections::HashSet::new();
@@ -154,7 +163,7 @@ proptest! {
     ) {
         let lim = limits(1 << 20, 100);
         let max_ttl = lim.max_mailbox_ttl;
-        let mailbox = Mailbox::new(lim);
+        let mailbox = Mailbox::with_manual_sweep(lim);
         let publisher = mailbox.connect("ttl");
         let asker = mailbox.connect("ttl");
         let start = Instant::now();

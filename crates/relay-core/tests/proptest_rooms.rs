@@ -99,7 +99,7 @@ fn read(model: &mut Model, slot: u16, n: usize) -> Result<(), TestCaseError> {
 fn run(size: u16, max_held: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let limits = Limits { max_room_held_bytes: max_held, ..Limits::default() };
     let rooms = Rooms::new(limits, None);
-    let room = rooms.create(size, Some(Duration::from_secs(600))).unwrap();
+    let room = rooms.create(size, Some(Duration::from_secs(600)), 1_767_225_600).unwrap();
     let n = usize::from(size);
     let mut slots: Vec<Model> = (0..n).map(|_| Model { next_seq: 1, ..Model::default() }).collect();
     let mut held = 0usize;
@@ -134,7 +134,7 @@ fn run(size: u16, max_held: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 payload.resize(8 + len, 0xab);
                 let receivers: Vec<usize> = match to {
                     Some(t) if t == from => {
-                        let got = party.send(Destination::To(t as u16), Bytes::from(payload));
+                        let got = party.send(Destination::Slot(t as u16), Bytes::from(payload));
                         prop_assert_eq!(got, Err(CoreError::BadDestination(t as u16)));
                         continue;
                     }
@@ -142,7 +142,7 @@ fn run(size: u16, max_held: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     None => (0..n).filter(|&r| r != from).collect(),
                 };
                 let cost = (8 + len + HELD_MESSAGE_OVERHEAD) * receivers.len();
-                let dest = to.map_or(Destination::Broadcast, |t| Destination::To(t as u16));
+                let dest = to.map_or(Destination::Broadcast, |t| Destination::Slot(t as u16));
                 let got = party.send(dest, Bytes::from(payload));
                 if held + cost > max_held {
                     prop_assert_eq!(got, Err(CoreError::RoomBufferFull { max: max_held }));

@@ -14,9 +14,12 @@
 //! `max_namespace_held_bytes`; a connection has at most `max_pending_asks` waiting asks
 //! and `send_queue_frames` frames queued towards it, past which it is a slow consumer.
 //! Expiry is a per-namespace min-heap of deadlines popped by whoever next touches the
-//! namespace, plus one sweeper task per [`Mailbox`] that also forgets idle namespaces.
+//! namespace, plus one sweeper task per [`Mailbox`] ([`Mailbox::start`]) that also
+//! forgets idle namespaces.
+//!
+//! The frame layout itself lives in `relay_proto::mailbox`; the items a transport needs
+//! ([`HEADER_LEN`], [`FLAG_ONE_RECEIVER`], [`MessageId`]) are re-exported here.
 
-mod frame;
 mod queue;
 mod space;
 
@@ -30,9 +33,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-pub use frame::{FLAG_ONE_RECEIVER, FrameHeader, FrameKind, HEADER_LEN, MessageId, ask_frame, publish_frame};
+pub use relay_proto::mailbox::{FLAG_ONE_RECEIVER, FrameKind, HEADER_LEN, MailboxHeader, MessageId};
 
-use crate::{Limits, RoomId};
+use crate::{CoreError, Limits, RoomId};
 use queue::ConnQueue;
 use space::Space;
 
@@ -167,15 +170,24 @@ pub struct MailboxConn {
 }
 
 impl Mailbox {
-    /// An empty mailbox enforcing `limits`. Inside a tokio runtime it also starts one
-    /// sweeper task (every [`SWEEP_INTERVAL`]) that ends when the last clone is dropped;
-    /// outside one, call [`Mailbox::sweep`] yourself.
-    pub fn new(limits: Limits) -> Mailbox {
+    /// An empty mailbox enforcing `limits`, with its sweeper task: every
+    /// [`SWEEP_INTERVAL`] it forgets expired messages and asks in namespaces nobody
+    /// touches, and removes idle namespaces; it ends when the last clone is dropped.
+    /// Fails with [`CoreError::NoRuntime`] outside a tokio runtime: use
+    /// [`Mailbox::with_manual_sweep`] there.
+    pub fn start(limits: Limits) -> Result<Mailbox, CoreError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| CoreError::NoRuntime)?;
+        let mailbox = Mailbox::with_manual_sweep(limits);
+        runtime.spawn(sweeper(Arc::downgrade(&mailbox.hub)));
+        Ok(mailbox)
+    }
+
+    /// An empty mailbox enforcing `limits`, without a sweeper task: the caller calls
+    /// [`Mailbox::sweep`] (tests, or a runtime of its own). Namespaces still expire
+    /// lazily whenever a frame touches them, but idle ones are only forgotten by a sweep.
+    pub fn with_manual_sweep(limits: Limits) -> Mailbox {
         let hub =
             Arc::new(Hub { limits, namespaces: Mutex::new(HashMap::new()), next_conn: AtomicU64::new(1) });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(sweeper(Arc::downgrade(&hub)));
-        }
         Mailbox { hub }
     }
 
@@ -199,7 +211,8 @@ impl Mailbox {
     }
 
     /// Forgets every message and ask due at `now` and removes idle namespaces. The
-    /// sweeper task calls this; call it directly when running without one.
+    /// sweeper task of [`Mailbox::start`] calls this; call it directly on a mailbox
+    /// made with [`Mailbox::with_manual_sweep`].
     pub fn sweep(&self, now: Instant) {
         self.hub.sweep(now);
     }
@@ -310,7 +323,7 @@ impl MailboxConn {
         if frame.len() > max {
             return Err(MailboxError::FrameTooBig { len: frame.len(), max });
         }
-        let header = FrameHeader::parse(&frame).ok_or(MailboxError::FrameTooShort { len: frame.len() })?;
+        let header = MailboxHeader::parse(&frame).ok_or(MailboxError::FrameTooShort { len: frame.len() })?;
         if self.queue.is_slow() {
             return Err(MailboxError::SlowConsumer);
         }

@@ -14,12 +14,13 @@ use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::task::Waker;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::frame::{FrameHeader, FrameKind, MessageId};
 use super::queue::{ConnQueue, Pushed};
+use super::{FrameKind, MailboxHeader, MessageId};
 use super::{MailboxError, Namespace};
 use crate::Limits;
 
@@ -154,13 +155,13 @@ impl SpaceState {
         &mut self,
         from: Sender<'_>,
         frame: Bytes,
-        header: &FrameHeader,
+        header: &MailboxHeader,
         limits: &Limits,
         now: Instant,
         wakes: &mut Vec<Waker>,
     ) -> Result<(), MailboxError> {
         self.expire(now);
-        let ttl = header.ttl.min(limits.max_mailbox_ttl);
+        let ttl = Duration::from_secs(u64::from(header.ttl_secs)).min(limits.max_mailbox_ttl);
         match header.kind {
             FrameKind::Ask => self.ask(from, &header.id, ttl, limits, now, wakes),
             FrameKind::Publish => self.publish(frame, header, ttl, limits, now, wakes),
@@ -208,7 +209,7 @@ impl SpaceState {
     fn publish(
         &mut self,
         frame: Bytes,
-        header: &FrameHeader,
+        header: &MailboxHeader,
         ttl: std::time::Duration,
         limits: &Limits,
         now: Instant,

@@ -11,6 +11,14 @@ fn limits() -> Limits {
     Limits { max_mailbox_ttl: Duration::from_secs(100), ..Limits::default() }
 }
 
+fn ask_frame(id: &MessageId, ttl_secs: u16) -> Bytes {
+    Bytes::from(relay_proto::mailbox::ask_frame(id, ttl_secs))
+}
+
+fn publish_frame(id: &MessageId, ttl_secs: u16, flags: u16, payload: &[u8]) -> Bytes {
+    Bytes::from(relay_proto::mailbox::publish_frame(id, ttl_secs, flags, payload))
+}
+
 fn id(n: u8) -> MessageId {
     [n; 32]
 }
@@ -24,7 +32,7 @@ fn drain(conn: &mut MailboxConn) -> Vec<Bytes> {
 
 #[tokio::test(start_paused = true)]
 async fn publish_then_ask_sends_the_stored_frame_and_keeps_it() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let publisher = mb.connect("ns");
     let mut a = mb.connect("ns");
     let mut b = mb.connect("ns");
@@ -39,7 +47,7 @@ async fn publish_then_ask_sends_the_stored_frame_and_keeps_it() {
 
 #[tokio::test(start_paused = true)]
 async fn ask_then_publish_delivers_to_every_waiter() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut a = mb.connect("ns");
     let mut b = mb.connect("ns");
     let publisher = mb.connect("ns");
@@ -55,7 +63,7 @@ async fn ask_then_publish_delivers_to_every_waiter() {
 
 #[tokio::test(start_paused = true)]
 async fn first_publish_wins_while_it_lives() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut c = mb.connect("ns");
     let first = publish_frame(&id(3), 5, 0, b"first");
     c.handle_frame(first.clone()).unwrap();
@@ -73,7 +81,7 @@ async fn first_publish_wins_while_it_lives() {
 
 #[tokio::test(start_paused = true)]
 async fn messages_expire_at_their_ttl() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut c = mb.connect("ns");
     c.handle_frame(publish_frame(&id(4), 2, 0, b"short-lived")).unwrap();
     advance(Duration::from_millis(1999)).await;
@@ -88,7 +96,7 @@ async fn messages_expire_at_their_ttl() {
 
 #[tokio::test(start_paused = true)]
 async fn unanswered_asks_expire_and_are_not_answered_later() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut asker = mb.connect("ns");
     let publisher = mb.connect("ns");
     asker.handle_frame(ask_frame(&id(5), 1)).unwrap();
@@ -102,7 +110,7 @@ async fn unanswered_asks_expire_and_are_not_answered_later() {
 
 #[tokio::test(start_paused = true)]
 async fn ttls_are_capped_by_the_server() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut c = mb.connect("ns");
     c.handle_frame(publish_frame(&id(6), u16::MAX, 0, b"capped")).unwrap();
     advance(limits().max_mailbox_ttl).await;
@@ -112,7 +120,7 @@ async fn ttls_are_capped_by_the_server() {
 
 #[tokio::test(start_paused = true)]
 async fn one_receiver_messages_go_to_exactly_one_asker() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let publisher = mb.connect("ns");
     let mut a = mb.connect("ns");
     let mut b = mb.connect("ns");
@@ -137,7 +145,7 @@ async fn one_receiver_messages_go_to_exactly_one_asker() {
 
 #[tokio::test(start_paused = true)]
 async fn namespaces_never_meet() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut a = mb.connect(Namespace::tenant("a"));
     let b = mb.connect(Namespace::tenant("b"));
     a.handle_frame(ask_frame(&id(9), 10)).unwrap();
@@ -149,7 +157,7 @@ async fn namespaces_never_meet() {
 
 #[tokio::test(start_paused = true)]
 async fn a_repeated_ask_is_answered_once() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut a = mb.connect("ns");
     a.handle_frame(ask_frame(&id(10), 10)).unwrap();
     a.handle_frame(ask_frame(&id(10), 10)).unwrap();
@@ -160,7 +168,7 @@ async fn a_repeated_ask_is_answered_once() {
 
 #[tokio::test(start_paused = true)]
 async fn zero_ttl_publish_reaches_waiters_but_is_not_stored() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut a = mb.connect("ns");
     let b = mb.connect("ns");
     a.handle_frame(ask_frame(&id(11), 10)).unwrap();
@@ -171,7 +179,7 @@ async fn zero_ttl_publish_reaches_waiters_but_is_not_stored() {
 
 #[tokio::test(start_paused = true)]
 async fn malformed_and_oversized_frames_are_refused() {
-    let mb = Mailbox::new(Limits { max_message_bytes: 100, ..limits() });
+    let mb = Mailbox::start(Limits { max_message_bytes: 100, ..limits() }).unwrap();
     let c = mb.connect("ns");
     assert_eq!(c.handle_frame(Bytes::from(vec![0u8; 35])), Err(MailboxError::FrameTooShort { len: 35 }));
     assert_eq!(c.handle_frame(Bytes::new()), Err(MailboxError::FrameTooShort { len: 0 }));
@@ -184,7 +192,7 @@ async fn malformed_and_oversized_frames_are_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn namespace_storage_is_bounded() {
-    let mb = Mailbox::new(Limits { max_namespace_held_bytes: 100, ..limits() });
+    let mb = Mailbox::start(Limits { max_namespace_held_bytes: 100, ..limits() }).unwrap();
     let c = mb.connect("ns");
     c.handle_frame(publish_frame(&id(1), 10, 0, &[0; 64])).unwrap(); // 100 bytes
     assert_eq!(
@@ -201,7 +209,7 @@ async fn namespace_storage_is_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn pending_asks_per_connection_are_bounded() {
-    let mb = Mailbox::new(Limits { max_pending_asks: 3, ..limits() });
+    let mb = Mailbox::start(Limits { max_pending_asks: 3, ..limits() }).unwrap();
     let a = mb.connect("ns");
     for n in 0..3 {
         a.handle_frame(ask_frame(&id(n), 10)).unwrap();
@@ -215,7 +223,7 @@ async fn pending_asks_per_connection_are_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_send_queue_makes_a_slow_consumer() {
-    let mb = Mailbox::new(Limits { send_queue_frames: 2, ..limits() });
+    let mb = Mailbox::start(Limits { send_queue_frames: 2, ..limits() }).unwrap();
     let mut reader = mb.connect("ns");
     let writer = mb.connect("ns");
     for n in 0..3 {
@@ -242,7 +250,7 @@ async fn a_full_send_queue_makes_a_slow_consumer() {
 
 #[tokio::test(start_paused = true)]
 async fn recv_waits_for_a_later_publish() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut a = mb.connect("ns");
     let b = mb.connect("ns");
     a.handle_frame(ask_frame(&id(12), 30)).unwrap();
@@ -258,7 +266,7 @@ async fn recv_waits_for_a_later_publish() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_a_connection_withdraws_its_asks_and_idle_namespaces_go() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let a = mb.connect("ns");
     a.handle_frame(ask_frame(&id(1), 10)).unwrap();
     a.handle_frame(publish_frame(&id(2), 5, 0, b"outlives its publisher")).unwrap();
@@ -281,7 +289,7 @@ async fn dropping_a_connection_withdraws_its_asks_and_idle_namespaces_go() {
 
 #[tokio::test(start_paused = true)]
 async fn the_background_sweeper_forgets_idle_namespaces() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     mb.connect("ns").handle_frame(publish_frame(&id(1), 2, 0, b"x")).unwrap();
     assert_eq!(mb.stats().namespaces, 1);
     tokio::time::sleep(Duration::from_secs(2) + SWEEP_INTERVAL * 2).await;
@@ -290,7 +298,7 @@ async fn the_background_sweeper_forgets_idle_namespaces() {
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_heap_stays_proportional_to_what_lives() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let mut a = mb.connect("ns");
     let b = mb.connect("ns");
     // Unique one-receiver messages taken at once leave stale deadlines behind.
@@ -324,7 +332,7 @@ fn woken(count: &CountingWaker) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn deferred_frames_wake_each_receiver_once_after_the_burst() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let a = mb.connect("ns");
     let mut publisher = mb.connect("ns");
     let (count, waker) = counting_waker();
@@ -350,7 +358,7 @@ async fn deferred_frames_wake_each_receiver_once_after_the_burst() {
 
 #[tokio::test(start_paused = true)]
 async fn an_immediate_frame_wakes_its_receiver_at_once_and_a_dropped_publisher_pays_its_debts() {
-    let mb = Mailbox::new(limits());
+    let mb = Mailbox::start(limits()).unwrap();
     let a = mb.connect("ns");
     let (count, waker) = counting_waker();
     let mut cx = std::task::Context::from_waker(&waker);
@@ -368,4 +376,16 @@ async fn an_immediate_frame_wakes_its_receiver_at_once_and_a_dropped_publisher_p
     assert_eq!(woken(&count), 1);
     drop(publisher);
     assert_eq!(woken(&count), 2, "dropping the publisher wakes what it deferred");
+}
+
+#[test]
+fn starting_a_mailbox_outside_a_runtime_is_an_error_and_manual_sweep_works() {
+    assert!(matches!(Mailbox::start(limits()), Err(CoreError::NoRuntime)));
+    let mb = Mailbox::with_manual_sweep(limits());
+    let conn = mb.connect("ns");
+    conn.handle_frame_at(publish_frame(&id(9), 5, 0, b"x"), Instant::now()).unwrap();
+    assert_eq!(mb.stats().entries, 1);
+    drop(conn);
+    mb.sweep(Instant::now() + Duration::from_secs(6));
+    assert_eq!(mb.stats().entries, 0);
 }
