@@ -433,3 +433,28 @@ async fn a_burst_of_deferred_sends_wakes_each_receiver_once_after_the_burst() {
     drop(a);
     assert!(woken() >= 4, "dropping the sender wakes what it deferred");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_close_hook_hears_each_room_once_with_its_lifetime_and_reason() {
+    let rooms = Rooms::new(limits(), None);
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    assert!(rooms.set_on_close(move |lifetime, reason| lock(&sink).push((lifetime, reason))));
+    assert!(!rooms.set_on_close(|_, _| {}), "only the first hook is kept");
+
+    let room = rooms.create(2, Some(Duration::from_secs(60))).unwrap();
+    let a = join(&rooms, &room.id);
+    let b = join(&rooms, &room.id);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    a.leave();
+    b.leave();
+    settle().await;
+    let expiring = rooms.create(2, Some(Duration::from_secs(30))).unwrap();
+    // Slept, not advanced: paused time stops at the room's deadline and runs its timer.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(rooms.info(&expiring.id).is_none());
+    assert_eq!(
+        *lock(&heard),
+        [(Duration::from_secs(5), CloseReason::AllLeft), (Duration::from_secs(30), CloseReason::Expired)]
+    );
+}
