@@ -8,12 +8,12 @@ use crate::api::{admin, discovery, mailbox, rooms};
 use crate::error::ApiError;
 use crate::http::body::{Body, error_response};
 use crate::http::ratelimit::ClientAddr;
-use crate::metrics::Route;
 use crate::openapi;
 use crate::state::AppState;
 
 /// Routes one request.
 pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
     // The per-address request rate, before any work; the accept loop sets the address.
     if let Some(&ClientAddr(ip)) = req.extensions().get::<ClientAddr>()
         && let Err(limited) = state.rate_limiter().request(ip, tokio::time::Instant::now())
@@ -24,7 +24,7 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
-    let metric_route = Route::of(&segments);
+    let metric_route = route_template(&segments);
     let result = match (segments.as_slice(), &method) {
         (["healthz"], &Method::GET) => Ok(metrics::healthz()),
         (["readyz"], &Method::GET) => Ok(metrics::readyz(&state)),
@@ -84,8 +84,35 @@ pub(crate) async fn route(state: AppState, req: Request<Incoming>) -> Response<B
     {
         resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
     }
-    state.metrics().http_request(metric_route, resp.status(), error_code);
+    state.metrics().http_request(metric_route, &method, resp.status(), error_code, started.elapsed());
     resp
+}
+
+/// The route template of a path, the `route` label on `/metrics`: never the raw path,
+/// which carries room IDs, group IDs and admin tokens.
+fn route_template(segments: &[&str]) -> &'static str {
+    match segments {
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["openapi.json"] => "/openapi.json",
+        ["v1", "rooms"] => "/v1/rooms",
+        ["create-room"] => "/create-room",
+        ["v1", "rooms", _] => "/v1/rooms/{room_id}",
+        ["v1", "msg-relay"] => "/v1/msg-relay",
+        ["v1", "rooms", _, "msg-relay"] => "/v1/rooms/{room_id}/msg-relay",
+        ["group"] => "/group",
+        ["v1", "group"] => "/v1/group",
+        ["groups"] => "/groups",
+        ["v1", "groups"] => "/v1/groups",
+        ["groups", _] => "/groups/{ID}",
+        ["v1", "groups", _] => "/v1/groups/{ID}",
+        ["v1", "relays"] => "/v1/relays",
+        ["createkey", _, _, _] | ["rooms", _] | ["revokekey", _, _] => "admin (sodot paths)",
+        ["v1", "admin", ..] => "/v1/admin",
+        ["v1", "key"] => "/v1/key",
+        _ => "unmatched",
+    }
 }
 
 /// The methods a known path serves, for the `Allow` header every 405 must carry

@@ -14,7 +14,7 @@ use crate::config::ServerConfig;
 use crate::error::TransportError;
 use crate::http::auth::{Caller, UsageMeter};
 use crate::http::ratelimit::RateLimiter;
-use crate::metrics::{KeyUsage, Metrics};
+use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
 use crate::net::busy_poll::BusyPoll;
 
 /// The state every connection shares: configuration, the core's rooms and mailbox, and
@@ -100,7 +100,12 @@ impl AppState {
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connection_slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         let rate_limiter = RateLimiter::new(&config.rate_limits);
-        let metrics = Metrics::default();
+        let rooms = Rooms::new(config.limits.clone(), config.room_id_prefix);
+        let mailbox = crate::api::mailbox::new_hub(&config);
+        let busy_poll = BusyPoll::new(config.busy_poll);
+        let metrics = Metrics::new(live_sources(&config, &connection_slots, &rooms, &mailbox, &busy_poll));
+        rooms.set_on_close(metrics.room_close_observer());
+        mailbox.set_on_ask(metrics.ask_observer());
         if let Some(store) = keystore.clone() {
             // Per-key series on /metrics come from the store's own counters, read at scrape time.
             let source = move || {
@@ -119,9 +124,9 @@ impl AppState {
         }
         Ok(AppState {
             inner: Arc::new(Inner {
-                rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
-                busy_poll: BusyPoll::new(config.busy_poll),
-                mailbox: crate::api::mailbox::new_hub(&config),
+                rooms,
+                busy_poll,
+                mailbox,
                 config,
                 discovery,
                 shutdown_tx,
@@ -213,16 +218,6 @@ impl AppState {
         }
     }
 
-    /// Microseconds spent busy polling since start (`None` when it is off).
-    pub(crate) fn busy_polled_micros(&self) -> Option<u64> {
-        self.inner.busy_poll.as_ref().map(|b| b.spun_micros())
-    }
-
-    /// Busy-poll spells cut short since start because the CPU was wanted elsewhere.
-    pub(crate) fn busy_poll_backoffs(&self) -> u64 {
-        self.inner.busy_poll.as_ref().map_or(0, |b| b.backoffs())
-    }
-
     /// The counters served at `/metrics`.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -292,6 +287,27 @@ impl AppState {
     pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
         let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
         UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
+    }
+}
+
+/// What `/metrics` reads at each scrape: clones of the shared handles (not the state
+/// itself, which holds the metrics).
+fn live_sources(
+    config: &ServerConfig,
+    connection_slots: &Arc<Semaphore>,
+    rooms: &Rooms,
+    mailbox: &relay_core::Mailbox,
+    busy_poll: &Option<Arc<BusyPoll>>,
+) -> LiveSources {
+    let max = config.max_connections.min(Semaphore::MAX_PERMITS);
+    let (slots, rooms, mailbox) = (connection_slots.clone(), rooms.clone(), mailbox.clone());
+    LiveSources {
+        connections_open: Box::new(move || max.saturating_sub(slots.available_permits())),
+        rooms_open: Box::new(move || rooms.len()),
+        mailbox: Box::new(move || mailbox.stats()),
+        busy_poll: busy_poll.clone().map(|b| -> Box<dyn Fn() -> BusyPollTotals + Send + Sync> {
+            Box::new(move || BusyPollTotals { micros: b.spun_micros(), backoffs: b.backoffs() })
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 use hyper::{Response, StatusCode, header};
 
 use crate::http::body::{Body, json};
-use crate::metrics::{CONTENT_TYPE, render};
+use crate::metrics::CONTENT_TYPE;
 use crate::state::AppState;
 
 /// `GET /healthz`: 200 `{"status":"ok"}` while the process serves, draining or not.
@@ -40,7 +40,7 @@ pub(crate) fn readyz(state: &AppState) -> Response<Body> {
     responses((status = 200, description = "Every metric", body = String, content_type = "text/plain; version=0.0.4")),
 )]
 pub(crate) fn scrape(state: &AppState) -> Response<Body> {
-    let mut resp = Response::new(Body::from(render(state)));
+    let mut resp = Response::new(Body::from(state.metrics().render()));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(CONTENT_TYPE));
     resp
 }

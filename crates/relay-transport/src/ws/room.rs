@@ -125,6 +125,7 @@ impl PartyConn {
                 Message::Binary(frame) => match send_data(&mut self.party, frame) {
                     Ok(None) => {}
                     Ok(Some(payload)) => {
+                        self.state.metrics().message_size(WsKind::Room, payload);
                         relayed += 1;
                         relayed_bytes += payload;
                     }
