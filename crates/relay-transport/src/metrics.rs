@@ -114,7 +114,7 @@ const HTTP_DURATION_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// `relay_websocket_message_bytes` buckets, in payload bytes: powers of 4 from 16 B to
-/// 4 MiB (the default `max_message_bytes` is 1 MiB).
+/// 16 MiB (the default `max_message_bytes` is 1 MiB; operators may raise it).
 const MESSAGE_BYTES_BUCKETS: [f64; 11] =
     [16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0];
 
