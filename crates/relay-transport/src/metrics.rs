@@ -399,17 +399,18 @@ impl Metrics {
         }
     }
 
-    /// `route` as a label: itself while fewer than [`MAX_ROUTES`] were seen, else `other`.
+    /// `route` as a label: itself if seen before or while fewer than [`MAX_ROUTES`] were
+    /// seen, else `other`. A route seen before costs a read lock, never the write lock.
     fn route_label(&self, route: &str) -> String {
-        let known = |routes: &HashSet<String>| routes.contains(route) || routes.len() < MAX_ROUTES;
-        if known(&self.routes.read().unwrap_or_else(PoisonError::into_inner)) {
+        let seen = self.routes.read().unwrap_or_else(PoisonError::into_inner).contains(route);
+        if !seen {
             let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
-            if routes.contains(route) || routes.len() < MAX_ROUTES {
-                routes.insert(route.to_owned());
-                return route.to_owned();
+            if routes.len() >= MAX_ROUTES && !routes.contains(route) {
+                return "other".to_owned();
             }
+            routes.insert(route.to_owned());
         }
-        "other".to_owned()
+        route.to_owned()
     }
 
     /// The hook for [`relay_core::rooms::Rooms::set_on_close`]: observes each room's
