@@ -176,7 +176,7 @@ pub async fn run_binary(args: &[&str]) -> anyhow::Result<std::process::Output> {
 pub async fn serve_in_process(config: ServerConfig) -> anyhow::Result<(SocketAddr, AppState)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(config);
+    let state = AppState::new(config)?;
     let serve_state = state.clone();
     let mut stop = state.shutdown_watch();
     tokio::spawn(async move {

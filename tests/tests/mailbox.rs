@@ -199,8 +199,8 @@ async fn one_receiver_messages_are_delivered_once() {
 #[tokio::test]
 async fn two_rooms_never_meet() {
     let (addr, state) = serve_in_process(open_config()).await.expect("serve");
-    let room_a = state.rooms().create(2, None).expect("room a").id;
-    let room_b = state.rooms().create(2, None).expect("room b").id;
+    let room_a = state.rooms().create(2, None, 0).expect("room a").id;
+    let room_b = state.rooms().create(2, None, 0).expect("room b").id;
     let mut in_a = connect(addr, &room_path(&room_a)).await;
     let mut in_b = connect(addr, &room_path(&room_b)).await;
     let mut also_b = connect(addr, &room_path(&room_b)).await;
@@ -323,7 +323,7 @@ async fn keys_are_required_when_enforced() {
     let err = ws_connect(addr, "/v1/msg-relay").await.unwrap_err();
     assert_eq!(refusal_status(&err).map(|s| s.as_u16()), Some(401));
     // The room-scoped mailbox needs only the room ID.
-    let room = state.rooms().create(2, None).expect("room").id;
+    let room = state.rooms().create(2, None, 0).expect("room").id;
     let mut ws = connect(addr, &room_path(&room)).await;
     send(&mut ws, ask(id_of("x"), 1)).await;
     expect_nothing(&mut ws).await;

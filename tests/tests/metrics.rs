@@ -1,7 +1,7 @@
 //! `/metrics` and `/readyz` over real sockets: the scrape parses as Prometheus text,
-//! counters and gauges move when rooms, messages and mailbox traffic flow, labels never
-//! carry raw paths, and readiness turns 503 once shutdown begins while connections
-//! already open are still served.
+//! counters, gauges and histograms move when requests, rooms, messages and mailbox
+//! traffic flow, labels never carry raw paths, and readiness turns 503 once shutdown
+//! begins while connections already open are still served.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -36,14 +36,18 @@ impl Scrape {
 
 /// Parses the Prometheus text exposition format strictly: `# HELP`/`# TYPE` comments,
 /// then `name{label="value",...} value` lines; every sample's metric has a TYPE line
-/// before it, and no series appears twice.
+/// before it (a histogram's `_bucket`, `_sum` and `_count` samples, its own), and no
+/// series appears twice.
 fn parse(text: &str) -> Scrape {
     let mut samples = BTreeMap::new();
     let mut types = HashMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
-            assert!(["counter", "gauge"].contains(&kind), "unexpected metric type {kind:?} in {line:?}");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "unexpected metric type {kind:?} in {line:?}"
+            );
             assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "TYPE twice for {name}");
             continue;
         }
@@ -65,7 +69,11 @@ fn parse(text: &str) -> Scrape {
         }
         let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space before value in {line:?}"));
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        assert!(types.contains_key(name), "sample before its TYPE line: {line:?}");
+        let histogram = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"));
+        assert!(histogram.is_some() || types.contains_key(name), "sample before its TYPE line: {line:?}");
         let series = line[..line.len() - rest.len()].to_owned();
         assert!(samples.insert(series, value).is_none(), "series twice: {line:?}");
     }
@@ -354,10 +362,12 @@ async fn auth_failures_and_refusals_are_counted_under_templates_not_paths() {
     assert_eq!(s.get("relay_auth_failures_total{reason=\"missing_api_key\"}"), 1.0);
     assert_eq!(s.get("relay_http_requests_total{route=\"/v1/rooms\",status=\"401\"}"), 1.0);
     assert_eq!(s.get("relay_http_requests_total{route=\"unmatched\",status=\"404\"}"), 1.0);
-    assert_eq!(s.get("relay_http_requests_total{route=\"admin (sodot paths)\",status=\"503\"}"), 1.0);
+    let sodot = "relay_http_requests_total{route=\"/createkey/{name}/{expiry_unix}/{token}\",status=\"503\"}";
+    assert_eq!(s.get(sodot), 1.0);
     assert_eq!(s.get("relay_http_requests_total{route=\"/v1/rooms/{room_id}\",status=\"426\"}"), 1.0);
     assert_eq!(s.get_or_zero("relay_rooms_created_total"), 0.0);
-    for leaked in ["s3cr3t", "createkey", "1a2b3c4d"] {
+    // The template names the token's place, never the token, the key name or the room.
+    for leaked in ["s3cr3t", "alice", "1a2b3c4d"] {
         assert!(!s.text.contains(leaked), "{leaked} leaked into the scrape:\n{}", s.text);
     }
     state.begin_shutdown();
@@ -432,5 +442,82 @@ async fn per_key_usage_comes_from_the_installed_source_at_each_scrape() {
     assert_eq!(s.get("relay_key_rooms_created_total{key=\"alice\"}"), 1.0);
     usage.store(5, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(scrape(addr).await.get("relay_key_messages_total{key=\"alice\"}"), 5.0, "read at scrape time");
+    state.begin_shutdown();
+}
+
+#[tokio::test]
+async fn histograms_time_requests_rooms_and_ask_waits_and_size_messages() {
+    let (addr, state) = serve_in_process(open_config()).await.unwrap();
+    let s = scrape(addr).await;
+    for name in [
+        "relay_http_request_duration_seconds",
+        "relay_websocket_message_bytes",
+        "relay_room_lifetime_seconds",
+        "relay_mailbox_ask_wait_seconds",
+    ] {
+        assert_eq!(s.types.get(name).map(String::as_str), Some("histogram"), "{name}");
+    }
+    assert_eq!(s.get("relay_room_lifetime_seconds_count"), 0.0);
+    assert_eq!(s.get("relay_websocket_message_bytes_count{kind=\"room\"}"), 0.0);
+
+    // A room: created, joined by both parties, one 5-byte message, then both leave.
+    let resp = post_json(addr, "/v1/rooms", &[], &serde_json::json!({"room_size": 2})).await.unwrap();
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    let room = resp.json()["room_uuid"].as_str().unwrap().to_owned();
+    let mut a = ws_connect(addr, &format!("/v1/rooms/{room}?slot=0")).await.unwrap();
+    let mut b = ws_connect(addr, &format!("/v1/rooms/{room}?slot=1")).await.unwrap();
+    assert_eq!(next_json(&mut a).await["type"], "welcome");
+    assert_eq!(next_json(&mut b).await["type"], "welcome");
+    let mut frame = 1u16.to_le_bytes().to_vec();
+    frame.extend_from_slice(b"hello");
+    send(&mut a, frame).await;
+    next_binary(&mut b).await;
+    for party in [&mut a, &mut b] {
+        let leave = Message::text(r#"{"type":"leave"}"#);
+        tokio::time::timeout(STEP_TIMEOUT, party.send(leave)).await.unwrap().unwrap();
+    }
+    let s = scrape_until(addr, "the room's lifetime is observed", |s| {
+        s.get("relay_room_lifetime_seconds_count") == 1.0
+    })
+    .await;
+    assert_eq!(s.get("relay_rooms_open"), 0.0);
+    assert_eq!(s.get("relay_room_lifetime_seconds_bucket{le=\"+Inf\"}"), 1.0);
+    assert_eq!(s.get("relay_websocket_message_bytes_count{kind=\"room\"}"), 1.0);
+    assert_eq!(s.get("relay_websocket_message_bytes_sum{kind=\"room\"}"), 5.0);
+    assert_eq!(s.get("relay_websocket_message_bytes_bucket{kind=\"room\",le=\"16\"}"), 1.0);
+    let created = "{route=\"/v1/rooms\",method=\"POST\",status=\"201\"}";
+    assert_eq!(s.get(&format!("relay_http_request_duration_seconds_count{created}")), 1.0);
+    assert!(s.get(&format!("relay_http_request_duration_seconds_sum{created}")) > 0.0);
+    let joined = "{route=\"/v1/rooms/{room_id}\",method=\"GET\",status=\"101\"}";
+    assert_eq!(s.get(&format!("relay_http_request_duration_seconds_count{joined}")), 2.0);
+    let joined_inf = "{route=\"/v1/rooms/{room_id}\",method=\"GET\",status=\"101\",le=\"+Inf\"}";
+    assert_eq!(s.get(&format!("relay_http_request_duration_seconds_bucket{joined_inf}")), 2.0);
+    assert!(!s.text.contains(&room), "a room ID leaked into a label:\n{}", s.text);
+
+    // A mailbox ask that waits at least 50 ms for its message, then one answered at once.
+    let mut asker = ws_connect(addr, "/v1/msg-relay").await.unwrap();
+    let mut publisher = ws_connect(addr, "/v1/msg-relay").await.unwrap();
+    send(&mut asker, mailbox_frame(9, 60, b"")).await;
+    scrape_until(addr, "the ask is pending", |s| s.get("relay_mailbox_pending_asks") == 1.0).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let published = mailbox_frame(9, 60, b"payload");
+    send(&mut publisher, published.clone()).await;
+    assert_eq!(next_binary(&mut asker).await, published);
+    send(&mut asker, mailbox_frame(9, 60, b"")).await;
+    assert_eq!(next_binary(&mut asker).await, published);
+    let s = scrape_until(addr, "both asks are observed", |s| {
+        s.get("relay_mailbox_ask_wait_seconds_count") == 2.0
+    })
+    .await;
+    assert_eq!(
+        s.get("relay_mailbox_ask_wait_seconds_bucket{le=\"0.001\"}"),
+        1.0,
+        "the stored answer waited 0"
+    );
+    assert_eq!(s.get("relay_mailbox_ask_wait_seconds_bucket{le=\"0.025\"}"), 1.0, "the other waited 50 ms");
+    assert!(s.get("relay_mailbox_ask_wait_seconds_sum") >= 0.05);
+    assert_eq!(s.get("relay_mailbox_asks_expired_total"), 0.0);
+    assert_eq!(s.get("relay_websocket_message_bytes_sum{kind=\"mailbox\"}"), 7.0);
+    assert_eq!(s.get("relay_websocket_message_bytes_bucket{kind=\"mailbox\",le=\"16\"}"), 1.0);
     state.begin_shutdown();
 }

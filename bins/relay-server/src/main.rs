@@ -98,7 +98,7 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyho
         );
     }
 
-    let state = AppState::try_with_keystore(config, keystore.clone())?;
+    let state = AppState::with_keystore(config, keystore.clone())?;
 
     // Before "listening" is printed: a SIGTERM right after start must shut down cleanly
     // (and flush usage), not kill the process.

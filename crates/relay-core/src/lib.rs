@@ -16,7 +16,7 @@ mod signal;
 pub use error::CoreError;
 pub use id::{RoomId, RoomIdPrefix};
 pub use limits::Limits;
-pub use mailbox::{Mailbox, MailboxConn, MailboxError, Namespace};
+pub use mailbox::{AskEnd, Mailbox, MailboxConn, MailboxError, Namespace};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -19,7 +19,7 @@
 //! among all its receivers.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -168,12 +168,19 @@ struct Registry {
     limits: Limits,
     prefix: Option<RoomIdPrefix>,
     rooms: Mutex<HashMap<RoomId, Arc<Room>>>,
+    /// Told of every room that closes ([`Rooms::set_on_close`]), e.g. for metrics.
+    on_close: OnceLock<RoomCloseHook>,
 }
+
+/// Called once per room that closes, with its lifetime and why it closed.
+type RoomCloseHook = Box<dyn Fn(Duration, CloseReason) + Send + Sync>;
 
 struct Room {
     id: RoomId,
     size: u16,
     expires_at: u64,
+    /// When the room was created: its lifetime is reported when it closes.
+    created: Instant,
     deadline: Instant,
     max_held_bytes: usize,
     max_message_bytes: usize,
@@ -230,7 +237,22 @@ impl Rooms {
     /// An empty registry enforcing `limits`; every room ID it issues starts with
     /// `prefix` when given.
     pub fn new(limits: Limits, prefix: Option<RoomIdPrefix>) -> Rooms {
-        Rooms { inner: Arc::new(Registry { limits, prefix, rooms: Mutex::new(HashMap::new()) }) }
+        Rooms {
+            inner: Arc::new(Registry {
+                limits,
+                prefix,
+                rooms: Mutex::new(HashMap::new()),
+                on_close: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Calls `hook` with the lifetime (creation to close) and the reason of every room
+    /// that closes from now on, for any reason. It runs on the closing task with no
+    /// lock held; keep it quick. Only the first call has an effect; returns whether this
+    /// one did.
+    pub fn set_on_close(&self, hook: impl Fn(Duration, CloseReason) + Send + Sync + 'static) -> bool {
+        self.inner.on_close.set(Box::new(hook)).is_ok()
     }
 
     /// The limits this registry enforces.
@@ -277,6 +299,7 @@ impl Rooms {
                 id,
                 size: room_size,
                 expires_at,
+                created: Instant::now(),
                 deadline: Instant::now() + ttl,
                 max_held_bytes: limits.max_room_held_bytes,
                 max_message_bytes: limits.max_message_bytes,
@@ -720,6 +743,9 @@ impl Room {
         self.timer.notify_one();
         if let Some(registry) = self.registry.upgrade() {
             lock(&registry.rooms).remove(&self.id);
+            if let Some(hook) = registry.on_close.get() {
+                hook(self.created.elapsed(), reason);
+            }
         }
         tracing::debug!(room = %self.id, ?reason, "room closed");
     }

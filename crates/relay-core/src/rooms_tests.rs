@@ -455,3 +455,28 @@ fn close_reasons_map_to_the_protocols_close_codes() {
     assert_eq!(CloseReason::AllLeft.code(), 1000);
     assert_eq!(CloseReason::Shutdown.code(), 1001);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_close_hook_hears_each_room_once_with_its_lifetime_and_reason() {
+    let rooms = Rooms::new(limits(), None);
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    assert!(rooms.set_on_close(move |lifetime, reason| lock(&sink).push((lifetime, reason))));
+    assert!(!rooms.set_on_close(|_, _| {}), "only the first hook is kept");
+
+    let room = rooms.create(2, Some(Duration::from_secs(60)), NOW).unwrap();
+    let a = join(&rooms, &room.id);
+    let b = join(&rooms, &room.id);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    a.leave();
+    b.leave();
+    settle().await;
+    let expiring = rooms.create(2, Some(Duration::from_secs(30)), NOW).unwrap();
+    // Slept, not advanced: paused time stops at the room's deadline and runs its timer.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(rooms.info(&expiring.id).is_none());
+    assert_eq!(
+        *lock(&heard),
+        [(Duration::from_secs(5), CloseReason::AllLeft), (Duration::from_secs(30), CloseReason::Expired)]
+    );
+}

@@ -1,29 +1,49 @@
-//! Prometheus metrics (`GET /metrics`), readiness (`GET /readyz`) and the counters the
-//! routes bump.
+//! Prometheus metrics (`GET /metrics`) and the counters and histograms the routes and
+//! connections update.
 //!
-//! Hand-written rather than a client crate: every label set is small and known when the
-//! code is written (two WebSocket kinds, a fixed list of route templates and statuses),
-//! so each series is one `AtomicU64` in a fixed array, bumped with a relaxed add: no
-//! lock, no map lookup, no allocation on the message path. A client crate's labelled
-//! families take a lock and hash the labels on every increment. The few labels that
-//! other modules choose (`reason`, `what`) go into a small table of `&'static str`
-//! slots, claimed once and then found by a short scan; they are bumped only on a
-//! refusal, never per relayed message. Gauges of what the core holds (rooms, mailbox
-//! entries) are read from the core at scrape time, so they cannot drift.
+//! Built on the Prometheus project's `prometheus-client`: one [`Registry`] per server,
+//! encoded in the Prometheus text format 0.0.4 at each scrape. Every label set that is
+//! known when the code is written (the two WebSocket kinds, the auth-failure codes, the
+//! rate limits) is looked up in its `Family` once, when [`Metrics`] is built, and the
+//! child's handle (an `Arc`'d atomic) is kept in a field: the message path is still one
+//! relaxed atomic add per counter, with no label hashing and no lock. Only the HTTP
+//! families, whose `route` label comes from the router, are looked up per request.
+//!
+//! The histograms are [`AtomicHistogram`]s, a fixed set of buckets in atomics encoded
+//! through prometheus-client's histogram encoder: its own `Histogram` takes a mutex per
+//! observation, which every connection of a kind would contend for on each message.
+//!
+//! Gauges of what the server holds (connections, rooms, mailbox entries, busy polling)
+//! and the per-key usage are read at scrape time by collectors built from closures the
+//! state hands in ([`LiveSources`], [`Metrics::set_key_usage_source`]), so they cannot
+//! drift and this module knows nothing of `AppState`. Room lifetimes and mailbox ask
+//! waits come from the core's hooks ([`Metrics::room_close_observer`],
+//! [`Metrics::ask_observer`]).
 //!
 //! Route labels are path templates (`/v1/rooms/{room_id}`), never raw paths: paths
 //! carry room IDs, group IDs and, on the admin routes, tokens.
 
-use std::fmt::Write as _;
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
-use hyper::StatusCode;
+use http::{Method, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+use relay_core::mailbox::{AskEnd, MailboxStats};
+use relay_core::rooms::CloseReason;
 
-use crate::state::AppState;
-
-/// The content type of the Prometheus text exposition format.
-pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the Prometheus text exposition format (0.0.4).
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// What a WebSocket carries: the `kind` label of the WebSocket and relay metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,118 +61,6 @@ impl WsKind {
         match self {
             WsKind::Room => "room",
             WsKind::Mailbox => "mailbox",
-        }
-    }
-}
-
-/// The `route` label of `relay_http_requests_total`: the template a path matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
-    Healthz,
-    Readyz,
-    Metrics,
-    OpenApi,
-    Rooms,
-    CreateRoom,
-    Room,
-    MsgRelay,
-    RoomMsgRelay,
-    Group,
-    V1Group,
-    Groups,
-    V1Groups,
-    GroupById,
-    V1GroupById,
-    Relays,
-    /// The Sodot admin paths, which carry the admin token: one label for all three.
-    AdminSodot,
-    /// The REST admin API under `/v1/admin/`.
-    Admin,
-    /// `GET /v1/key`.
-    Key,
-    /// A path no route serves (its raw text is never a label).
-    Unmatched,
-}
-
-impl Route {
-    const ALL: [Route; 20] = [
-        Route::Healthz,
-        Route::Readyz,
-        Route::Metrics,
-        Route::OpenApi,
-        Route::Rooms,
-        Route::CreateRoom,
-        Route::Room,
-        Route::MsgRelay,
-        Route::RoomMsgRelay,
-        Route::Group,
-        Route::V1Group,
-        Route::Groups,
-        Route::V1Groups,
-        Route::GroupById,
-        Route::V1GroupById,
-        Route::Relays,
-        Route::AdminSodot,
-        Route::Admin,
-        Route::Key,
-        Route::Unmatched,
-    ];
-
-    /// The route of a path template the router matched (`/v1/rooms/{room_id}`), or
-    /// `Unmatched`.
-    pub(crate) fn of_template(template: &str) -> Route {
-        let segments: Vec<&str> = template.trim_start_matches('/').split('/').collect();
-        Route::of(&segments)
-    }
-
-    /// The route template for a path's segments (as the router splits them).
-    pub(crate) fn of(segments: &[&str]) -> Route {
-        match segments {
-            ["healthz"] => Route::Healthz,
-            ["readyz"] => Route::Readyz,
-            ["metrics"] => Route::Metrics,
-            ["openapi.json"] => Route::OpenApi,
-            ["v1", "rooms"] => Route::Rooms,
-            ["create-room"] => Route::CreateRoom,
-            ["v1", "rooms", _] => Route::Room,
-            ["v1", "msg-relay"] => Route::MsgRelay,
-            ["v1", "rooms", _, "msg-relay"] => Route::RoomMsgRelay,
-            ["group"] => Route::Group,
-            ["v1", "group"] => Route::V1Group,
-            ["groups"] => Route::Groups,
-            ["v1", "groups"] => Route::V1Groups,
-            ["groups", _] => Route::GroupById,
-            ["v1", "groups", _] => Route::V1GroupById,
-            ["v1", "relays"] => Route::Relays,
-            ["createkey", _, _, _] | ["rooms", _] | ["revokekey", _, _] => Route::AdminSodot,
-            ["v1", "admin", ..] => Route::Admin,
-            ["v1", "key"] => Route::Key,
-            _ => Route::Unmatched,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Route::Healthz => "/healthz",
-            Route::Readyz => "/readyz",
-            Route::Metrics => "/metrics",
-            Route::OpenApi => "/openapi.json",
-            Route::Rooms => "/v1/rooms",
-            Route::CreateRoom => "/create-room",
-            Route::Room => "/v1/rooms/{room_id}",
-            Route::MsgRelay => "/v1/msg-relay",
-            Route::RoomMsgRelay => "/v1/rooms/{room_id}/msg-relay",
-            Route::Group => "/group",
-            Route::V1Group => "/v1/group",
-            Route::Groups => "/groups",
-            Route::V1Groups => "/v1/groups",
-            Route::GroupById => "/groups/{ID}",
-            Route::V1GroupById => "/v1/groups/{ID}",
-            Route::Relays => "/v1/relays",
-            Route::AdminSodot => "admin (sodot paths)",
-            Route::Admin => "/v1/admin",
-            Route::Key => "/v1/key",
-            Route::Unmatched => "unmatched",
         }
     }
 }
@@ -175,8 +83,13 @@ const STATUSES: [(u16, &str); 15] = [
     (501, "501"),
     (503, "503"),
 ];
-/// Index of the `other` status column.
-const OTHER_STATUS: usize = STATUSES.len();
+
+/// The methods that are their own `method` label; any other is `other`.
+const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// Distinct `route` labels kept; past that a new route is counted as `other`, so a
+/// router that ever passed a raw path could not grow the scrape without end.
+const MAX_ROUTES: usize = 64;
 
 /// Error codes counted as `relay_auth_failures_total{reason}`: a request refused for
 /// its credentials. The reason is the JSON error code the client saw.
@@ -191,12 +104,32 @@ const AUTH_FAILURE_CODES: [&str; 8] = [
     "bad_resume_token",
 ];
 
-/// Distinct `what` (rate limits) or `reason` (auth failures) labels kept; past that a
-/// new label is counted as `other`, so a bug cannot grow the scrape without end.
-const LABEL_SLOTS: usize = 16;
+/// The rate limits, the `what` label of `relay_rate_limited_total`: listed (at 0) from
+/// the first scrape. A name not listed here is counted as `other`.
+const RATE_LIMITS: [&str; 4] = ["connection", "request", "key", "ws_message"];
+
+/// `relay_http_request_duration_seconds` buckets, in seconds: from a sub-millisecond
+/// `/healthz` to a request stuck behind a slow store.
+const HTTP_DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// `relay_websocket_message_bytes` buckets, in payload bytes: powers of 4 from 16 B to
+/// 16 MiB (the default `max_message_bytes` is 1 MiB; operators may raise it).
+const MESSAGE_BYTES_BUCKETS: [f64; 11] =
+    [16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0];
+
+/// `relay_room_lifetime_seconds` buckets: from a signing round of a second to the
+/// longest room TTL (a day).
+const ROOM_LIFETIME_BUCKETS: [f64; 13] =
+    [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21_600.0, 86_400.0];
+
+/// `relay_mailbox_ask_wait_seconds` buckets: asks answered from storage observe 0 and
+/// land in the first; the last is the default `max_mailbox_ttl` (an hour).
+const ASK_WAIT_BUCKETS: [f64; 14] =
+    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
 
 /// Per-key usage as the key store counts it, reported at scrape time. See
-/// [`AppState::set_key_usage_source`].
+/// [`crate::AppState::set_key_usage_source`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyUsage {
     /// The key's name (never the key).
@@ -210,98 +143,293 @@ pub struct KeyUsage {
 }
 
 /// A function that reads every key's usage; called once per scrape.
-type KeyUsageSource = Box<dyn Fn() -> Vec<KeyUsage> + Send + Sync>;
+pub(crate) type KeyUsageSource = Box<dyn Fn() -> Vec<KeyUsage> + Send + Sync>;
 
-/// The server's counters. One per [`AppState`]; every method takes `&self`.
-pub(crate) struct Metrics {
-    connections_total: AtomicU64,
-    connections_refused_total: AtomicU64,
-    websockets_open: [AtomicU64; 2],
-    rooms_created_total: AtomicU64,
-    messages_relayed: [AtomicU64; 2],
-    bytes_relayed: [AtomicU64; 2],
-    /// `[route][status]`, `status` indexed as in [`STATUSES`] plus `other`.
-    http_requests: [[AtomicU64; STATUSES.len() + 1]; Route::ALL.len()],
-    auth_failures: LabelCounters,
-    rate_limited: LabelCounters,
-    /// Set once by whoever owns the key store; `None` serves no per-key series.
-    key_usage: OnceLock<KeyUsageSource>,
+/// What `/metrics` reads from the live server at each scrape, handed in by whoever owns
+/// the state (so this module does not know it).
+pub(crate) struct LiveSources {
+    /// Open TCP connections, all listeners.
+    pub(crate) connections_open: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Rooms alive.
+    pub(crate) rooms_open: Box<dyn Fn() -> usize + Send + Sync>,
+    /// What the mailbox holds; walks every namespace, so called once per scrape.
+    pub(crate) mailbox: Box<dyn Fn() -> MailboxStats + Send + Sync>,
+    /// Busy-poll totals; `None` when busy polling is off (its series are then absent).
+    pub(crate) busy_poll: Option<Box<dyn Fn() -> BusyPollTotals + Send + Sync>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics {
-            connections_total: AtomicU64::new(0),
-            connections_refused_total: AtomicU64::new(0),
-            websockets_open: Default::default(),
-            rooms_created_total: AtomicU64::new(0),
-            messages_relayed: Default::default(),
-            bytes_relayed: Default::default(),
-            http_requests: Default::default(),
-            auth_failures: LabelCounters::with_labels(&AUTH_FAILURE_CODES),
-            rate_limited: LabelCounters::default(),
-            key_usage: OnceLock::new(),
-        }
-    }
+/// What busy polling has spent since start.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BusyPollTotals {
+    /// Microseconds the workers spent spinning, summed over workers.
+    pub(crate) micros: u64,
+    /// Spells cut short because other threads wanted the CPU.
+    pub(crate) backoffs: u64,
+}
+
+/// Labels of `relay_http_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: &'static str,
+}
+
+/// Labels of `relay_http_request_duration_seconds`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteMethodStatus {
+    route: String,
+    method: &'static str,
+    status: &'static str,
+}
+
+/// A one-label set with a fixed name and value (`kind`, `reason`, `what`).
+type OneLabel = [(&'static str, &'static str); 1];
+
+/// The server's metrics. One per server state; every method takes `&self`.
+pub(crate) struct Metrics {
+    registry: Registry,
+    connections_total: Counter,
+    connections_refused_total: Counter,
+    /// Indexed by [`WsKind`], like the other per-kind arrays.
+    websockets_open: [Gauge; 2],
+    rooms_created_total: Counter,
+    messages_relayed: [Counter; 2],
+    bytes_relayed: [Counter; 2],
+    message_bytes: [AtomicHistogram; 2],
+    http_requests: Family<RouteStatus, Counter>,
+    http_request_duration: Family<RouteMethodStatus, AtomicHistogram, fn() -> AtomicHistogram>,
+    /// The `route` labels handed out so far, at most [`MAX_ROUTES`].
+    routes: RwLock<HashSet<String>>,
+    /// Indexed like [`AUTH_FAILURE_CODES`].
+    auth_failures: [Counter; AUTH_FAILURE_CODES.len()],
+    rate_limited: Family<OneLabel, Counter>,
+    /// Indexed like [`RATE_LIMITS`].
+    rate_limits: [Counter; RATE_LIMITS.len()],
+    room_lifetime: AtomicHistogram,
+    ask_wait: AtomicHistogram,
+    asks_expired: Counter,
+    /// Set once by whoever owns the key store; unset, no per-key series are served.
+    key_usage: Arc<OnceLock<KeyUsageSource>>,
 }
 
 impl Metrics {
+    /// Registers every metric, with `live` read at each scrape. Help texts registered
+    /// here end without a period: the registry adds one (collectors write theirs whole).
+    pub(crate) fn new(live: LiveSources) -> Metrics {
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let connections_total = counter("relay_connections", "Connections accepted since start");
+        let connections_refused_total = counter(
+            "relay_connections_refused",
+            "Connections closed at once because max_connections were open",
+        );
+        let rooms_created_total = counter("relay_rooms_created", "Rooms created since start");
+        let asks_expired =
+            counter("relay_mailbox_asks_expired", "Mailbox asks whose TTL passed before any message came");
+
+        let websockets_open = Family::<OneLabel, Gauge>::default();
+        registry.register("relay_websockets_open", "Open WebSockets by kind", websockets_open.clone());
+        let messages_relayed = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "relay_messages_relayed",
+            "Messages accepted for relaying: room data frames and mailbox publishes",
+            messages_relayed.clone(),
+        );
+        let bytes_relayed = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "relay_bytes_relayed",
+            "Payload bytes of the messages accepted for relaying (frame headers excluded)",
+            bytes_relayed.clone(),
+        );
+        let message_bytes = Family::<OneLabel, AtomicHistogram, _>::new_with_constructor(|| {
+            AtomicHistogram::new(&MESSAGE_BYTES_BUCKETS, 1.0)
+        });
+        registry.register(
+            "relay_websocket_message_bytes",
+            "Payload bytes of each message accepted for relaying, by WebSocket kind",
+            message_bytes.clone(),
+        );
+        let by_kind = |kind: WsKind| [("kind", kind.label())];
+
+        let http_requests = Family::<RouteStatus, Counter>::default();
+        registry.register(
+            "relay_http_requests",
+            "HTTP requests answered, by route template and status (101 for a WebSocket upgrade)",
+            Listed(http_requests.clone()),
+        );
+        let http_request_duration =
+            Family::<RouteMethodStatus, AtomicHistogram, fn() -> AtomicHistogram>::new_with_constructor(
+                || AtomicHistogram::new(&HTTP_DURATION_BUCKETS, MICROS),
+            );
+        registry.register(
+            "relay_http_request_duration_seconds",
+            "HTTP request duration, from routing to the response (the upgrade, for a WebSocket)",
+            Listed(http_request_duration.clone()),
+        );
+        let auth_failures = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "relay_auth_failures",
+            "Requests refused for their credentials, by the JSON error code sent",
+            auth_failures.clone(),
+        );
+        let rate_limited = Family::<OneLabel, Counter>::default();
+        registry.register(
+            "relay_rate_limited",
+            "Requests, connections or messages refused by a rate limit, by limit",
+            Listed(rate_limited.clone()),
+        );
+
+        let room_lifetime = AtomicHistogram::new(&ROOM_LIFETIME_BUCKETS, MICROS);
+        registry.register(
+            "relay_room_lifetime_seconds",
+            "Time from a room's creation to its close, for any reason",
+            room_lifetime.clone(),
+        );
+        let ask_wait = AtomicHistogram::new(&ASK_WAIT_BUCKETS, MICROS);
+        registry.register(
+            "relay_mailbox_ask_wait_seconds",
+            "Time from a mailbox ask to its message (0 when it was stored already)",
+            ask_wait.clone(),
+        );
+
+        registry.register_collector(Box::new(LiveCollector(live)));
+        let key_usage = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(KeyUsageCollector(key_usage.clone())));
+
+        Metrics {
+            connections_total,
+            connections_refused_total,
+            websockets_open: WsKind::ALL.map(|k| websockets_open.get_or_create_owned(&by_kind(k))),
+            rooms_created_total,
+            messages_relayed: WsKind::ALL.map(|k| messages_relayed.get_or_create_owned(&by_kind(k))),
+            bytes_relayed: WsKind::ALL.map(|k| bytes_relayed.get_or_create_owned(&by_kind(k))),
+            message_bytes: WsKind::ALL.map(|k| message_bytes.get_or_create_owned(&by_kind(k))),
+            http_requests,
+            http_request_duration,
+            routes: RwLock::default(),
+            auth_failures: AUTH_FAILURE_CODES.map(|c| auth_failures.get_or_create_owned(&[("reason", c)])),
+            rate_limits: RATE_LIMITS.map(|w| rate_limited.get_or_create_owned(&[("what", w)])),
+            rate_limited,
+            room_lifetime,
+            ask_wait,
+            asks_expired,
+            key_usage,
+            registry,
+        }
+    }
+
+    /// The scrape body, in the Prometheus text format 0.0.4.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::with_capacity(16 << 10);
+        if let Err(e) = prometheus_text::encode(&mut out, &self.registry) {
+            // Writing to a String cannot fail, nor can the collectors: never reached.
+            tracing::error!("cannot encode the metrics: {e}");
+        }
+        out
+    }
+
     /// A connection was accepted (it got a connection slot).
     pub(crate) fn connection_accepted(&self) {
-        self.connections_total.fetch_add(1, Relaxed);
+        self.connections_total.inc();
     }
 
     /// A connection was closed at once because `max_connections` were open.
     pub(crate) fn connection_refused(&self) {
-        self.connections_refused_total.fetch_add(1, Relaxed);
+        self.connections_refused_total.inc();
     }
 
     /// A WebSocket of `kind` is open until the returned guard drops.
     pub(crate) fn websocket_opened(&self, kind: WsKind) -> WebSocketOpen<'_> {
         let gauge = &self.websockets_open[kind as usize];
-        gauge.fetch_add(1, Relaxed);
+        gauge.inc();
         WebSocketOpen { gauge }
     }
 
     /// A room was created.
     pub(crate) fn room_created(&self) {
-        self.rooms_created_total.fetch_add(1, Relaxed);
+        self.rooms_created_total.inc();
     }
 
     /// `count` messages of `payload_bytes` in all were accepted for relaying (room data
     /// frames, or mailbox publishes): a burst is counted once.
     pub(crate) fn messages_relayed(&self, kind: WsKind, count: u64, payload_bytes: usize) {
-        self.messages_relayed[kind as usize].fetch_add(count, Relaxed);
-        self.bytes_relayed[kind as usize].fetch_add(payload_bytes as u64, Relaxed);
+        self.messages_relayed[kind as usize].inc_by(count);
+        self.bytes_relayed[kind as usize].inc_by(payload_bytes as u64);
     }
 
-    /// A request was refused by a rate limit; `what` names the limit (`"connection"`,
-    /// `"request"`, `"message"`...). Keep the set of names small and fixed: each
-    /// distinct name is a series, and past a few the rest count as `other`.
+    /// One message of `payload_bytes` was accepted for relaying: its size goes into
+    /// `relay_websocket_message_bytes` (a bucket search and two relaxed adds).
+    pub(crate) fn message_size(&self, kind: WsKind, payload_bytes: usize) {
+        self.message_bytes[kind as usize].observe(payload_bytes as u64);
+    }
+
+    /// A request was refused by a rate limit; `what` names the limit, one of
+    /// [`RATE_LIMITS`] (add a new limit there; any other name is counted as `other`).
     pub(crate) fn rate_limited(&self, what: &'static str) {
-        self.rate_limited.add(what);
+        match RATE_LIMITS.iter().position(|w| *w == what) {
+            Some(i) => self.rate_limits[i].inc(),
+            None => self.rate_limited.get_or_create(&[("what", "other")]).inc(),
+        };
     }
 
-    /// Counts one answered request and, when it was refused for its credentials, an
-    /// auth failure under its error code.
-    pub(crate) fn http_request(&self, route: Route, status: StatusCode, error_code: Option<&'static str>) {
-        let column = STATUSES.iter().position(|(s, _)| *s == status.as_u16()).unwrap_or(OTHER_STATUS);
-        self.http_requests[route as usize][column].fetch_add(1, Relaxed);
-        if let Some(code) = error_code.filter(|c| AUTH_FAILURE_CODES.contains(c)) {
-            self.auth_failures.add(code);
+    /// Counts one answered request under its route template (the router's matched path,
+    /// e.g. `/v1/rooms/{room_id}`, or `"unmatched"`; never a raw path), observes how
+    /// long it took and, when it was refused for its credentials, counts an auth failure
+    /// under its error code.
+    pub(crate) fn http_request(
+        &self,
+        route: &str,
+        method: &Method,
+        status: StatusCode,
+        error_code: Option<&str>,
+        elapsed: Duration,
+    ) {
+        let route = self.route_label(route);
+        let status = STATUSES.iter().find(|(s, _)| *s == status.as_u16()).map_or("other", |(_, label)| label);
+        let method = METHODS.into_iter().find(|m| *m == method.as_str()).unwrap_or("other");
+        let duration = RouteMethodStatus { route, method, status };
+        self.http_request_duration.get_or_create(&duration).observe_duration(elapsed);
+        self.http_requests.get_or_create(&RouteStatus { route: duration.route, status }).inc();
+        if let Some(i) = error_code.and_then(|c| AUTH_FAILURE_CODES.iter().position(|a| *a == c)) {
+            self.auth_failures[i].inc();
         }
     }
 
-    /// A request answered: by the route template the router matched (or `unmatched`).
-    pub(crate) fn http_request_at(
-        &self,
-        route: &str,
-        _method: &hyper::Method,
-        status: StatusCode,
-        error_code: Option<&'static str>,
-        _elapsed: std::time::Duration,
-    ) {
-        self.http_request(Route::of_template(route), status, error_code);
+    /// `route` as a label: itself if seen before or while fewer than [`MAX_ROUTES`] were
+    /// seen, else `other`. A route seen before costs a read lock, never the write lock.
+    fn route_label(&self, route: &str) -> String {
+        let seen = self.routes.read().unwrap_or_else(PoisonError::into_inner).contains(route);
+        if !seen {
+            let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+            if routes.len() >= MAX_ROUTES && !routes.contains(route) {
+                return "other".to_owned();
+            }
+            routes.insert(route.to_owned());
+        }
+        route.to_owned()
+    }
+
+    /// The hook for [`relay_core::rooms::Rooms::set_on_close`]: observes each room's
+    /// lifetime in `relay_room_lifetime_seconds`.
+    pub(crate) fn room_close_observer(&self) -> impl Fn(Duration, CloseReason) + Send + Sync + 'static {
+        let lifetime = self.room_lifetime.clone();
+        move |lived, _reason| lifetime.observe_duration(lived)
+    }
+
+    /// The hook for [`relay_core::Mailbox::set_on_ask`]: observes how long each answered
+    /// ask waited, and counts the asks that expired.
+    pub(crate) fn ask_observer(&self) -> impl Fn(AskEnd) + Send + Sync + 'static {
+        let (wait, expired) = (self.ask_wait.clone(), self.asks_expired.clone());
+        move |end| match end {
+            AskEnd::Answered { waited } => wait.observe_duration(waited),
+            AskEnd::Expired => {
+                expired.inc();
+            }
+        }
     }
 
     /// Installs the per-key usage source; only the first call has an effect.
@@ -312,246 +440,189 @@ impl Metrics {
 
 /// Keeps a WebSocket counted in `relay_websockets_open` while alive.
 pub(crate) struct WebSocketOpen<'a> {
-    gauge: &'a AtomicU64,
+    gauge: &'a Gauge,
 }
 
 impl Drop for WebSocketOpen<'_> {
     fn drop(&mut self) {
-        self.gauge.fetch_sub(1, Relaxed);
+        self.gauge.dec();
     }
 }
 
-/// Counters keyed by a `&'static str` label, claimed on first use in a fixed table.
-struct LabelCounters {
-    labels: [OnceLock<&'static str>; LABEL_SLOTS],
-    counts: [AtomicU64; LABEL_SLOTS],
-    other: AtomicU64,
+/// [`AtomicHistogram`] units of a duration: microseconds, exported as seconds.
+const MICROS: f64 = 1e-6;
+
+/// A histogram with fixed buckets kept in atomics: an observation is a binary search of
+/// the bounds and two relaxed adds, with no lock. Values are whole units (bytes,
+/// microseconds), so the sum is an atomic integer too; `scale` converts a unit to the
+/// exported one. Cheap to clone: clones share the counts.
+#[derive(Clone)]
+pub(crate) struct AtomicHistogram(Arc<HistogramInner>);
+
+struct HistogramInner {
+    /// Upper bounds as exported (`le`), ascending.
+    le: Box<[f64]>,
+    /// The same bounds in units.
+    bounds: Box<[u64]>,
+    /// Observations per bucket (not cumulative); the last is above every bound (`+Inf`).
+    counts: Box<[AtomicU64]>,
+    /// Sum of the observations, in units.
+    sum: AtomicU64,
+    /// Exported value of one unit.
+    scale: f64,
 }
 
-impl Default for LabelCounters {
-    fn default() -> LabelCounters {
-        LabelCounters {
-            labels: std::array::from_fn(|_| OnceLock::new()),
-            counts: Default::default(),
-            other: AtomicU64::new(0),
-        }
+impl AtomicHistogram {
+    /// A histogram with upper bounds `le` (ascending, in the exported unit), observing
+    /// whole units worth `scale` each.
+    fn new(le: &[f64], scale: f64) -> AtomicHistogram {
+        // Bounds are small round numbers of units; the cast saturates on nonsense.
+        let bounds = le.iter().map(|b| (b / scale).round() as u64).collect();
+        AtomicHistogram(Arc::new(HistogramInner {
+            le: le.into(),
+            bounds,
+            counts: (0..=le.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }))
+    }
+
+    /// Counts one observation of `units`.
+    fn observe(&self, units: u64) {
+        let h = &*self.0;
+        h.counts[h.bounds.partition_point(|&b| b < units)].fetch_add(1, Relaxed);
+        h.sum.fetch_add(units, Relaxed);
+    }
+
+    /// Counts one duration (for a histogram of [`MICROS`]).
+    fn observe_duration(&self, d: Duration) {
+        self.observe(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
     }
 }
 
-impl LabelCounters {
-    /// A table with `labels` claimed up front, so they are scraped as 0 before the
-    /// first event (a counter that appears late hides its first increase from `rate`).
-    fn with_labels(labels: &[&'static str]) -> LabelCounters {
-        let table = LabelCounters::default();
-        for label in labels {
-            table.slot(label);
-        }
-        table
+impl fmt::Debug for AtomicHistogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AtomicHistogram").field("le", &self.0.le).finish_non_exhaustive()
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        let h = &*self.0;
+        let counts: Vec<u64> = h.counts.iter().map(|c| c.load(Relaxed)).collect();
+        let buckets: Vec<(f64, u64)> = h.le.iter().copied().chain([f64::INFINITY]).zip(counts).collect();
+        // The count is the buckets' total, so it always equals the `+Inf` bucket.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = h.sum.load(Relaxed) as f64 * h.scale;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
-    fn add(&self, label: &'static str) {
-        match self.slot(label) {
-            Some(i) => self.counts[i].fetch_add(1, Relaxed),
-            None => self.other.fetch_add(1, Relaxed),
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// A family listed (HELP and TYPE) even before its first series, as every metric of the
+/// relay is: prometheus-client leaves empty families out.
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
+
+/// Reads the gauges of the live server at each scrape.
+struct LiveCollector(LiveSources);
+
+impl fmt::Debug for LiveCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let live = &self.0;
+        let mut gauge = |name: &str, help: &str, value: usize| {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
         };
-    }
-
-    /// The slot of `label`, claiming the first free one if it has none. Slots fill in
-    /// order and never change, so a label never lands in two of them.
-    fn slot(&self, label: &'static str) -> Option<usize> {
-        (0..LABEL_SLOTS).find(|&i| *self.labels[i].get_or_init(|| label) == label)
-    }
-
-    fn write(&self, out: &mut String, name: &str, label_name: &str) {
-        for (label, count) in self.labels.iter().zip(&self.counts) {
-            if let Some(label) = label.get() {
-                sample(out, name, &[(label_name, label)], count.load(Relaxed));
-            }
+        gauge(
+            "relay_connections_open",
+            "Open TCP connections, all listeners (TLS handshakes and WebSockets included).",
+            (live.connections_open)(),
+        )?;
+        gauge("relay_rooms_open", "Rooms alive (created, not yet expired or closed).", (live.rooms_open)())?;
+        let mb = (live.mailbox)();
+        gauge(
+            "relay_mailbox_namespaces",
+            "Mailbox namespaces alive (with a connection or a stored message).",
+            mb.namespaces,
+        )?;
+        gauge("relay_mailbox_entries", "Messages stored in the mailbox.", mb.entries)?;
+        gauge("relay_mailbox_bytes", "Bytes of stored mailbox frames, headers included.", mb.bytes)?;
+        gauge("relay_mailbox_pending_asks", "Mailbox asks waiting for a message.", mb.pending_asks)?;
+        if let Some(busy_poll) = &live.busy_poll {
+            let totals = busy_poll();
+            let seconds = ConstCounter::new(totals.micros as f64 * MICROS);
+            seconds.encode(encoder.encode_descriptor(
+                "relay_busy_poll_seconds",
+                "Time a worker spent busy polling (--busy-poll-us), added as each spell ends.",
+                None,
+                seconds.metric_type(),
+            )?)?;
+            let backoffs = ConstCounter::new(totals.backoffs);
+            backoffs.encode(encoder.encode_descriptor(
+                "relay_busy_poll_backoffs",
+                "Busy-poll spells cut short because other threads wanted the CPU.",
+                None,
+                backoffs.metric_type(),
+            )?)?;
         }
-        let other = self.other.load(Relaxed);
-        if other > 0 {
-            sample(out, name, &[(label_name, "other")], other);
-        }
+        Ok(())
     }
 }
 
-/// The scrape body.
-pub(crate) fn render(state: &AppState) -> String {
-    let m = state.metrics();
-    let mut out = String::with_capacity(8 << 10);
+/// Serves the per-key usage counters from the installed source, at each scrape.
+struct KeyUsageCollector(Arc<OnceLock<KeyUsageSource>>);
 
-    header(
-        &mut out,
-        "relay_connections_open",
-        "gauge",
-        "Open TCP connections, all listeners (TLS handshakes and WebSockets included).",
-    );
-    sample(&mut out, "relay_connections_open", &[], state.open_connections() as u64);
-    header(&mut out, "relay_connections_total", "counter", "Connections accepted since start.");
-    sample(&mut out, "relay_connections_total", &[], m.connections_total.load(Relaxed));
-    header(
-        &mut out,
-        "relay_connections_refused_total",
-        "counter",
-        "Connections closed at once because max_connections were open.",
-    );
-    sample(&mut out, "relay_connections_refused_total", &[], m.connections_refused_total.load(Relaxed));
-
-    header(&mut out, "relay_websockets_open", "gauge", "Open WebSockets by kind.");
-    for kind in WsKind::ALL {
-        let n = m.websockets_open[kind as usize].load(Relaxed);
-        sample(&mut out, "relay_websockets_open", &[("kind", kind.label())], n);
+impl fmt::Debug for KeyUsageCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyUsageCollector").field("installed", &self.0.get().is_some()).finish()
     }
-
-    header(&mut out, "relay_rooms_open", "gauge", "Rooms alive (created, not yet expired or closed).");
-    sample(&mut out, "relay_rooms_open", &[], state.rooms().len() as u64);
-    header(&mut out, "relay_rooms_created_total", "counter", "Rooms created since start.");
-    sample(&mut out, "relay_rooms_created_total", &[], m.rooms_created_total.load(Relaxed));
-
-    let mb = state.mailbox().stats();
-    header(
-        &mut out,
-        "relay_mailbox_namespaces",
-        "gauge",
-        "Mailbox namespaces alive (with a connection or a stored message).",
-    );
-    sample(&mut out, "relay_mailbox_namespaces", &[], mb.namespaces as u64);
-    header(&mut out, "relay_mailbox_entries", "gauge", "Messages stored in the mailbox.");
-    sample(&mut out, "relay_mailbox_entries", &[], mb.entries as u64);
-    header(&mut out, "relay_mailbox_bytes", "gauge", "Bytes of stored mailbox frames, headers included.");
-    sample(&mut out, "relay_mailbox_bytes", &[], mb.bytes as u64);
-    header(&mut out, "relay_mailbox_pending_asks", "gauge", "Mailbox asks waiting for a message.");
-    sample(&mut out, "relay_mailbox_pending_asks", &[], mb.pending_asks as u64);
-
-    header(
-        &mut out,
-        "relay_messages_relayed_total",
-        "counter",
-        "Messages accepted for relaying: room data frames and mailbox publishes.",
-    );
-    for kind in WsKind::ALL {
-        let n = m.messages_relayed[kind as usize].load(Relaxed);
-        sample(&mut out, "relay_messages_relayed_total", &[("kind", kind.label())], n);
-    }
-    header(
-        &mut out,
-        "relay_bytes_relayed_total",
-        "counter",
-        "Payload bytes of the messages accepted for relaying (frame headers excluded).",
-    );
-    for kind in WsKind::ALL {
-        let n = m.bytes_relayed[kind as usize].load(Relaxed);
-        sample(&mut out, "relay_bytes_relayed_total", &[("kind", kind.label())], n);
-    }
-
-    header(
-        &mut out,
-        "relay_http_requests_total",
-        "counter",
-        "HTTP requests answered, by route template and status (101 for a WebSocket upgrade).",
-    );
-    for route in Route::ALL {
-        for (column, count) in m.http_requests[route as usize].iter().enumerate() {
-            let n = count.load(Relaxed);
-            if n == 0 {
-                continue;
-            }
-            let status = STATUSES.get(column).map_or("other", |(_, label)| label);
-            sample(&mut out, "relay_http_requests_total", &[("route", route.label()), ("status", status)], n);
-        }
-    }
-
-    header(
-        &mut out,
-        "relay_auth_failures_total",
-        "counter",
-        "Requests refused for their credentials, by the JSON error code sent.",
-    );
-    m.auth_failures.write(&mut out, "relay_auth_failures_total", "reason");
-    header(
-        &mut out,
-        "relay_rate_limited_total",
-        "counter",
-        "Requests, connections or messages refused by a rate limit, by limit.",
-    );
-    m.rate_limited.write(&mut out, "relay_rate_limited_total", "what");
-
-    if let Some(micros) = state.busy_polled_micros() {
-        header(
-            &mut out,
-            "relay_busy_poll_seconds_total",
-            "counter",
-            "Time a worker spent busy polling (--busy-poll-us), added as each spell ends.",
-        );
-        let _ =
-            writeln!(out, "relay_busy_poll_seconds_total {}.{:06}", micros / 1_000_000, micros % 1_000_000);
-        header(
-            &mut out,
-            "relay_busy_poll_backoffs_total",
-            "counter",
-            "Busy-poll spells cut short because other threads wanted the CPU.",
-        );
-        let _ = writeln!(out, "relay_busy_poll_backoffs_total {}", state.busy_poll_backoffs());
-    }
-
-    if let Some(source) = m.key_usage.get() {
-        let keys = source();
-        for (name, help, read) in KEY_METRICS {
-            header(&mut out, name, "counter", help);
-            for key in &keys {
-                sample(&mut out, name, &[("key", &key.name)], read(key));
-            }
-        }
-    }
-    out
 }
 
-/// The per-key series: name, help, and which counter of [`KeyUsage`] it reports.
+/// The per-key series: name (without `_total`), help, and which counter of
+/// [`KeyUsage`] it reports.
 type KeyMetric = (&'static str, &'static str, fn(&KeyUsage) -> u64);
 const KEY_METRICS: [KeyMetric; 3] = [
-    ("relay_key_messages_total", "Messages sent with each API key (since the key was created).", |k| {
-        k.messages
-    }),
-    ("relay_key_bytes_total", "Payload bytes sent with each API key (since the key was created).", |k| {
-        k.bytes
-    }),
-    ("relay_key_rooms_created_total", "Rooms created with each API key (since the key was created).", |k| {
-        k.rooms
-    }),
+    ("relay_key_messages", "Messages sent with each API key (since the key was created).", |k| k.messages),
+    ("relay_key_bytes", "Payload bytes sent with each API key (since the key was created).", |k| k.bytes),
+    ("relay_key_rooms_created", "Rooms created with each API key (since the key was created).", |k| k.rooms),
 ];
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// One sample line: `name{label="value",...} value`.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (label, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+impl Collector for KeyUsageCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let Some(source) = self.0.get() else { return Ok(()) };
+        let keys = source();
+        for (name, help, read) in KEY_METRICS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for key in &keys {
+                let labels = [("key", key.name.as_str())];
+                ConstCounter::new(read(key)).encode(family.encode_family(&labels)?)?;
             }
-            out.push_str(label);
-            out.push_str("=\"");
-            escape_label_value(out, value);
-            out.push('"');
         }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// Label values escape `\`, `"` and newline (text format 0.0.4).
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
+        Ok(())
     }
 }
 
@@ -559,55 +630,194 @@ fn escape_label_value(out: &mut String, value: &str) {
 mod tests {
     use super::*;
 
+    fn metrics() -> Metrics {
+        Metrics::new(LiveSources {
+            connections_open: Box::new(|| 3),
+            rooms_open: Box::new(|| 2),
+            mailbox: Box::new(|| MailboxStats {
+                namespaces: 1,
+                entries: 4,
+                bytes: 43,
+                pending_asks: 5,
+                connections: 2,
+            }),
+            busy_poll: Some(Box::new(|| BusyPollTotals { micros: 1_500_000, backoffs: 7 })),
+        })
+    }
+
+    /// The lines of `out` that start with `prefix`.
+    fn lines<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+        out.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
     #[test]
-    fn labels_claim_one_slot_each_and_overflow_to_other() {
-        let table = LabelCounters::with_labels(&["a"]);
-        table.add("b");
-        table.add("a");
-        table.add("b");
-        let names: Vec<String> = (0..LABEL_SLOTS).map(|i| i.to_string()).collect();
-        for name in &names {
-            // The table holds `&'static str`: leak the test's few names.
-            let name: &'static str = Box::leak(name.clone().into_boxed_str());
-            table.add(name);
+    fn counters_keep_their_total_names_and_start_at_zero() {
+        let out = metrics().render();
+        for line in [
+            "# TYPE relay_connections_total counter",
+            "relay_connections_total 0",
+            "relay_connections_refused_total 0",
+            "relay_rooms_created_total 0",
+            "relay_mailbox_asks_expired_total 0",
+            "relay_messages_relayed_total{kind=\"room\"} 0",
+            "relay_bytes_relayed_total{kind=\"mailbox\"} 0",
+            "relay_auth_failures_total{reason=\"bad_resume_token\"} 0",
+            "relay_rate_limited_total{what=\"ws_message\"} 0",
+            "# TYPE relay_http_requests_total counter",
+            "# TYPE relay_http_request_duration_seconds histogram",
+            "# TYPE relay_websockets_open gauge",
+            "relay_websockets_open{kind=\"mailbox\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
         }
-        let mut out = String::new();
-        table.write(&mut out, "t_total", "what");
-        assert!(out.contains("t_total{what=\"a\"} 1\n"), "{out}");
-        assert!(out.contains("t_total{what=\"b\"} 2\n"), "{out}");
-        // 2 slots held a and b, so 14 of the 16 new labels fit and 2 overflow.
-        assert!(out.contains("t_total{what=\"other\"} 2\n"), "{out}");
-        assert_eq!(out.lines().count(), LABEL_SLOTS + 1);
+        assert!(lines(&out, "relay_http_requests_total").is_empty(), "only requests seen are listed");
+        assert!(!out.contains("_total_total") && !out.contains("# EOF") && !out.contains("# UNIT"), "{out}");
+    }
+
+    #[test]
+    fn live_gauges_are_read_at_scrape_time() {
+        let out = metrics().render();
+        for line in [
+            "relay_connections_open 3",
+            "relay_rooms_open 2",
+            "relay_mailbox_namespaces 1",
+            "relay_mailbox_entries 4",
+            "relay_mailbox_bytes 43",
+            "relay_mailbox_pending_asks 5",
+            "# TYPE relay_busy_poll_seconds_total counter",
+            "relay_busy_poll_seconds_total 1.5",
+            "relay_busy_poll_backoffs_total 7",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_and_timed_by_template_method_and_status() {
+        let m = metrics();
+        let ms = Duration::from_millis;
+        m.http_request("/v1/rooms", &Method::POST, StatusCode::CREATED, None, ms(3));
+        m.http_request("/v1/rooms", &Method::POST, StatusCode::UNAUTHORIZED, Some("missing_api_key"), ms(1));
+        m.http_request(
+            "unmatched",
+            &Method::from_bytes(b"BREW").unwrap(),
+            StatusCode::IM_A_TEAPOT,
+            None,
+            ms(0),
+        );
+        let out = m.render();
+        for line in [
+            "relay_http_requests_total{route=\"/v1/rooms\",status=\"201\"} 1",
+            "relay_http_requests_total{route=\"/v1/rooms\",status=\"401\"} 1",
+            "relay_http_requests_total{route=\"unmatched\",status=\"other\"} 1",
+            "relay_auth_failures_total{reason=\"missing_api_key\"} 1",
+            "relay_http_request_duration_seconds_bucket{route=\"/v1/rooms\",method=\"POST\",status=\"201\",le=\"0.0025\"} 0",
+            "relay_http_request_duration_seconds_bucket{route=\"/v1/rooms\",method=\"POST\",status=\"201\",le=\"0.005\"} 1",
+            "relay_http_request_duration_seconds_bucket{route=\"/v1/rooms\",method=\"POST\",status=\"201\",le=\"+Inf\"} 1",
+            "relay_http_request_duration_seconds_sum{route=\"/v1/rooms\",method=\"POST\",status=\"201\"} 0.003",
+            "relay_http_request_duration_seconds_count{route=\"/v1/rooms\",method=\"POST\",status=\"201\"} 1",
+            "relay_http_request_duration_seconds_count{route=\"unmatched\",method=\"other\",status=\"other\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+        }
+    }
+
+    #[test]
+    fn route_labels_are_bounded() {
+        let m = metrics();
+        for i in 0..MAX_ROUTES + 5 {
+            m.http_request(&format!("/r{i}"), &Method::GET, StatusCode::OK, None, Duration::ZERO);
+        }
+        let out = m.render();
+        assert_eq!(lines(&out, "relay_http_requests_total{").len(), MAX_ROUTES + 1, "{out}");
+        assert!(out.contains("relay_http_requests_total{route=\"other\",status=\"200\"} 5\n"), "{out}");
     }
 
     #[test]
     fn rate_limits_are_counted_by_what() {
-        let m = Metrics::default();
+        let m = metrics();
         m.rate_limited("connection");
         m.rate_limited("connection");
-        m.rate_limited("message");
-        let mut out = String::new();
-        m.rate_limited.write(&mut out, "relay_rate_limited_total", "what");
+        m.rate_limited("ws_message");
+        m.rate_limited("no_such_limit");
+        let out = m.render();
+        let mut got = lines(&out, "relay_rate_limited_total{");
+        got.sort_unstable();
         assert_eq!(
-            out,
-            "relay_rate_limited_total{what=\"connection\"} 2\nrelay_rate_limited_total{what=\"message\"} 1\n"
+            got,
+            [
+                "relay_rate_limited_total{what=\"connection\"} 2",
+                "relay_rate_limited_total{what=\"key\"} 0",
+                "relay_rate_limited_total{what=\"other\"} 1",
+                "relay_rate_limited_total{what=\"request\"} 0",
+                "relay_rate_limited_total{what=\"ws_message\"} 1",
+            ]
         );
     }
 
     #[test]
-    fn label_values_are_escaped() {
-        let mut out = String::new();
-        sample(&mut out, "m", &[("key", "a\"b\\c\nd")], 3);
-        assert_eq!(out, "m{key=\"a\\\"b\\\\c\\nd\"} 3\n");
+    fn message_sizes_fill_the_buckets_at_or_above_them() {
+        let m = metrics();
+        m.messages_relayed(WsKind::Room, 3, 16 + 17 + 5000);
+        for size in [16, 17, 5000] {
+            m.message_size(WsKind::Room, size);
+        }
+        let out = m.render();
+        for line in [
+            "# TYPE relay_websocket_message_bytes histogram",
+            "relay_websocket_message_bytes_bucket{kind=\"room\",le=\"16\"} 1",
+            "relay_websocket_message_bytes_bucket{kind=\"room\",le=\"64\"} 2",
+            "relay_websocket_message_bytes_bucket{kind=\"room\",le=\"4096\"} 2",
+            "relay_websocket_message_bytes_bucket{kind=\"room\",le=\"16384\"} 3",
+            "relay_websocket_message_bytes_bucket{kind=\"room\",le=\"+Inf\"} 3",
+            "relay_websocket_message_bytes_sum{kind=\"room\"} 5033.0",
+            "relay_websocket_message_bytes_count{kind=\"room\"} 3",
+            "relay_websocket_message_bytes_count{kind=\"mailbox\"} 0",
+            "relay_bytes_relayed_total{kind=\"room\"} 5033",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+        }
     }
 
     #[test]
-    fn raw_paths_map_to_templates() {
-        assert_eq!(Route::of(&["v1", "rooms", "abc"]), Route::Room);
-        assert_eq!(Route::of(&["v1", "rooms", "abc", "msg-relay"]), Route::RoomMsgRelay);
-        assert_eq!(Route::of(&["createkey", "n", "0", "secret"]), Route::AdminSodot);
-        assert_eq!(Route::of(&["v1", "admin", "keys", "n"]), Route::Admin);
-        assert_eq!(Route::of(&["no", "such"]), Route::Unmatched);
-        assert_eq!(Route::Room.label(), "/v1/rooms/{room_id}");
+    fn core_hooks_feed_room_lifetimes_and_ask_waits() {
+        let m = metrics();
+        m.room_close_observer()(Duration::from_secs(45), CloseReason::AllLeft);
+        let ask = m.ask_observer();
+        ask(AskEnd::Answered { waited: Duration::ZERO });
+        ask(AskEnd::Answered { waited: Duration::from_millis(20) });
+        ask(AskEnd::Expired);
+        let out = m.render();
+        for line in [
+            "# TYPE relay_room_lifetime_seconds histogram",
+            "relay_room_lifetime_seconds_bucket{le=\"30\"} 0",
+            "relay_room_lifetime_seconds_bucket{le=\"60\"} 1",
+            "relay_room_lifetime_seconds_sum 45.0",
+            "relay_room_lifetime_seconds_count 1",
+            "relay_mailbox_ask_wait_seconds_bucket{le=\"0.001\"} 1",
+            "relay_mailbox_ask_wait_seconds_bucket{le=\"0.025\"} 2",
+            "relay_mailbox_ask_wait_seconds_count 2",
+            "relay_mailbox_asks_expired_total 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+        }
+    }
+
+    #[test]
+    fn key_usage_is_served_once_a_source_is_installed_and_label_values_are_escaped() {
+        let m = metrics();
+        assert!(!m.render().contains("relay_key_"));
+        let usage = KeyUsage { name: "a\"b\\c\nd".to_owned(), messages: 3, bytes: 120, rooms: 1 };
+        assert!(m.set_key_usage_source(Box::new(move || vec![usage.clone()])));
+        assert!(!m.set_key_usage_source(Box::new(Vec::new)), "only the first source is kept");
+        let out = m.render();
+        for line in [
+            "# TYPE relay_key_messages_total counter",
+            "relay_key_messages_total{key=\"a\\\"b\\\\c\\nd\"} 3",
+            "relay_key_bytes_total{key=\"a\\\"b\\\\c\\nd\"} 120",
+            "relay_key_rooms_created_total{key=\"a\\\"b\\\\c\\nd\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+        }
     }
 }

@@ -147,7 +147,7 @@ async fn metrics_and_json_errors(State(state): State<AppState>, req: Request, ne
         let (_, body) = json.into_parts();
         resp = Response::from_parts(parts, body);
     }
-    state.metrics().http_request_at(
+    state.metrics().http_request(
         route.as_deref().unwrap_or("unmatched"),
         &method,
         status,
@@ -184,7 +184,7 @@ mod tests {
     use crate::{AppState, ServerConfig};
 
     async fn call(config: ServerConfig, req: Request<Body>) -> axum::response::Response {
-        let state = AppState::try_new(config).unwrap();
+        let state = AppState::new(config).unwrap();
         router(&state).oneshot(req).await.unwrap()
     }
 

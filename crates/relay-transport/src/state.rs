@@ -14,7 +14,7 @@ use crate::config::ServerConfig;
 use crate::error::TransportError;
 use crate::http::auth::{Caller, UsageMeter};
 use crate::http::ratelimit::RateLimiter;
-use crate::metrics::{KeyUsage, Metrics};
+use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
 use crate::net::busy_poll::BusyPoll;
 
 /// The state every connection shares: configuration, the core's rooms and mailbox, and
@@ -61,28 +61,18 @@ pub(crate) struct DrainGuard {
 }
 
 impl AppState {
-    /// Builds the shared state for `config`, without a key store: enough for a server
-    /// with keys not enforced. With keys enforced, every key is refused as unknown (401)
-    /// and the admin routes answer 503; give a store with [`AppState::try_with_keystore`].
-    ///
-    /// # Panics
-    /// If `config.data_dir` is set and its store cannot be opened; use
-    /// [`AppState::try_new`] to get that as an error. Without a data dir, never.
-    pub fn new(config: ServerConfig) -> AppState {
-        AppState::try_new(config).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Builds the shared state for `config`, opening the stores in `config.data_dir`.
-    pub fn try_new(config: ServerConfig) -> Result<AppState, TransportError> {
+    /// Builds the shared state for `config`, opening the stores in `config.data_dir`,
+    /// without a key store: enough for a server with keys not enforced. With keys
+    /// enforced, every key is refused as unknown (401) and the admin routes answer 503;
+    /// give a store with [`AppState::with_keystore`]. Must run inside a tokio runtime
+    /// (the mailbox starts its sweeper task); fails if a store cannot be opened.
+    pub fn new(config: ServerConfig) -> Result<AppState, TransportError> {
         AppState::build(config, None)
     }
 
-    /// As [`AppState::try_new`], with the key store that verifies API keys, serves the
+    /// As [`AppState::new`], with the key store that verifies API keys, serves the
     /// admin routes and counts usage.
-    pub fn try_with_keystore(
-        config: ServerConfig,
-        keystore: Arc<KeyStore>,
-    ) -> Result<AppState, TransportError> {
+    pub fn with_keystore(config: ServerConfig, keystore: Arc<KeyStore>) -> Result<AppState, TransportError> {
         AppState::build(config, Some(keystore))
     }
 
@@ -100,7 +90,13 @@ impl AppState {
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connection_slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         let rate_limiter = RateLimiter::new(&config.rate_limits);
-        let metrics = Metrics::default();
+        let rooms = Rooms::new(config.limits.clone(), config.room_id_prefix);
+        let mailbox = relay_core::Mailbox::start(config.limits.clone())
+            .map_err(|e| TransportError::Config(format!("cannot start the mailbox: {e}")))?;
+        let busy_poll = BusyPoll::new(config.busy_poll);
+        let metrics = Metrics::new(live_sources(&config, &connection_slots, &rooms, &mailbox, &busy_poll));
+        rooms.set_on_close(metrics.room_close_observer());
+        mailbox.set_on_ask(metrics.ask_observer());
         if let Some(store) = keystore.clone() {
             // Per-key series on /metrics come from the store's own counters, read at scrape time.
             let source = move || {
@@ -119,9 +115,9 @@ impl AppState {
         }
         Ok(AppState {
             inner: Arc::new(Inner {
-                rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
-                busy_poll: BusyPoll::new(config.busy_poll),
-                mailbox: crate::api::mailbox::new_hub(&config),
+                rooms,
+                busy_poll,
+                mailbox,
                 config,
                 discovery,
                 shutdown_tx,
@@ -213,16 +209,6 @@ impl AppState {
         }
     }
 
-    /// Microseconds spent busy polling since start (`None` when it is off).
-    pub(crate) fn busy_polled_micros(&self) -> Option<u64> {
-        self.inner.busy_poll.as_ref().map(|b| b.spun_micros())
-    }
-
-    /// Busy-poll spells cut short since start because the CPU was wanted elsewhere.
-    pub(crate) fn busy_poll_backoffs(&self) -> u64 {
-        self.inner.busy_poll.as_ref().map_or(0, |b| b.backoffs())
-    }
-
     /// The counters served at `/metrics`.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
@@ -291,6 +277,27 @@ impl AppState {
     pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
         let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
         UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
+    }
+}
+
+/// What `/metrics` reads at each scrape: clones of the shared handles (not the state
+/// itself, which holds the metrics).
+fn live_sources(
+    config: &ServerConfig,
+    connection_slots: &Arc<Semaphore>,
+    rooms: &Rooms,
+    mailbox: &relay_core::Mailbox,
+    busy_poll: &Option<Arc<BusyPoll>>,
+) -> LiveSources {
+    let max = config.max_connections.min(Semaphore::MAX_PERMITS);
+    let (slots, rooms, mailbox) = (connection_slots.clone(), rooms.clone(), mailbox.clone());
+    LiveSources {
+        connections_open: Box::new(move || max.saturating_sub(slots.available_permits())),
+        rooms_open: Box::new(move || rooms.len()),
+        mailbox: Box::new(move || mailbox.stats()),
+        busy_poll: busy_poll.clone().map(|b| -> Box<dyn Fn() -> BusyPollTotals + Send + Sync> {
+            Box::new(move || BusyPollTotals { micros: b.spun_micros(), backoffs: b.backoffs() })
+        }),
     }
 }
 

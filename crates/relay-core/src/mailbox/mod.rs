@@ -26,7 +26,7 @@ mod space;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -146,6 +146,22 @@ pub struct MailboxStats {
     pub connections: usize,
 }
 
+/// How an ASK ended, as told to the hook of [`Mailbox::set_on_ask`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AskEnd {
+    /// The ask got its message, `waited` after it was asked: zero when the message was
+    /// stored already, else the time from the ask to the PUB that answered it.
+    Answered {
+        /// From the ask to its delivery (both at the `now` the frames were handled at).
+        waited: Duration,
+    },
+    /// The ask's TTL passed before any message came.
+    Expired,
+}
+
+/// Called for each ask that is answered or expires. Runs under a namespace lock.
+type AskHook = Box<dyn Fn(AskEnd) + Send + Sync>;
+
 /// The mailbox hub: every namespace of one server. Cheap to clone; clones share state.
 #[derive(Clone)]
 pub struct Mailbox {
@@ -156,6 +172,8 @@ struct Hub {
     limits: Limits,
     namespaces: Mutex<HashMap<Namespace, Arc<Space>>>,
     next_conn: AtomicU64,
+    /// Told how each ask ended ([`Mailbox::set_on_ask`]), e.g. for metrics.
+    on_ask: OnceLock<AskHook>,
 }
 
 /// One connection to a namespace: frames in through [`MailboxConn::handle_frame`],
@@ -186,8 +204,12 @@ impl Mailbox {
     /// [`Mailbox::sweep`] (tests, or a runtime of its own). Namespaces still expire
     /// lazily whenever a frame touches them, but idle ones are only forgotten by a sweep.
     pub fn with_manual_sweep(limits: Limits) -> Mailbox {
-        let hub =
-            Arc::new(Hub { limits, namespaces: Mutex::new(HashMap::new()), next_conn: AtomicU64::new(1) });
+        let hub = Arc::new(Hub {
+            limits,
+            namespaces: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            on_ask: OnceLock::new(),
+        });
         Mailbox { hub }
     }
 
@@ -208,6 +230,15 @@ impl Mailbox {
         space.lock().add_conn(id, queue.clone());
         drop(namespaces);
         MailboxConn { hub: self.hub.clone(), space, id, queue, deferred: Vec::new() }
+    }
+
+    /// Calls `hook` for every ask from now on that is answered (with how long it waited)
+    /// or expires unanswered; asks withdrawn by a disconnect are not reported. It runs
+    /// under the namespace's lock, on the task handling the frame or the sweep: keep it
+    /// to a few atomic operations, and never call into the mailbox from it. Only the
+    /// first call has an effect; returns whether this one did.
+    pub fn set_on_ask(&self, hook: impl Fn(AskEnd) + Send + Sync + 'static) -> bool {
+        self.hub.on_ask.set(Box::new(hook)).is_ok()
     }
 
     /// Forgets every message and ask due at `now` and removes idle namespaces. The
@@ -249,7 +280,7 @@ impl Hub {
         for space in spaces {
             let idle = {
                 let mut state = space.lock();
-                state.expire(now);
+                state.expire(now, self.on_ask.get());
                 state.is_idle()
             };
             if idle {
@@ -328,7 +359,8 @@ impl MailboxConn {
             return Err(MailboxError::SlowConsumer);
         }
         let from = space::Sender { conn: self.id, queue: &self.queue };
-        self.space.lock().handle(from, frame, &header, &self.hub.limits, now, wakes)
+        let on_ask = self.hub.on_ask.get();
+        self.space.lock().handle(from, frame, &header, &self.hub.limits, now, wakes, on_ask)
     }
 
     /// Waits for the next frame to send to the client. Cancel-safe. Fails only when the

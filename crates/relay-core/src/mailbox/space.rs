@@ -20,8 +20,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::queue::{ConnQueue, Pushed};
-use super::{FrameKind, MailboxHeader, MessageId};
-use super::{MailboxError, Namespace};
+use super::{AskEnd, AskHook, FrameKind, MailboxError, MailboxHeader, MessageId, Namespace};
 use crate::Limits;
 
 /// Heap entries allowed beyond twice the live ones before the heap is rebuilt.
@@ -61,6 +60,8 @@ pub(super) struct Sender<'a> {
 struct Waiter {
     conn: u64,
     deadline: Instant,
+    /// When the ask came, to report how long it waited.
+    asked_at: Instant,
 }
 
 struct ConnSlot {
@@ -112,17 +113,18 @@ impl SpaceState {
     }
 
     /// Forgets every message and ask whose deadline is at or before `now`.
-    pub(super) fn expire(&mut self, now: Instant) {
+    /// Expired asks are reported to `on_ask`.
+    pub(super) fn expire(&mut self, now: Instant, on_ask: Option<&AskHook>) {
         while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
             if at > now {
                 break;
             }
             self.deadlines.pop();
-            self.expire_id(&id, now);
+            self.expire_id(&id, now, on_ask);
         }
     }
 
-    fn expire_id(&mut self, id: &MessageId, now: Instant) {
+    fn expire_id(&mut self, id: &MessageId, now: Instant, on_ask: Option<&AskHook>) {
         if let Entry::Occupied(stored) = self.messages.entry(*id)
             && stored.get().expires_at <= now
         {
@@ -142,6 +144,9 @@ impl SpaceState {
                 live
             });
             self.pending_asks -= expired;
+            if let Some(hook) = on_ask {
+                (0..expired).for_each(|_| hook(AskEnd::Expired));
+            }
             if waiters.get().is_empty() {
                 waiters.remove();
             }
@@ -150,7 +155,9 @@ impl SpaceState {
 
     /// Handles one frame from connection `from` at `now`. The consumers that must be
     /// woken for frames queued to them are added to `wakes`, for the caller to wake once
-    /// it has released the namespace lock.
+    /// it has released the namespace lock. Asks answered or expired are reported to
+    /// `on_ask`.
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
     pub(super) fn handle(
         &mut self,
         from: Sender<'_>,
@@ -159,15 +166,23 @@ impl SpaceState {
         limits: &Limits,
         now: Instant,
         wakes: &mut Vec<Waker>,
+        on_ask: Option<&AskHook>,
     ) -> Result<(), MailboxError> {
-        self.expire(now);
+        self.expire(now, on_ask);
         let ttl = Duration::from_secs(u64::from(header.ttl_secs)).min(limits.max_mailbox_ttl);
         match header.kind {
-            FrameKind::Ask => self.ask(from, &header.id, ttl, limits, now, wakes),
-            FrameKind::Publish => self.publish(frame, header, ttl, limits, now, wakes),
+            FrameKind::Ask => {
+                let answered = self.ask(from, &header.id, ttl, limits, now, wakes)?;
+                if let (true, Some(hook)) = (answered, on_ask) {
+                    hook(AskEnd::Answered { waited: std::time::Duration::ZERO });
+                }
+                Ok(())
+            }
+            FrameKind::Publish => self.publish(frame, header, ttl, limits, now, wakes, on_ask),
         }
     }
 
+    /// Returns whether the ask was answered at once from storage.
     fn ask(
         &mut self,
         Sender { conn, queue: own }: Sender<'_>,
@@ -176,7 +191,7 @@ impl SpaceState {
         limits: &Limits,
         now: Instant,
         wakes: &mut Vec<Waker>,
-    ) -> Result<(), MailboxError> {
+    ) -> Result<bool, MailboxError> {
         if let Entry::Occupied(stored) = self.messages.entry(*id) {
             match own.push(stored.get().frame.clone()) {
                 Pushed::Queued(waker) => wakes.extend(waker),
@@ -185,27 +200,28 @@ impl SpaceState {
             if stored.get().one_receiver {
                 self.held_bytes -= stored.remove().frame.len();
             }
-            return Ok(());
+            return Ok(true);
         }
         if ttl.is_zero() {
-            return Ok(());
+            return Ok(false);
         }
-        let Some(slot) = self.conns.get_mut(&conn) else { return Ok(()) };
+        let Some(slot) = self.conns.get_mut(&conn) else { return Ok(false) };
         if slot.asked.contains(id) {
             // Already waiting: one delivery per connection, and no second heap entry.
-            return Ok(());
+            return Ok(false);
         }
         if slot.asked.len() >= limits.max_pending_asks {
             return Err(MailboxError::TooManyAsks { max: limits.max_pending_asks });
         }
         slot.asked.insert(*id);
         let deadline = now + ttl;
-        self.waiting.entry(*id).or_default().push(Waiter { conn, deadline });
+        self.waiting.entry(*id).or_default().push(Waiter { conn, deadline, asked_at: now });
         self.pending_asks += 1;
         self.push_deadline(deadline, id);
-        Ok(())
+        Ok(false)
     }
 
+    #[allow(clippy::too_many_arguments)] // one call site, next to `handle`'s
     fn publish(
         &mut self,
         frame: Bytes,
@@ -214,6 +230,7 @@ impl SpaceState {
         limits: &Limits,
         now: Instant,
         wakes: &mut Vec<Waker>,
+        on_ask: Option<&AskHook>,
     ) -> Result<(), MailboxError> {
         let id = &header.id;
         if self.messages.contains_key(id) {
@@ -240,6 +257,9 @@ impl SpaceState {
                 if let Pushed::Queued(waker) = slot.queue.push(frame.clone()) {
                     wakes.extend(waker);
                     delivered = true;
+                    if let Some(hook) = on_ask {
+                        hook(AskEnd::Answered { waited: now.saturating_duration_since(w.asked_at) });
+                    }
                 }
             }
             if !rest.is_empty() {

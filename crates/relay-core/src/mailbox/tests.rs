@@ -389,3 +389,30 @@ fn starting_a_mailbox_outside_a_runtime_is_an_error_and_manual_sweep_works() {
     mb.sweep(Instant::now() + Duration::from_secs(6));
     assert_eq!(mb.stats().entries, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_ask_hook_hears_how_long_each_ask_waited_and_which_expired() {
+    let mb = Mailbox::start(limits()).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    assert!(mb.set_on_ask(move |end| sink.lock().unwrap().push(end)));
+    assert!(!mb.set_on_ask(|_| {}), "only the first hook is kept");
+    let asker = mb.connect("ns");
+    let publisher = mb.connect("ns");
+    let t0 = Instant::now();
+
+    asker.handle_frame_at(ask_frame(&id(1), 10), t0).unwrap();
+    asker.handle_frame_at(ask_frame(&id(2), 10), t0).unwrap();
+    publisher.handle_frame_at(publish_frame(&id(1), 10, 0, b"late"), t0 + Duration::from_secs(3)).unwrap();
+    // Stored already: answered at once. Then id 2's ask passes its TTL unanswered.
+    asker.handle_frame_at(ask_frame(&id(1), 10), t0 + Duration::from_secs(4)).unwrap();
+    mb.sweep(t0 + Duration::from_secs(11));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [
+            AskEnd::Answered { waited: Duration::from_secs(3) },
+            AskEnd::Answered { waited: Duration::ZERO },
+            AskEnd::Expired,
+        ]
+    );
+}

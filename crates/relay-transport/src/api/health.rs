@@ -4,7 +4,7 @@ use axum::extract::State;
 use hyper::{Response, StatusCode, header};
 
 use crate::http::body::{Body, json};
-use crate::metrics::{CONTENT_TYPE, render};
+use crate::metrics::CONTENT_TYPE;
 use crate::state::AppState;
 
 /// `GET /healthz`: 200 `{"status":"ok"}` while the process serves, draining or not.
@@ -41,7 +41,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response<Body> {
     responses((status = 200, description = "Every metric", body = String, content_type = "text/plain; version=0.0.4")),
 )]
 pub(crate) async fn scrape(State(state): State<AppState>) -> Response<Body> {
-    let mut resp = Response::new(Body::from(render(&state)));
+    let mut resp = Response::new(Body::from(state.metrics().render()));
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(CONTENT_TYPE));
     resp
 }

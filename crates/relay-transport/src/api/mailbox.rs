@@ -12,7 +12,7 @@ use std::str::FromStr;
 use axum::extract::{Path, State};
 use hyper::{Request, Response, StatusCode};
 use relay_core::RoomId;
-use relay_core::mailbox::{Mailbox, Namespace};
+use relay_core::mailbox::Namespace;
 
 use crate::error::ApiError;
 use crate::http::auth::UsageMeter;
@@ -95,9 +95,4 @@ fn open(
         let conn = task_state.mailbox().connect(namespace);
         run(task_state, conn, socket, guard, meter).await;
     }))
-}
-
-/// The hub as the routes see it.
-pub(crate) fn new_hub(config: &crate::ServerConfig) -> Mailbox {
-    Mailbox::new(config.limits.clone())
 }

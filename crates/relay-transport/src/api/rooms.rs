@@ -148,7 +148,10 @@ fn count_room(state: &AppState, caller: &Caller, room: &RoomInfo) {
 fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<RoomInfo, ApiError> {
     let max = state.rooms().limits().max_room_size;
     let size = u16::try_from(size).map_err(|_| core_error(&CoreError::BadRoomSize { got: size, max }))?;
-    let room = state.rooms().create(size, ttl_secs.map(Duration::from_secs)).map_err(|e| core_error(&e))?;
+    let room = state
+        .rooms()
+        .create(size, ttl_secs.map(Duration::from_secs), relay_keystore::unix_now())
+        .map_err(|e| core_error(&e))?;
     tracing::debug!(room = %room.id, size, "room created");
     state.metrics().room_created();
     Ok(room)

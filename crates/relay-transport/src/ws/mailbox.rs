@@ -115,6 +115,7 @@ impl Conn {
                         break Poll::Ready(close_for(&e));
                     }
                     if let Some(bytes) = payload {
+                        self.state.metrics().message_size(WsKind::Mailbox, bytes);
                         relayed += 1;
                         relayed_bytes += bytes;
                     }

@@ -125,6 +125,7 @@ impl PartyConn {
                 Message::Binary(frame) => match send_data(&mut self.party, frame) {
                     Ok(None) => {}
                     Ok(Some(payload)) => {
+                        self.state.metrics().message_size(WsKind::Room, payload);
                         relayed += 1;
                         relayed_bytes += payload;
                     }
@@ -264,7 +265,7 @@ fn send_data(party: &mut Party, frame: Bytes) -> Result<Option<usize>, (&'static
 pub fn parse_data_frame(frame: &Bytes) -> Option<(Destination, Bytes)> {
     let header = frame.get(..CLIENT_HEADER)?;
     let to = u16::from_le_bytes([header[0], header[1]]);
-    let to = if to == BROADCAST_SLOT { Destination::Broadcast } else { Destination::To(to) };
+    let to = if to == BROADCAST_SLOT { Destination::Broadcast } else { Destination::Slot(to) };
     Some((to, frame.slice(CLIENT_HEADER..)))
 }
 
