@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::{HttpResponse, ServerConfig, http_request, open_config, post_json, serve_in_process};
 use hyper::StatusCode;
-use relay_e2e::{HttpResponse, ServerConfig, http_request, open_config, post_json, serve_in_process};
 use relay_transport::discovery::{RegistryConfig, RegistryToken};
 use serde_json::{Value, json};
 

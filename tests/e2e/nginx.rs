@@ -16,10 +16,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use anyhow::{Context, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
-use relay_e2e::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -48,7 +48,7 @@ fn nginx_binary() -> Option<PathBuf> {
 /// a line it rewrites is no longer in the file, so the test never silently runs
 /// something other than what ships.
 fn contrib_config_for(relays: &[SocketAddr], listen: SocketAddr) -> anyhow::Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/nginx.conf");
+    let path = repo_file("contrib/nginx.conf");
     let mut conf = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     for ((_, placeholder), relay) in INSTANCES.iter().zip(relays) {
         ensure!(conf.contains(placeholder), "contrib/nginx.conf no longer names {placeholder}");
