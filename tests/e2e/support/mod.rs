@@ -39,6 +39,21 @@ pub(crate) fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
 }
 
+/// For a test that cannot find `missing` (a program it runs, such as nginx): prints that
+/// it skips and why, naming what is missing and `install`, how to get it. When
+/// `RELAY_REQUIRE_SERVICES=1` nothing may skip, and it fails the test instead. The caller
+/// returns right after: `let Some(x) = find() else { return skip_without(..) };`.
+pub(crate) fn skip_without(missing: &str, install: &str) {
+    let required = std::env::var_os("RELAY_REQUIRE_SERVICES").is_some_and(|v| v == "1");
+    assert!(
+        !required,
+        "{missing} is not installed ({install}) and RELAY_REQUIRE_SERVICES=1 forbids skipping"
+    );
+    eprintln!(
+        "SKIPPED: {missing} is not installed ({install}); RELAY_REQUIRE_SERVICES=1 makes this a failure"
+    );
+}
+
 /// A running `relay-server` process. Killed on drop.
 pub(crate) struct RelayProcess {
     child: Child,
