@@ -10,7 +10,7 @@
 //! Run against a relay (keys not enforced, or pass a key):
 //! `cargo run -p relay-client --example round_based_echo -- ws://127.0.0.1:8080 [API_KEY]`
 //!
-//! The e2e test `tests/tests/client.rs` includes this file as a module and runs
+//! The e2e test `tests/e2e/client.rs` includes this file as a module and runs
 //! [`run_echo_room`] against the real server.
 
 use std::time::Duration;

@@ -5,12 +5,12 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use relay_core::{Limits, RoomId};
-use relay_e2e::{
+use crate::support::{
     RelayProcess, STEP_TIMEOUT, ServerConfig, Ws, http_request, open_config, refusal_status,
     serve_in_process, ws_connect,
 };
+use futures_util::{SinkExt, StreamExt};
+use relay_core::{Limits, RoomId};
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long a test waits to be sure something does not arrive.

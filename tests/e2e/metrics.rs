@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use relay_e2e::{
+use crate::support::{
     Http1Conn, STEP_TIMEOUT, ServerConfig, Ws, http_request, open_config, post_json, serve_in_process,
     ws_connect,
 };
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A parsed scrape: series (`name{labels}` as written) to value, and each name's type.

@@ -5,8 +5,8 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
+use crate::support::*;
 use hyper::StatusCode;
-use relay_e2e::*;
 
 fn print_config_table(out: &std::process::Output) -> toml::Table {
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -183,7 +183,7 @@ async fn systemd_abstract_notify_socket_is_supported() {
 
 #[tokio::test]
 async fn relay_toml_example_is_valid_and_lists_every_key() {
-    let example_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/relay.toml.example");
+    let example_path = crate::support::repo_file("contrib/relay.toml.example");
     let example = std::fs::read_to_string(&example_path).unwrap();
     // Every key is commented out with its default; uncommented, the file must load.
     let uncommented: String = example

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use relay_e2e::*;
 use tokio_tungstenite::tungstenite::Message;
 
 fn tls_args<'a>(chain: &'a std::path::Path, key: &'a std::path::Path) -> Vec<&'a str> {

@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
-use relay_e2e::{
+use crate::support::{
     STEP_TIMEOUT, ServerConfig, Ws, http_request, open_config, post_json, refusal_status, serve_in_process,
     ws_connect,
 };
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
 

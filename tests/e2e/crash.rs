@@ -7,15 +7,15 @@
 //! start with a clear error and no panic.
 //!
 //! The random moments come from a seed printed at the start; rerun one with
-//! `CRASH_SEED=<seed> cargo nextest run -p relay-e2e -E 'binary(crash)' --no-capture`.
+//! `CRASH_SEED=<seed> cargo nextest run -p relay-server -E 'binary(e2e) & test(/^crash::/)' --no-capture`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{RelayProcess, STEP_TIMEOUT, http_request, post_json, run_binary};
 use hyper::StatusCode;
-use relay_e2e::{RelayProcess, STEP_TIMEOUT, http_request, post_json, run_binary};
 use serde_json::{Value, json};
 
 const OPEN: &str = "--insecure-api-keys-not-enforced";

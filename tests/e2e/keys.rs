@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
-use hyper::StatusCode;
-use relay_e2e::{
+use crate::support::{
     HttpResponse, RelayProcess, STEP_TIMEOUT, Ws, http_request, post_json, refusal_status, run_binary,
     ws_connect,
 };
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 

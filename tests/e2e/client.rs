@@ -4,16 +4,19 @@
 
 use std::time::Duration;
 
+use crate::support::{CuttableProxy, RelayProcess, STEP_TIMEOUT, ServerConfig, TestCert, serve_in_process};
 use futures_util::{SinkExt, Stream, StreamExt};
 use relay_client::{
     ApiKey, ClientConfig, Error, JoinOptions, MailboxClient, RawMailbox, ReconnectPolicy, ResumeState,
     RoomClient, RoomEvent, RoomMessage, TlsRoots,
 };
-use relay_e2e::{CuttableProxy, RelayProcess, STEP_TIMEOUT, ServerConfig, TestCert, serve_in_process};
 
 /// The example, compiled into this test so its protocol runs against the real relay.
+/// Its items are `pub` because the example's file is also an example of relay-client;
+/// here they cannot be reachable from outside the test binary.
+#[allow(unreachable_pub, reason = "the example's own items, shared with its `cargo run --example`")]
 #[path = "../../crates/relay-client/examples/round_based_echo.rs"]
-pub mod round_based_echo;
+mod round_based_echo;
 
 async fn open_relay() -> RelayProcess {
     RelayProcess::start(&["--insecure-api-keys-not-enforced"]).await.expect("relay-server starts")

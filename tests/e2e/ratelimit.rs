@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
-use relay_e2e::*;
 use relay_transport::{Rate, RateLimits};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

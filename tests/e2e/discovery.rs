@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::{HttpResponse, ServerConfig, http_request, open_config, post_json, serve_in_process};
 use hyper::StatusCode;
 use relay_discovery::{RegistryConfig, RegistryToken};
-use relay_e2e::{HttpResponse, ServerConfig, http_request, open_config, post_json, serve_in_process};
 use serde_json::{Value, json};
 
 /// `new_group.json` from Disco's README, byte for byte.

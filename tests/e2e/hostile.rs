@@ -10,13 +10,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
-use hyper::StatusCode;
-use relay_e2e::{
+use crate::support::{
     RelayProcess, STEP_TIMEOUT, ServerConfig, Ws, http_request, open_config, post_json, read_until_closed,
     serve_in_process, ws_connect,
 };
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

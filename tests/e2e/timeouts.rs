@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::support::*;
 use hyper::StatusCode;
-use relay_e2e::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 
-use relay_e2e::{http_request, open_config, post_json, serve_in_process};
+use crate::support::{http_request, open_config, post_json, serve_in_process};
 use serde_json::Value;
 
 async fn document(addr: SocketAddr) -> Value {

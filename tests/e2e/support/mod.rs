@@ -4,7 +4,7 @@
 //! hanging it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,40 +18,49 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-pub use relay_transport::{AppState, ServerConfig};
+pub(crate) use relay_transport::{AppState, ServerConfig};
 
 /// A WebSocket client stream as the tests use it.
-pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// How long any single wait in a test may take before it fails.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The path of the `relay-server` binary built for this test run.
-pub fn binary_path() -> PathBuf {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_relay-server") {
-        return PathBuf::from(p);
-    }
-    // Tests run from target/<profile>/deps/<test>-<hash>; the binary sits in target/<profile>.
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let bin = profile_dir.join("relay-server");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "relay-server", "--bin", "relay-server"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building relay-server failed");
-    }
-    bin
+/// The path of the `relay-server` binary cargo built for this test run. This test is
+/// declared by the `relay-server` package, so cargo builds the binary first and names
+/// it here; no test builds anything.
+pub(crate) fn binary_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_relay-server"))
+}
+
+/// `rel`, a path from the root of the repository (`contrib/nginx.conf`).
+pub(crate) fn repo_file(rel: &str) -> PathBuf {
+    // The test belongs to bins/relay-server; the repository root is two levels up.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+/// For a test that cannot find `missing` (a program it runs, such as nginx): prints that
+/// it skips and why, naming what is missing and `install`, how to get it. When
+/// `RELAY_REQUIRE_SERVICES=1` nothing may skip, and it fails the test instead. The caller
+/// returns right after: `let Some(x) = find() else { return skip_without(..) };`.
+pub(crate) fn skip_without(missing: &str, install: &str) {
+    let required = std::env::var_os("RELAY_REQUIRE_SERVICES").is_some_and(|v| v == "1");
+    assert!(
+        !required,
+        "{missing} is not installed ({install}) and RELAY_REQUIRE_SERVICES=1 forbids skipping"
+    );
+    eprintln!(
+        "SKIPPED: {missing} is not installed ({install}); RELAY_REQUIRE_SERVICES=1 makes this a failure"
+    );
 }
 
 /// A running `relay-server` process. Killed on drop.
-pub struct RelayProcess {
+pub(crate) struct RelayProcess {
     child: Child,
     /// The first address it listens on.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Every line it wrote to stderr so far.
-    pub stderr: Arc<Mutex<Vec<String>>>,
+    pub(crate) stderr: Arc<Mutex<Vec<String>>>,
     /// A fresh data dir when the caller gave none: the store locks its directory, so
     /// binaries started in parallel from one working directory must not share one.
     _data_dir: Option<tempfile::TempDir>,
@@ -61,12 +70,12 @@ impl RelayProcess {
     /// Starts the binary with `args`, adding `--listen 127.0.0.1:0` unless a listen
     /// address is given and `--data-dir <fresh temp dir>` unless a data dir is given,
     /// and waits for its "listening on" line.
-    pub async fn start(args: &[&str]) -> anyhow::Result<RelayProcess> {
+    pub(crate) async fn start(args: &[&str]) -> anyhow::Result<RelayProcess> {
         Self::start_with_env(args, &[]).await
     }
 
     /// As [`RelayProcess::start`], with extra environment variables.
-    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<RelayProcess> {
+    pub(crate) async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<RelayProcess> {
         let mut cmd = Command::new(binary_path());
         if !args.iter().any(|a| a.starts_with("--listen")) {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -124,7 +133,7 @@ impl RelayProcess {
     }
 
     /// Sends a Unix signal by number (15 = SIGTERM, 9 = SIGKILL, 1 = SIGHUP).
-    pub fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         if let Some(pid) = self.child.id() {
             // `unsafe` is forbidden in the workspace, so libc::kill is out: use kill(1).
             let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
@@ -132,12 +141,12 @@ impl RelayProcess {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
     /// Waits for the process to exit, failing after `timeout`.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         tokio::time::timeout(timeout, self.child.wait())
             .await
             .context("relay-server did not exit in time")?
@@ -145,23 +154,23 @@ impl RelayProcess {
     }
 
     /// Everything it printed so far, one string.
-    pub fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
 
     /// `http://addr{path}`.
-    pub fn http_url(&self, path: &str) -> String {
+    pub(crate) fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// `ws://addr{path}`.
-    pub fn ws_url(&self, path: &str) -> String {
+    pub(crate) fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
     }
 }
 
 /// Runs the binary to completion with `args` (for flag-validation tests).
-pub async fn run_binary(args: &[&str]) -> anyhow::Result<std::process::Output> {
+pub(crate) async fn run_binary(args: &[&str]) -> anyhow::Result<std::process::Output> {
     let out = tokio::time::timeout(
         STEP_TIMEOUT,
         Command::new(binary_path()).args(args).env_remove("LISTEN").stdin(Stdio::null()).output(),
@@ -173,7 +182,7 @@ pub async fn run_binary(args: &[&str]) -> anyhow::Result<std::process::Output> {
 
 /// Serves the router in-process on 127.0.0.1:0 with `config`; returns its address and
 /// state. The server stops when the state's shutdown begins.
-pub async fn serve_in_process(config: ServerConfig) -> anyhow::Result<(SocketAddr, AppState)> {
+pub(crate) async fn serve_in_process(config: ServerConfig) -> anyhow::Result<(SocketAddr, AppState)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let state = AppState::new(config)?;
@@ -189,35 +198,35 @@ pub async fn serve_in_process(config: ServerConfig) -> anyhow::Result<(SocketAdd
 }
 
 /// A config for tests: keys not enforced, everything else default.
-pub fn open_config() -> ServerConfig {
+pub(crate) fn open_config() -> ServerConfig {
     ServerConfig { api_keys_enforced: false, ..ServerConfig::default() }
 }
 
 /// An HTTP response as the tests look at it.
 #[derive(Debug)]
-pub struct HttpResponse {
+pub(crate) struct HttpResponse {
     /// The status.
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// The headers.
-    pub headers: http::HeaderMap,
+    pub(crate) headers: http::HeaderMap,
     /// The raw body.
-    pub body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 impl HttpResponse {
     /// The body parsed as JSON (Null when it is not JSON).
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
     /// The body as text.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// One HTTP/1.1 request to `addr`; `headers` are (name, value) pairs.
-pub async fn http_request(
+pub(crate) async fn http_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -239,7 +248,7 @@ pub async fn http_request(
 }
 
 /// POST `value` as JSON to `addr{path}`.
-pub async fn post_json(
+pub(crate) async fn post_json(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -251,7 +260,10 @@ pub async fn post_json(
 }
 
 /// Opens a WebSocket to `ws://addr{path}`. On refusal, the error carries the HTTP status.
-pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+pub(crate) async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let stream = TcpStream::connect(addr).await.map_err(tokio_tungstenite::tungstenite::Error::Io)?;
     stream.set_nodelay(true).ok();
     let url = format!("ws://{addr}{path}");
@@ -260,7 +272,7 @@ pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Ws, tokio_tungst
 }
 
 /// The HTTP status a refused WebSocket handshake answered with, if that is the error.
-pub fn refusal_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<StatusCode> {
+pub(crate) fn refusal_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<StatusCode> {
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => Some(resp.status()),
         _ => None,
@@ -270,19 +282,19 @@ pub fn refusal_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<Sta
 // ---- Operations helpers: TLS clients, generated certificates, raw connections ----
 
 /// A certificate generated for a test: self-signed for `localhost`, with its key.
-pub struct TestCert {
+pub(crate) struct TestCert {
     /// The certificate, PEM.
-    pub cert_pem: String,
+    pub(crate) cert_pem: String,
     /// Its private key, PEM (PKCS#8).
-    pub key_pem: String,
+    pub(crate) key_pem: String,
     /// The certificate, DER, to trust it and to recognise it on the wire.
-    pub der: rustls_pki_types::CertificateDer<'static>,
+    pub(crate) der: rustls_pki_types::CertificateDer<'static>,
 }
 
 impl TestCert {
     /// A fresh certificate for `localhost` and 127.0.0.1 with a new key pair; `name`
     /// becomes its subject common name.
-    pub fn generate(name: &str) -> TestCert {
+    pub(crate) fn generate(name: &str) -> TestCert {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, name);
@@ -293,7 +305,7 @@ impl TestCert {
 
     /// Writes `chain.pem` and `key.pem` into `dir`, replacing what is there; returns
     /// their paths.
-    pub fn write_to(&self, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    pub(crate) fn write_to(&self, dir: &std::path::Path) -> (PathBuf, PathBuf) {
         let chain = dir.join("chain.pem");
         let key = dir.join("key.pem");
         std::fs::write(&chain, &self.cert_pem).expect("write chain");
@@ -304,7 +316,7 @@ impl TestCert {
 
 /// A rustls client config (ring provider) that trusts exactly `trusted` and offers the
 /// ALPN protocols `alpn`.
-pub fn tls_client_config(trusted: &[&TestCert], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+pub(crate) fn tls_client_config(trusted: &[&TestCert], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in trusted {
         roots.add(cert.der.clone()).expect("add root");
@@ -320,10 +332,10 @@ pub fn tls_client_config(trusted: &[&TestCert], alpn: &[&[u8]]) -> Arc<rustls::C
 }
 
 /// A TLS client stream as the tests use it.
-pub type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub(crate) type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// Connects to `addr` and completes a TLS handshake for `localhost` with `config`.
-pub async fn tls_connect(
+pub(crate) async fn tls_connect(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<TlsClientStream> {
@@ -336,18 +348,20 @@ pub async fn tls_connect(
 }
 
 /// The end-entity certificate the server presented on `stream`.
-pub fn peer_certificate(stream: &TlsClientStream) -> Option<rustls_pki_types::CertificateDer<'static>> {
+pub(crate) fn peer_certificate(
+    stream: &TlsClientStream,
+) -> Option<rustls_pki_types::CertificateDer<'static>> {
     stream.get_ref().1.peer_certificates()?.first().map(|c| c.clone().into_owned())
 }
 
 /// An open HTTP/1.1 connection that can carry several requests (keep-alive).
-pub struct Http1Conn {
+pub(crate) struct Http1Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Http1Conn {
     /// HTTP/1.1 over an already connected stream (TCP or TLS).
-    pub async fn handshake<S>(stream: S) -> anyhow::Result<Http1Conn>
+    pub(crate) async fn handshake<S>(stream: S) -> anyhow::Result<Http1Conn>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -357,13 +371,13 @@ impl Http1Conn {
     }
 
     /// Plain HTTP/1.1 to `addr`.
-    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Http1Conn> {
+    pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Http1Conn> {
         let stream = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await??;
         Http1Conn::handshake(stream).await
     }
 
     /// `GET path` on this connection.
-    pub async fn get(&mut self, path: &str) -> anyhow::Result<HttpResponse> {
+    pub(crate) async fn get(&mut self, path: &str) -> anyhow::Result<HttpResponse> {
         tokio::time::timeout(STEP_TIMEOUT, self.sender.ready()).await??;
         let req = Request::get(path).header("host", "localhost").body(Full::new(Bytes::new()))?;
         let resp = tokio::time::timeout(STEP_TIMEOUT, self.sender.send_request(req)).await??;
@@ -375,7 +389,7 @@ impl Http1Conn {
 
 /// Reads from `stream` until the peer closes it (EOF or reset), failing if it is
 /// still open after `within`. Returns the bytes received before the close.
-pub async fn read_until_closed<S>(stream: &mut S, within: Duration) -> anyhow::Result<Vec<u8>>
+pub(crate) async fn read_until_closed<S>(stream: &mut S, within: Duration) -> anyhow::Result<Vec<u8>>
 where
     S: tokio::io::AsyncRead + Unpin,
 {
@@ -395,7 +409,7 @@ where
 }
 
 /// Runs the binary to completion with `args` and extra environment variables.
-pub async fn run_binary_with_env(
+pub(crate) async fn run_binary_with_env(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> anyhow::Result<std::process::Output> {
@@ -416,7 +430,7 @@ pub async fn run_binary_with_env(
 impl RelayProcess {
     /// Waits until a line containing `needle` appears in its output, failing after
     /// [`STEP_TIMEOUT`].
-    pub async fn wait_for_output(&self, needle: &str) -> anyhow::Result<()> {
+    pub(crate) async fn wait_for_output(&self, needle: &str) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
         while !self.output().contains(needle) {
             if tokio::time::Instant::now() >= deadline {
@@ -434,9 +448,9 @@ impl RelayProcess {
 /// [`CuttableProxy::cut_all`] drops every connection it carries with `SO_LINGER` 0 (a
 /// reset, no WebSocket close frame; whatever the proxy held is lost), as a dead network
 /// would. While paused it accepts and drops new connections at once, so reconnects fail.
-pub struct CuttableProxy {
+pub(crate) struct CuttableProxy {
     /// Where clients connect.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     inner: Arc<ProxyInner>,
     accept_task: tokio::task::JoinHandle<()>,
 }
@@ -452,7 +466,7 @@ struct ProxyInner {
 
 impl CuttableProxy {
     /// Listens on 127.0.0.1:0 and forwards every connection to `target`.
-    pub async fn start(target: SocketAddr) -> anyhow::Result<CuttableProxy> {
+    pub(crate) async fn start(target: SocketAddr) -> anyhow::Result<CuttableProxy> {
         use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -496,7 +510,7 @@ impl CuttableProxy {
 
     /// Resets every connection carried now; returns how many there were once their
     /// sockets are closed.
-    pub async fn cut_all(&self) -> usize {
+    pub(crate) async fn cut_all(&self) -> usize {
         let tasks: Vec<_> = std::mem::take(&mut *self.inner.conns.lock().unwrap());
         let n = tasks.len();
         for t in &tasks {
@@ -509,27 +523,27 @@ impl CuttableProxy {
     }
 
     /// Stops (or resumes) forwarding bytes on every connection, new ones included.
-    pub fn freeze(&self, frozen: bool) {
+    pub(crate) fn freeze(&self, frozen: bool) {
         self.inner.frozen.send_replace(frozen);
     }
 
     /// While paused, new connections are accepted and dropped at once.
-    pub fn set_paused(&self, paused: bool) {
+    pub(crate) fn set_paused(&self, paused: bool) {
         self.inner.paused.store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Connections forwarded so far.
-    pub fn forwarded(&self) -> usize {
+    pub(crate) fn forwarded(&self) -> usize {
         self.inner.forwarded.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Connections refused while paused so far.
-    pub fn refused(&self) -> usize {
+    pub(crate) fn refused(&self) -> usize {
         self.inner.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// `ws://addr`.
-    pub fn ws_base(&self) -> String {
+    pub(crate) fn ws_base(&self) -> String {
         format!("ws://{}", self.addr)
     }
 }
@@ -566,15 +580,18 @@ impl Drop for CuttableProxy {
     }
 }
 
-/// The path of the `relay-bench` binary built for this test run (built if missing).
-pub fn bench_binary_path() -> PathBuf {
-    let bin = binary_path().with_file_name("relay-bench");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "relay-bench", "--bin", "relay-bench"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building relay-bench failed");
-    }
+/// The path of the `relay-bench` binary: beside `relay-server` in the same target
+/// directory. Cargo sets `CARGO_BIN_EXE_*` only for the binaries of the package that owns
+/// the test, and this test belongs to `relay-server`, so `relay-bench` is found as a
+/// sibling. `cargo nextest run --workspace` builds every workspace binary before any test
+/// runs; a narrower run may not have built it, and then the test says so.
+pub(crate) fn bench_binary_path() -> PathBuf {
+    let bin = binary_path().with_file_name(format!("relay-bench{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "relay-bench is not built beside relay-server ({} is missing): run the tests with \
+         `cargo nextest run --workspace`, or `cargo build -p relay-bench` first",
+        bin.display()
+    );
     bin
 }

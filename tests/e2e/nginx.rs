@@ -7,7 +7,8 @@
 //! exchange messages; the room-scoped mailbox is routed with its room.
 //!
 //! Needs the `nginx` binary (Debian: `apt-get install nginx`; `.ci/run` installs it).
-//! Without it the test prints why and passes without checking anything.
+//! Without it the test prints why and passes without checking anything, unless
+//! `RELAY_REQUIRE_SERVICES=1`: then a missing nginx fails it.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -16,10 +17,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use anyhow::{Context, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
-use relay_e2e::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -48,7 +49,7 @@ fn nginx_binary() -> Option<PathBuf> {
 /// a line it rewrites is no longer in the file, so the test never silently runs
 /// something other than what ships.
 fn contrib_config_for(relays: &[SocketAddr], listen: SocketAddr) -> anyhow::Result<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/nginx.conf");
+    let path = repo_file("contrib/nginx.conf");
     let mut conf = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     for ((_, placeholder), relay) in INSTANCES.iter().zip(relays) {
         ensure!(conf.contains(placeholder), "contrib/nginx.conf no longer names {placeholder}");
@@ -264,8 +265,7 @@ async fn room_mailbox_round_trip(addr: SocketAddr, room: &str) -> anyhow::Result
 #[tokio::test]
 async fn nginx_spreads_room_creation_and_routes_every_party_to_the_room_s_instance() {
     let Some(binary) = nginx_binary() else {
-        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx); .ci/run installs it");
-        return;
+        return skip_without("nginx", "apt-get install nginx; .ci/run installs it");
     };
     let mut relays = Vec::new();
     for (prefix, _) in INSTANCES {

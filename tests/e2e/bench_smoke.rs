@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use relay_e2e::{RelayProcess, bench_binary_path};
+use crate::support::{RelayProcess, bench_binary_path};
 
 #[tokio::test]
 async fn every_workload_runs_with_tiny_counts() {
@@ -39,6 +39,7 @@ async fn every_workload_runs_with_tiny_counts() {
         assert!(stdout.contains(table), "no {table:?} in:\n{stdout}");
     }
     // The relay served the whole run and is still up.
-    let health = relay_e2e::http_request(relay.addr, "GET", "/healthz", &[], b"").await.expect("healthz");
+    let health =
+        crate::support::http_request(relay.addr, "GET", "/healthz", &[], b"").await.expect("healthz");
     assert_eq!(health.status, 200);
 }

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crate::support::{RelayProcess, STEP_TIMEOUT, http_request, post_json, run_binary, ws_connect};
 use anyhow::Context;
 use futures_util::StreamExt;
-use relay_e2e::{RelayProcess, STEP_TIMEOUT, http_request, post_json, run_binary, ws_connect};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 

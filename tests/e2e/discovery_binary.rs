@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::support::{RelayProcess, STEP_TIMEOUT, http_request, post_json, run_binary};
 use hyper::StatusCode;
-use relay_e2e::{RelayProcess, STEP_TIMEOUT, http_request, post_json, run_binary};
 use serde_json::{Value, json};
 
 const OPEN: &str = "--insecure-api-keys-not-enforced";

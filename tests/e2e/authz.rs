@@ -8,9 +8,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::{
+    HttpResponse, RelayProcess, STEP_TIMEOUT, Ws, http_request, refusal_status, ws_connect,
+};
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
-use relay_e2e::{HttpResponse, RelayProcess, STEP_TIMEOUT, Ws, http_request, refusal_status, ws_connect};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
