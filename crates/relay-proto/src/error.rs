@@ -104,7 +104,7 @@ error_codes! {
     NotOwner = ("not_owner", 403),
     /// 403: the registry takes no announcements (no registry token configured).
     RegistryClosed = ("registry_closed", 403),
-    // ---- 404, 405 ----
+    // ---- 404, 405, 408 ----
     /// 404: no such endpoint.
     NotFound = ("not_found", 404),
     /// 404: no such room (never existed, expired or closed).
@@ -115,6 +115,8 @@ error_codes! {
     KeyNotFound = ("key_not_found", 404),
     /// 405: a known path with the wrong method.
     MethodNotAllowed = ("method_not_allowed", 405),
+    /// 408: the request (its body included) took longer than the request timeout.
+    RequestTimeout = ("request_timeout", 408),
     // ---- 409 ----
     /// 409: every slot of the room is taken.
     RoomFull = ("room_full", 409),
@@ -207,8 +209,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `room_not_found`, `missing_api_key`.
     pub code: ErrorCode,
-    /// Human-readable explanation.
+    /// Human-readable explanation. Always sent; a missing one reads as empty.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub message: String,
 }
 

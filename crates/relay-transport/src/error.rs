@@ -3,6 +3,7 @@
 
 use hyper::StatusCode;
 use relay_core::CoreError;
+use relay_proto::{ErrorBody, ErrorCode};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +16,8 @@ pub enum TransportError {
     Config(String),
 }
 
-/// One refused request: an HTTP status, a machine-readable code and a human message.
+/// One refused request: a machine-readable code (relay-proto's [`ErrorCode`], which
+/// also gives its HTTP status) and a human message.
 /// As an axum response it is the JSON body with its status (and `Retry-After` when
 /// set), and it carries its code in the response's extensions for the metrics layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,7 +26,7 @@ pub struct ApiError {
     /// The HTTP status sent.
     pub status: StatusCode,
     /// Stable machine-readable code, e.g. `room_not_found`.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
     /// Whole seconds for a `Retry-After` header (429 from a rate limit).
@@ -34,40 +36,28 @@ pub struct ApiError {
 /// The error code of a refused request, left in the response's extensions by
 /// [`ApiError`] so the metrics layer can count auth failures by code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ErrorCodeSent(pub(crate) &'static str);
+pub(crate) struct ErrorCodeSent(pub(crate) ErrorCode);
 
 impl ApiError {
-    /// An error with the given status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error with `code`, sent with the status relay-proto gives that code.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError { status, code, message: message.into(), retry_after_secs: None }
-    }
-
-    /// 400 with the given code.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     /// 404 `not_found` for a path no route serves.
     pub fn no_route() -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        ApiError::new(ErrorCode::NotFound, "no such endpoint")
     }
 
     /// 405 for a known path with the wrong method.
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed on this endpoint",
-        )
+        ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
     }
 
     /// 413 `body_too_large`, naming the limit.
     pub(crate) fn body_too_large(limit: usize) -> ApiError {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body is over the {limit}-byte limit"),
-        )
+        ApiError::new(ErrorCode::BodyTooLarge, format!("request body is over the {limit}-byte limit"))
     }
 
     /// The error for a response that a layer or the router refused without a body of
@@ -78,41 +68,39 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => ApiError::method_not_allowed(),
             StatusCode::NOT_FOUND => ApiError::no_route(),
             StatusCode::REQUEST_TIMEOUT => {
-                ApiError::new(status, "request_timeout", "the request took longer than the request timeout")
+                ApiError::new(ErrorCode::RequestTimeout, "the request took longer than the request timeout")
             }
-            s if s.is_client_error() => ApiError::bad_request("bad_request", "the request could not be read"),
-            s => ApiError::new(s, "internal", "the request failed"),
+            s if s.is_client_error() => ApiError::new(ErrorCode::BadRequest, "the request could not be read"),
+            s => ApiError { status: s, ..ApiError::new(ErrorCode::Internal, "the request failed") },
         }
     }
 
     /// The JSON body: `{"error": {"code": ..., "message": ...}}`.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code, self.message.clone())
     }
 }
 
 /// The HTTP refusal for a core error (docs/protocol.md section 3).
 pub(crate) fn core_error(e: &CoreError) -> ApiError {
-    let (status, code) = match e {
-        CoreError::RoomId(_) => (StatusCode::BAD_REQUEST, "bad_room_id"),
+    let code = match e {
+        CoreError::RoomId(_) => ErrorCode::BadRoomId,
         CoreError::BadRoomSize { .. }
         | CoreError::BadTtl { .. }
         | CoreError::BadSlot { .. }
-        | CoreError::ResumeAhead { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
-        CoreError::TooManyRooms(_) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_rooms"),
-        CoreError::RoomNotFound => (StatusCode::NOT_FOUND, "room_not_found"),
-        CoreError::RoomFull(_) => (StatusCode::CONFLICT, "room_full"),
-        CoreError::SlotTaken(_) => (StatusCode::CONFLICT, "slot_taken"),
-        CoreError::ResumeGap { .. } => (StatusCode::CONFLICT, "resume_gap"),
-        CoreError::BadResumeToken => (StatusCode::FORBIDDEN, "bad_resume_token"),
-        CoreError::BadDestination(_) => (StatusCode::BAD_REQUEST, "bad_destination"),
-        CoreError::RoomBufferFull { .. } => (StatusCode::CONFLICT, "room_buffer_full"),
-        CoreError::MessageTooBig { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "message_too_big"),
-        CoreError::NoRuntime | CoreError::PartyClosed | CoreError::Mailbox(_) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-        }
+        | CoreError::ResumeAhead { .. } => ErrorCode::BadRequest,
+        CoreError::TooManyRooms(_) => ErrorCode::TooManyRooms,
+        CoreError::RoomNotFound => ErrorCode::RoomNotFound,
+        CoreError::RoomFull(_) => ErrorCode::RoomFull,
+        CoreError::SlotTaken(_) => ErrorCode::SlotTaken,
+        CoreError::ResumeGap { .. } => ErrorCode::ResumeGap,
+        CoreError::BadResumeToken => ErrorCode::BadResumeToken,
+        CoreError::BadDestination(_) => ErrorCode::BadDestination,
+        CoreError::RoomBufferFull { .. } => ErrorCode::RoomBufferFull,
+        CoreError::MessageTooBig { .. } => ErrorCode::MessageTooBig,
+        CoreError::NoRuntime | CoreError::PartyClosed | CoreError::Mailbox(_) => ErrorCode::Internal,
     };
-    ApiError::new(status, code, e.to_string())
+    ApiError::new(code, e.to_string())
 }
 
 impl axum::response::IntoResponse for ApiError {

@@ -630,6 +630,17 @@ impl Collector for KeyUsageCollector {
 mod tests {
     use super::*;
 
+    #[test]
+    fn auth_failure_reasons_are_the_protocols_auth_failure_codes() {
+        let protocol: Vec<&str> =
+            relay_proto::ErrorCode::ALL.iter().filter(|c| c.is_auth_failure()).map(|c| c.as_str()).collect();
+        let mut ours = AUTH_FAILURE_CODES.to_vec();
+        ours.sort_unstable();
+        let mut protocol = protocol;
+        protocol.sort_unstable();
+        assert_eq!(ours, protocol);
+    }
+
     fn metrics() -> Metrics {
         Metrics::new(LiveSources {
             connections_open: Box::new(|| 3),

@@ -32,6 +32,8 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use relay_proto::ErrorCode;
+
 use crate::api::{admin, discovery, health, mailbox, rooms};
 use crate::error::{ApiError, ErrorCodeSent};
 use crate::http::ratelimit::ClientAddr;
@@ -151,7 +153,7 @@ async fn metrics_and_json_errors(State(state): State<AppState>, req: Request, ne
         route.as_deref().unwrap_or("unmatched"),
         &method,
         status,
-        code,
+        code.map(ErrorCode::as_str),
         started.elapsed(),
     );
     resp

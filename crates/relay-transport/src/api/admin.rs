@@ -14,6 +14,7 @@
 //! logs a request URI goes through [`redact_uri`]. Create and revoke flush to disk
 //! before they answer, on a blocking thread.
 
+use relay_proto::ErrorCode;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -117,10 +118,10 @@ struct CreateKeyRequest {
     ),
     responses(
         (status = 200, description = "The new key (shown once): name, key, tenant, created_at, expires_at", content_type = "application/json"),
-        (status = 400, description = "Bad name or expiry", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Wrong admin token", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The name is taken", body = crate::openapi::ErrorBody),
-        (status = 503, description = "No key store, or storage failing", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Bad name or expiry", body = relay_proto::ErrorBody),
+        (status = 401, description = "Wrong admin token", body = relay_proto::ErrorBody),
+        (status = 409, description = "The name is taken", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store, or storage failing", body = relay_proto::ErrorBody),
     ),
 )]
 /// `GET /createkey/<name>/<expiry_unix>/<token>`: 200 with the new key.
@@ -131,7 +132,7 @@ pub(crate) async fn sodot_create(
     let state = &state;
     let store = admin_store(state, Some(token.as_str()))?;
     let expires_at = expiry.parse::<u64>().map_err(|_| {
-        ApiError::bad_request("bad_expiry", "expiry must be unix seconds (0 = never expires)")
+        ApiError::new(ErrorCode::BadExpiry, "expiry must be unix seconds (0 = never expires)")
     })?;
     let options = CreateOptions { tenant: None, expires_at };
     create_key(store, name.to_owned(), options, StatusCode::OK).await
@@ -143,8 +144,8 @@ pub(crate) async fn sodot_create(
     params(("token" = String, Path, description = "The admin token")),
     responses(
         (status = 200, description = "Keys (never the key itself) with usage, and live rooms", content_type = "application/json"),
-        (status = 401, description = "Wrong admin token", body = crate::openapi::ErrorBody),
-        (status = 503, description = "No key store", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Wrong admin token", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store", body = relay_proto::ErrorBody),
     ),
 )]
 /// `GET /rooms/<token>`: every key under `"Licenses"`, the live rooms under `"Rooms"`.
@@ -168,9 +169,9 @@ pub(crate) async fn sodot_list(
     ),
     responses(
         (status = 200, description = "The revoked key", content_type = "application/json"),
-        (status = 401, description = "Wrong admin token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No key of that name", body = crate::openapi::ErrorBody),
-        (status = 503, description = "No key store, or storage failing", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Wrong admin token", body = relay_proto::ErrorBody),
+        (status = 404, description = "No key of that name", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store, or storage failing", body = relay_proto::ErrorBody),
     ),
 )]
 /// `GET /revokekey/<name>/<token>`: 200 with the revoked key.
@@ -189,11 +190,11 @@ pub(crate) async fn sodot_revoke(
     request_body(content_type = "application/json", description = "{\"name\": string, \"expires_at\"?: unix seconds (0 = never), \"tenant\"?: string}"),
     responses(
         (status = 201, description = "The new key (shown once)", content_type = "application/json"),
-        (status = 400, description = "Bad JSON, name, tenant or expiry", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
-        (status = 409, description = "The name is taken", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body too large", body = crate::openapi::ErrorBody),
-        (status = 503, description = "No key store, or storage failing", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Bad JSON, name, tenant or expiry", body = relay_proto::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = relay_proto::ErrorBody),
+        (status = 409, description = "The name is taken", body = relay_proto::ErrorBody),
+        (status = 413, description = "Body too large", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store, or storage failing", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -215,8 +216,8 @@ pub(crate) async fn create(
     summary = "List every key (never the key itself)",
     responses(
         (status = 200, description = "{\"keys\": [...]}", content_type = "application/json"),
-        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
-        (status = 503, description = "No key store", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -238,9 +239,9 @@ pub(crate) async fn list(
     params(("name" = String, Path, description = "Key name")),
     responses(
         (status = 200, description = "The revoked key", content_type = "application/json"),
-        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No key of that name", body = crate::openapi::ErrorBody),
-        (status = 503, description = "No key store, or storage failing", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = relay_proto::ErrorBody),
+        (status = 404, description = "No key of that name", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store, or storage failing", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -260,8 +261,8 @@ pub(crate) async fn revoke(
     summary = "List the live rooms",
     responses(
         (status = 200, description = "{\"rooms\": [...]}", content_type = "application/json"),
-        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
-        (status = 503, description = "No key store", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -280,8 +281,8 @@ pub(crate) async fn rooms(
     summary = "Usage per key (messages, bytes, rooms) and the total",
     responses(
         (status = 200, description = "{\"keys\": [...], \"total\": {...}}", content_type = "application/json"),
-        (status = 401, description = "Missing or wrong admin token", body = crate::openapi::ErrorBody),
-        (status = 503, description = "No key store", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = [])),
 )]
@@ -318,8 +319,8 @@ pub(crate) async fn usage(
     summary = "The name, tenant and expiry of the API key presented",
     responses(
         (status = 200, description = "{\"name\", \"tenant\", \"expires_at\"}", content_type = "application/json"),
-        (status = 401, description = "Missing or unknown key", body = crate::openapi::ErrorBody),
-        (status = 403, description = "Revoked or expired key", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = relay_proto::ErrorBody),
+        (status = 403, description = "Revoked or expired key", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -365,7 +366,7 @@ fn admin_store(state: &AppState, presented: Option<&str>) -> Result<Arc<KeyStore
     let store = state.keystore().ok_or_else(no_key_store)?;
     match presented {
         Some(token) if store.verify_admin_token(token) => Ok(store.clone()),
-        _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin token is required")),
+        _ => Err(ApiError::new(ErrorCode::Unauthorized, "a valid admin token is required")),
     }
 }
 
@@ -389,34 +390,34 @@ async fn revoke_key(store: Arc<KeyStore>, name: String) -> Result<Response<Body>
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         tracing::error!("key store task failed: {e}");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "the key store task failed")
+        ApiError::new(ErrorCode::StorageUnavailable, "the key store task failed")
     })
 }
 
 /// The status and code for a store refusal or failure (messages never hold a secret).
 fn store_error(e: &KeystoreError) -> ApiError {
-    let (status, code) = match e {
-        KeystoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "key_not_found"),
-        KeystoreError::NameTaken { .. } => (StatusCode::CONFLICT, "key_name_taken"),
-        KeystoreError::InvalidName { .. } => (StatusCode::BAD_REQUEST, "bad_key_name"),
-        KeystoreError::InvalidTenant { .. } => (StatusCode::BAD_REQUEST, "bad_tenant"),
-        KeystoreError::ExpiryInPast { .. } => (StatusCode::BAD_REQUEST, "bad_expiry"),
+    let code = match e {
+        KeystoreError::NotFound { .. } => ErrorCode::KeyNotFound,
+        KeystoreError::NameTaken { .. } => ErrorCode::KeyNameTaken,
+        KeystoreError::InvalidName { .. } => ErrorCode::BadKeyName,
+        KeystoreError::InvalidTenant { .. } => ErrorCode::BadTenant,
+        KeystoreError::ExpiryInPast { .. } => ErrorCode::BadExpiry,
         KeystoreError::Storage(_)
         | KeystoreError::Corrupt { .. }
         | KeystoreError::Random(_)
         | KeystoreError::DataDir { .. }
         | KeystoreError::Locked { .. } => {
             tracing::error!("key store failed: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable")
+            ErrorCode::StorageUnavailable
         }
-        _ => (StatusCode::BAD_REQUEST, "bad_request"),
+        _ => ErrorCode::BadRequest,
     };
-    let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+    let message = if code == ErrorCode::StorageUnavailable {
         format!("the key store is unavailable, try again later: {e}")
     } else {
         e.to_string()
     };
-    ApiError::new(status, code, message)
+    ApiError::new(code, message)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 
 use axum::extract::{Path, State};
 use hyper::{Request, Response, StatusCode, header};
+use relay_proto::ErrorCode;
 
 #[cfg(test)]
 use relay_discovery::DiscoveryConfig;
@@ -30,13 +31,13 @@ use crate::state::AppState;
 /// `POST /group`.
 #[utoipa::path(
     post, path = "/group", operation_id = "create_group", tag = "discovery", summary = "Create a group, or replace the live group its ID names",
-    request_body = crate::openapi::GroupRequest,
+    request_body = relay_proto::rest::GroupRequest,
     responses(
         (status = 201, description = "The group's ID, as a JSON string", body = String),
-        (status = 400, description = "Invalid JSON or field", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Invalid JSON or field", body = relay_proto::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = relay_proto::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -53,14 +54,14 @@ pub(crate) async fn create(
 /// `PATCH /group` (ID in the body) and `PATCH /groups/{ID}`.
 #[utoipa::path(
     patch, path = "/group", operation_id = "update_group", tag = "discovery", summary = "Change the group named in the body",
-    request_body = crate::openapi::GroupRequest,
+    request_body = relay_proto::rest::GroupRequest,
     responses(
         (status = 200, description = "The group's ID, as a JSON string", body = String),
-        (status = 400, description = "Invalid JSON or field, missing ID, or IDs that differ", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such live group", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Invalid JSON or field, missing ID, or IDs that differ", body = relay_proto::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = relay_proto::ErrorBody),
+        (status = 404, description = "No such live group", body = relay_proto::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -75,14 +76,14 @@ pub(crate) async fn update(
 #[utoipa::path(
     patch, path = "/groups/{ID}", operation_id = "update_group_by_id", tag = "discovery", summary = "Change the group named in the path",
     params(("ID" = String, Path, description = "The group's ID")),
-    request_body = crate::openapi::GroupRequest,
+    request_body = relay_proto::rest::GroupRequest,
     responses(
         (status = 200, description = "The group's ID, as a JSON string", body = String),
-        (status = 400, description = "Invalid JSON or field", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such live group", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Invalid JSON or field", body = relay_proto::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = relay_proto::ErrorBody),
+        (status = 404, description = "No such live group", body = relay_proto::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -109,9 +110,9 @@ async fn update_named(
     get, path = "/groups", operation_id = "list_groups", tag = "discovery", summary = "Live groups, keyed by ID",
     params(("app-id" = Option<String>, Query, description = "Only the groups of this application")),
     responses(
-        (status = 200, description = "Live groups keyed by ID", body = std::collections::BTreeMap<String, crate::openapi::Group>),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
+        (status = 200, description = "Live groups keyed by ID", body = std::collections::BTreeMap<String, relay_proto::rest::Group>),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -131,10 +132,10 @@ pub(crate) async fn list(
     get, path = "/groups/{ID}", operation_id = "get_group", tag = "discovery", summary = "One group",
     params(("ID" = String, Path, description = "The group's ID")),
     responses(
-        (status = 200, description = "The group", body = crate::openapi::Group),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such live group", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The group", body = relay_proto::rest::Group),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = relay_proto::ErrorBody),
+        (status = 404, description = "No such live group", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -155,9 +156,9 @@ pub(crate) async fn get(
     params(("ID" = String, Path, description = "The group's ID")),
     responses(
         (status = 200, description = "Disco's sentence: `The group with ID {ID} has been deleted successfully`", body = String, content_type = "text/plain"),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such live group", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or does not own the group", body = relay_proto::ErrorBody),
+        (status = 404, description = "No such live group", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -174,13 +175,13 @@ pub(crate) async fn delete(
 /// `POST /v1/relays`.
 #[utoipa::path(
     post, path = "/v1/relays", operation_id = "announce_relay", tag = "registry", summary = "Announce or refresh a relay",
-    request_body = crate::openapi::Announcement,
+    request_body = relay_proto::rest::Announcement,
     responses(
-        (status = 200, description = "The relay's registry entry", body = crate::openapi::RelayEntry),
-        (status = 400, description = "Invalid JSON, URL or prefix", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Missing or wrong registry token", body = crate::openapi::ErrorBody),
-        (status = 403, description = "This relay has no registry token: announcements are refused", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The relay's registry entry", body = relay_proto::rest::RelayEntry),
+        (status = 400, description = "Invalid JSON, URL or prefix", body = relay_proto::ErrorBody),
+        (status = 401, description = "Missing or wrong registry token", body = relay_proto::ErrorBody),
+        (status = 403, description = "This relay has no registry token: announcements are refused", body = relay_proto::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = relay_proto::ErrorBody),
     ),
     security(("registry_token" = [])),
 )]
@@ -203,7 +204,7 @@ pub(crate) async fn announce(
 /// `GET /v1/relays`.
 #[utoipa::path(
     get, path = "/v1/relays", operation_id = "list_relays", tag = "registry", summary = "The live relays",
-    responses((status = 200, description = "The live relays", body = crate::openapi::RelayList)),
+    responses((status = 200, description = "The live relays", body = relay_proto::rest::RelayList)),
 )]
 pub(crate) async fn list_relays(State(state): State<AppState>) -> Response<Body> {
     let relays = state.discovery().registry().list_live(unix_now());
@@ -289,21 +290,21 @@ fn bearer_token(req: &Request<Body>) -> Option<String> {
 
 /// The HTTP face of a discovery refusal.
 fn api_error(err: DiscoveryError) -> ApiError {
-    let (status, code) = match &err {
-        DiscoveryError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-        DiscoveryError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
-        DiscoveryError::MissingId => (StatusCode::BAD_REQUEST, "missing_id"),
-        DiscoveryError::IdMismatch { .. } => (StatusCode::BAD_REQUEST, "id_mismatch"),
-        DiscoveryError::GroupNotFound(_) => (StatusCode::NOT_FOUND, "group_not_found"),
-        DiscoveryError::NotOwner(_) => (StatusCode::FORBIDDEN, "not_owner"),
-        DiscoveryError::RegistryClosed => (StatusCode::FORBIDDEN, "registry_closed"),
-        DiscoveryError::BadRegistryToken => (StatusCode::UNAUTHORIZED, "bad_registry_token"),
+    let code = match &err {
+        DiscoveryError::InvalidJson(_) => ErrorCode::BadRequest,
+        DiscoveryError::InvalidField { .. } => ErrorCode::InvalidField,
+        DiscoveryError::MissingId => ErrorCode::MissingId,
+        DiscoveryError::IdMismatch { .. } => ErrorCode::IdMismatch,
+        DiscoveryError::GroupNotFound(_) => ErrorCode::GroupNotFound,
+        DiscoveryError::NotOwner(_) => ErrorCode::NotOwner,
+        DiscoveryError::RegistryClosed => ErrorCode::RegistryClosed,
+        DiscoveryError::BadRegistryToken => ErrorCode::BadRegistryToken,
         DiscoveryError::Storage(_) | DiscoveryError::Corrupt { .. } => {
             tracing::error!("discovery storage: {err}");
-            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "group storage failed");
+            return ApiError::new(ErrorCode::StorageError, "group storage failed");
         }
     };
-    ApiError::new(status, code, err.to_string())
+    ApiError::new(code, err.to_string())
 }
 
 fn to_json(value: &impl serde::Serialize) -> serde_json::Value {
@@ -338,9 +339,9 @@ mod tests {
     fn only_the_creating_key_may_change_a_group() {
         assert!(authorize_owner(&caller(Some("k1")), &record(Some("k1"))).is_ok());
         let err = authorize_owner(&caller(Some("k2")), &record(Some("k1"))).unwrap_err();
-        assert_eq!((err.status, err.code), (StatusCode::FORBIDDEN, "not_owner"));
+        assert_eq!((err.status, err.code), (StatusCode::FORBIDDEN, ErrorCode::NotOwner));
         let err = authorize_owner(&caller(Some("k1")), &record(None)).unwrap_err();
-        assert_eq!(err.code, "not_owner", "a group made with keys off belongs to no key");
+        assert_eq!(err.code, ErrorCode::NotOwner, "a group made with keys off belongs to no key");
     }
 
     #[test]
@@ -364,7 +365,7 @@ mod tests {
             delete_group(&d, &k2, "g1", NOW).unwrap_err(),
         ];
         for err in refusals {
-            assert_eq!((err.status, err.code), (StatusCode::FORBIDDEN, "not_owner"), "{err}");
+            assert_eq!((err.status, err.code), (StatusCode::FORBIDDEN, ErrorCode::NotOwner), "{err}");
         }
         assert_eq!(d.groups().get("g1", NOW).unwrap().name, "mine");
 

@@ -10,7 +10,7 @@ use crate::state::AppState;
 /// `GET /healthz`: 200 `{"status":"ok"}` while the process serves, draining or not.
 #[utoipa::path(
     get, path = "/healthz", operation_id = "healthz", tag = "operations", summary = "Liveness",
-    responses((status = 200, description = "The process serves", body = crate::openapi::Status)),
+    responses((status = 200, description = "The process serves", body = relay_proto::rest::Status)),
 )]
 pub(crate) async fn healthz() -> Response<Body> {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
@@ -21,8 +21,8 @@ pub(crate) async fn healthz() -> Response<Body> {
 #[utoipa::path(
     get, path = "/readyz", operation_id = "readyz", tag = "operations", summary = "Readiness",
     responses(
-        (status = 200, description = "`{\"status\":\"ready\"}`: serving", body = crate::openapi::Status),
-        (status = 503, description = "`{\"status\":\"draining\"}`: shutdown has begun", body = crate::openapi::Status),
+        (status = 200, description = "`{\"status\":\"ready\"}`: serving", body = relay_proto::rest::Status),
+        (status = 503, description = "`{\"status\":\"draining\"}`: shutdown has begun", body = relay_proto::rest::Status),
     ),
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response<Body> {

@@ -7,10 +7,11 @@
 //! burst), frames out leave in batches with one vectored write each, never copied.
 //! Errors close the socket with a code.
 
+use relay_proto::ErrorCode;
 use std::str::FromStr;
 
 use axum::extract::{Path, State};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use relay_core::RoomId;
 use relay_core::mailbox::Namespace;
 
@@ -28,11 +29,11 @@ use crate::ws::{self};
         in the API key's tenant namespace. Every refusal comes before the upgrade.",
     responses(
         (status = 101, description = "Switching Protocols: the mailbox WebSocket"),
-        (status = 400, description = "Malformed handshake", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
-        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Malformed handshake", body = relay_proto::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired", body = relay_proto::ErrorBody),
+        (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
+        (status = 503, description = "The relay is shutting down", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -56,10 +57,10 @@ pub(crate) async fn connect(
     params(("room_id" = String, Path, description = "A live room's ID")),
     responses(
         (status = 101, description = "Switching Protocols: the mailbox WebSocket"),
-        (status = 400, description = "Malformed room ID or handshake", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such room", body = crate::openapi::ErrorBody),
-        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Malformed room ID or handshake", body = relay_proto::ErrorBody),
+        (status = 404, description = "No such room", body = relay_proto::ErrorBody),
+        (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
+        (status = 503, description = "The relay is shutting down", body = relay_proto::ErrorBody),
     ),
 )]
 pub(crate) async fn connect_room(
@@ -68,11 +69,10 @@ pub(crate) async fn connect_room(
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     let state = &state;
-    let room = RoomId::from_str(&room_id).map_err(|e| ApiError::bad_request("bad_room_id", e.to_string()))?;
+    let room = RoomId::from_str(&room_id).map_err(|e| ApiError::new(ErrorCode::BadRoomId, e.to_string()))?;
     if state.rooms().info(&room).is_none() {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "room_not_found",
+            ErrorCode::RoomNotFound,
             "no such room (it never existed, expired or closed)",
         ));
     }
@@ -87,9 +87,9 @@ fn open(
     meter: UsageMeter,
 ) -> Result<Response<Body>, ApiError> {
     let accept_key = ws::validate_handshake(&req)?;
-    let guard = state.drain_guard().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the relay is shutting down")
-    })?;
+    let guard = state
+        .drain_guard()
+        .ok_or_else(|| ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down"))?;
     let task_state = state.clone();
     Ok(ws::upgrade(req, accept_key, state.config(), move |socket| async move {
         let conn = task_state.mailbox().connect(namespace);

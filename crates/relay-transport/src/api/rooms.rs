@@ -8,13 +8,14 @@
 //! held-bytes bound; it writes every event that is ready and flushes once (data events
 //! with one vectored write per run of them).
 
+use relay_proto::ErrorCode;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use hyper::{Request, Response, StatusCode};
 use relay_core::CoreError;
 use relay_core::rooms::{JoinRequest, Resume, RoomInfo};
-use serde::Deserialize;
+use relay_proto::rest::{CreateRoomRequest, RoomCreated, SodotCreateRoomRequest, SodotRoomCreated};
 
 use crate::error::{ApiError, core_error};
 use crate::http::auth::{Caller, authenticate};
@@ -26,25 +27,18 @@ use crate::ws::{upgrade, validate_handshake};
 /// Room size of a Sodot `/create-room` call without a body.
 const SODOT_DEFAULT_ROOM_SIZE: u64 = 2;
 
-/// The JSON body of a room creation.
-#[derive(Debug, Default, Deserialize)]
-struct CreateBody {
-    room_size: Option<u64>,
-    ttl_secs: Option<u64>,
-}
-
 /// `POST /v1/rooms`: `{"room_size": N, "ttl_secs": T?}` -> 201
 /// `{"room_uuid", "room_size", "expires_at"}`.
 #[utoipa::path(
     post, path = "/v1/rooms", operation_id = "create_room", tag = "rooms", summary = "Create a room",
-    request_body = crate::openapi::CreateRoomRequest,
+    request_body = relay_proto::rest::CreateRoomRequest,
     responses(
-        (status = 201, description = "The room", body = crate::openapi::RoomCreated),
-        (status = 400, description = "Invalid JSON, or a room size or TTL out of range", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Too many rooms", body = crate::openapi::ErrorBody),
+        (status = 201, description = "The room", body = relay_proto::rest::RoomCreated),
+        (status = 400, description = "Invalid JSON, or a room size or TTL out of range", body = relay_proto::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired", body = relay_proto::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = relay_proto::ErrorBody),
+        (status = 503, description = "Too many rooms", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -56,13 +50,16 @@ pub(crate) async fn create(
     let caller = authenticate(state, &req)?;
     state.check_key_rate(&caller)?;
     let body = read_body(req, state.config().max_body_bytes).await?;
-    let body: CreateBody = parse_json(&body)?;
-    let size = body.room_size.ok_or_else(|| ApiError::bad_request("bad_request", "room_size is required"))?;
-    let room = create_room(state, size, body.ttl_secs)?;
+    let body: CreateRoomRequest = parse_json(&body)?;
+    let room = create_room(state, body.room_size, body.ttl_secs)?;
     count_room(state, &caller, &room);
     Ok(json(
         StatusCode::CREATED,
-        &serde_json::json!({"room_uuid": room.id, "room_size": room.room_size, "expires_at": room.expires_at}),
+        &RoomCreated {
+            room_uuid: room.id.to_string(),
+            room_size: room.room_size,
+            expires_at: room.expires_at,
+        },
     ))
 }
 
@@ -70,14 +67,14 @@ pub(crate) async fn create(
 /// -> 200 `{"room_uuid"}`.
 #[utoipa::path(
     post, path = "/create-room", operation_id = "create_room_sodot", tag = "rooms", summary = "Create a room (Sodot shape)",
-    request_body(content = Option<crate::openapi::SodotCreateRoomRequest>, description = "Optional: a 2-party room without a body"),
+    request_body(content = Option<relay_proto::rest::SodotCreateRoomRequest>, description = "Optional: a 2-party room without a body"),
     responses(
-        (status = 200, description = "The room", body = crate::openapi::SodotRoomCreated),
-        (status = 400, description = "Invalid JSON, or a room size or TTL out of range", body = crate::openapi::ErrorBody),
-        (status = 401, description = "No API key, or an unknown one", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired", body = crate::openapi::ErrorBody),
-        (status = 413, description = "Body over the size limit", body = crate::openapi::ErrorBody),
-        (status = 503, description = "Too many rooms", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The room", body = relay_proto::rest::SodotRoomCreated),
+        (status = 400, description = "Invalid JSON, or a room size or TTL out of range", body = relay_proto::ErrorBody),
+        (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired", body = relay_proto::ErrorBody),
+        (status = 413, description = "Body over the size limit", body = relay_proto::ErrorBody),
+        (status = 503, description = "Too many rooms", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -89,11 +86,14 @@ pub(crate) async fn create_sodot(
     let caller = authenticate(state, &req)?;
     state.check_key_rate(&caller)?;
     let body = read_body(req, state.config().max_body_bytes).await?;
-    let body: CreateBody =
-        if body.iter().all(u8::is_ascii_whitespace) { CreateBody::default() } else { parse_json(&body)? };
+    let body: SodotCreateRoomRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SodotCreateRoomRequest::default()
+    } else {
+        parse_json(&body)?
+    };
     let room = create_room(state, body.room_size.unwrap_or(SODOT_DEFAULT_ROOM_SIZE), body.ttl_secs)?;
     count_room(state, &caller, &room);
-    Ok(json(StatusCode::OK, &serde_json::json!({"room_uuid": room.id})))
+    Ok(json(StatusCode::OK, &SodotRoomCreated { room_uuid: room.id.to_string() }))
 }
 
 /// `GET /v1/rooms/{room_id}` (WebSocket), with `slot`, or `resume_token` and `last_seq`.
@@ -110,12 +110,12 @@ pub(crate) async fn create_sodot(
     ),
     responses(
         (status = 101, description = "Switching Protocols: the room's WebSocket"),
-        (status = 400, description = "Malformed room ID, query or handshake", body = crate::openapi::ErrorBody),
-        (status = 403, description = "Bad resume token", body = crate::openapi::ErrorBody),
-        (status = 404, description = "No such room", body = crate::openapi::ErrorBody),
-        (status = 409, description = "Room full, slot taken, or resume gap", body = crate::openapi::ErrorBody),
-        (status = 426, description = "Not a WebSocket handshake", body = crate::openapi::ErrorBody),
-        (status = 503, description = "The relay is shutting down", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Malformed room ID, query or handshake", body = relay_proto::ErrorBody),
+        (status = 403, description = "Bad resume token", body = relay_proto::ErrorBody),
+        (status = 404, description = "No such room", body = relay_proto::ErrorBody),
+        (status = 409, description = "Room full, slot taken, or resume gap", body = relay_proto::ErrorBody),
+        (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
+        (status = 503, description = "The relay is shutting down", body = relay_proto::ErrorBody),
     ),
 )]
 pub(crate) async fn join(
@@ -126,12 +126,12 @@ pub(crate) async fn join(
     let state = &state;
     let id = room_id
         .parse()
-        .map_err(|e: relay_core::id::RoomIdError| ApiError::bad_request("bad_room_id", e.to_string()))?;
+        .map_err(|e: relay_core::id::RoomIdError| ApiError::new(ErrorCode::BadRoomId, e.to_string()))?;
     let accept_key = validate_handshake(&req)?;
     let request = join_request(req.uri().query())?;
-    let guard = state.drain_guard().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the relay is shutting down")
-    })?;
+    let guard = state
+        .drain_guard()
+        .ok_or_else(|| ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down"))?;
     let party = state.rooms().join(&id, request).map_err(|e| core_error(&e))?;
     tracing::debug!(room = %id, slot = party.slot(), resumed = party.welcome().resumed, "party joined");
     let task_state = state.clone();
@@ -161,14 +161,14 @@ fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<Roo
 fn join_request(query: Option<&str>) -> Result<JoinRequest, ApiError> {
     let slot = match query_param(query, "slot") {
         Some(s) => Some(s.parse::<u16>().map_err(|_| {
-            ApiError::bad_request("bad_request", format!("slot must be a slot number, got {s:?}"))
+            ApiError::new(ErrorCode::BadRequest, format!("slot must be a slot number, got {s:?}"))
         })?),
         None => None,
     };
     let last_seq = match query_param(query, "last_seq") {
         Some(s) => Some(s.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "bad_request",
+            ApiError::new(
+                ErrorCode::BadRequest,
                 format!("last_seq must be a non-negative integer, got {s:?}"),
             )
         })?),
@@ -177,7 +177,7 @@ fn join_request(query: Option<&str>) -> Result<JoinRequest, ApiError> {
     let resume = match (query_param(query, "resume_token").filter(|t| !t.is_empty()), last_seq) {
         (Some(token), last_seq) => Some(Resume { token, last_seq }),
         (None, Some(_)) => {
-            return Err(ApiError::bad_request("bad_request", "last_seq needs a resume_token"));
+            return Err(ApiError::new(ErrorCode::BadRequest, "last_seq needs a resume_token"));
         }
         (None, None) => None,
     };

@@ -7,7 +7,8 @@
 //! key is known but no longer allowed, so both are 403). A WebSocket route calls
 //! [`authenticate`] before it upgrades, so these are plain HTTP answers.
 
-use hyper::{Request, StatusCode, header};
+use hyper::{Request, header};
+use relay_proto::ErrorCode;
 use std::sync::Arc;
 
 use relay_keystore::{KeyStore, VerifyError, unix_now};
@@ -35,8 +36,7 @@ pub(crate) fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Call
     }
     let key = presented_key(req).ok_or_else(|| {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing_api_key",
+            ErrorCode::MissingApiKey,
             "an API key is required: Authorization: Bearer <key>, or ?api_key=<key>",
         )
     })?;
@@ -51,14 +51,10 @@ pub(crate) fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Call
 fn refusal(e: VerifyError) -> ApiError {
     match e {
         VerifyError::Malformed | VerifyError::Unknown => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unknown_api_key", "unknown API key")
+            ApiError::new(ErrorCode::UnknownApiKey, "unknown API key")
         }
-        VerifyError::Revoked => {
-            ApiError::new(StatusCode::FORBIDDEN, "revoked_api_key", "this API key was revoked")
-        }
-        VerifyError::Expired => {
-            ApiError::new(StatusCode::FORBIDDEN, "expired_api_key", "this API key has expired")
-        }
+        VerifyError::Revoked => ApiError::new(ErrorCode::RevokedApiKey, "this API key was revoked"),
+        VerifyError::Expired => ApiError::new(ErrorCode::ExpiredApiKey, "this API key has expired"),
     }
 }
 
@@ -66,8 +62,7 @@ fn refusal(e: VerifyError) -> ApiError {
 /// configuration; the binary always opens one).
 pub(crate) fn no_key_store() -> ApiError {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "no_key_store",
+        ErrorCode::NoKeyStore,
         "this server has no key store: API keys and the admin API are unavailable",
     )
 }

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode, header};
+use relay_proto::ErrorCode;
 
 use crate::error::ApiError;
 
@@ -10,8 +11,10 @@ use crate::error::ApiError;
 pub(crate) type Body = axum::body::Body;
 
 /// A JSON response with the given status.
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(Body::from(value.to_string()));
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    // Serializing our own types and JSON values cannot fail (no maps with non-string keys).
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     resp
@@ -23,7 +26,7 @@ pub(crate) async fn read_body(req: Request<Body>, limit: usize) -> Result<Bytes,
     match req.into_body().collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if is_length_limit(&e) => Err(ApiError::body_too_large(limit)),
-        Err(e) => Err(ApiError::bad_request("bad_body", format!("could not read request body: {e}"))),
+        Err(e) => Err(ApiError::new(ErrorCode::BadBody, format!("could not read request body: {e}"))),
     }
 }
 
@@ -42,7 +45,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 /// Parses a JSON body into `T`, naming what is wrong on failure.
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("bad_request", format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }
 
 /// The value of query parameter `name`, percent-decoded. A `+` stays a `+`: base64 API

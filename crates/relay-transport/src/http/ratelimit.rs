@@ -16,6 +16,7 @@
 //! IPv6 clients are counted per /64, the block one subscriber usually gets, so a client
 //! cannot escape its limit by rotating addresses inside its own block.
 
+use relay_proto::ErrorCode;
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -24,7 +25,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hyper::StatusCode;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
@@ -128,10 +128,7 @@ impl RateLimited {
             _ => "this client address",
         };
         let message = format!("too many requests from {what}: retry after {secs} s");
-        ApiError {
-            retry_after_secs: Some(secs),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-        }
+        ApiError { retry_after_secs: Some(secs), ..ApiError::new(ErrorCode::RateLimited, message) }
     }
 }
 
@@ -336,7 +333,7 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use hyper::header;
+    use hyper::{StatusCode, header};
 
     use super::*;
 

@@ -254,7 +254,7 @@ fn send_data(party: &mut Party, frame: Bytes) -> Result<Option<usize>, (&'static
     match party.send_deferred(to, payload) {
         Ok(()) => Ok(Some(len)),
         Err(CoreError::PartyClosed) => Ok(None),
-        Err(e) => Err((core_error(&e).code, e.to_string())),
+        Err(e) => Err((core_error(&e).code.as_str(), e.to_string())),
     }
 }
 

@@ -6,6 +6,7 @@
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use relay_proto::ErrorCode;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -30,16 +31,15 @@ pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError
     let is_upgrade = header_has(header::CONNECTION, "upgrade") && header_has(header::UPGRADE, "websocket");
     if !is_upgrade {
         return Err(ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
+            ErrorCode::UpgradeRequired,
             "this endpoint is a WebSocket: send GET with Connection: Upgrade and Upgrade: websocket",
         ));
     }
     if req.method() != Method::GET {
-        return Err(ApiError::bad_request("bad_handshake", "a WebSocket handshake must use GET"));
+        return Err(ApiError::new(ErrorCode::BadHandshake, "a WebSocket handshake must use GET"));
     }
     if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(ApiError::bad_request("bad_handshake", "Sec-WebSocket-Version must be 13"));
+        return Err(ApiError::new(ErrorCode::BadHandshake, "Sec-WebSocket-Version must be 13"));
     }
     let key = req
         .headers()
@@ -48,7 +48,7 @@ pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError
         .map(str::trim)
         .filter(|k| is_valid_ws_key(k))
         .ok_or_else(|| {
-            ApiError::bad_request("bad_handshake", "Sec-WebSocket-Key must be base64 of 16 bytes")
+            ApiError::new(ErrorCode::BadHandshake, "Sec-WebSocket-Key must be base64 of 16 bytes")
         })?;
     Ok(derive_accept_key(key.as_bytes()))
 }
