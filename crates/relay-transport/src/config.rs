@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use relay_core::{Limits, RoomIdPrefix};
 
-use crate::http::ratelimit::RateLimits;
 use crate::net::tls::TlsHandle;
+use crate::ratelimit::RateLimits;
 use relay_discovery::DiscoveryConfig;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.

@@ -105,7 +105,12 @@ pub(crate) fn core_error(e: &CoreError) -> ApiError {
 
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
-        let mut resp = crate::http::body::json(self.status, &self.body());
+        // An error body always serializes: a code and a string.
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut resp = axum::response::Response::new(axum::body::Body::from(body));
+        *resp.status_mut() = self.status;
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(secs));
         }

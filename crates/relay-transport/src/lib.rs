@@ -8,36 +8,39 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`config`], [`error`], `state`, `metrics` | the server's configuration, errors, shared state and counters |
-//! | `http` | what REST routes share: bodies and JSON, who is calling (`auth`), rate limits |
+//! | [`config`], [`error`], `caller`, `ratelimit`, `metrics`, `net`, `state` | the base: configuration, errors, who a request acts for, rate limits, counters, socket-level pieces (TLS, the burst reader, busy polling), the shared state |
+//! | `http` | what REST routes share: bodies and JSON, authentication |
 //! | `ws` | the WebSocket upgrade, vectored writes, and the connection of each kind |
 //! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health |
-//! | `router` | the one route table (axum + utoipa-axum), its middleware, `/openapi.json` |
-//! | `net` | the accept loop, connection caps, TLS, the burst reader, busy polling |
+//! | `router`, `openapi` | the one route table (axum + utoipa-axum) and its middleware; the document's frame |
+//! | `server` | `serve`: the accept loop, connection caps, graceful shutdown |
 
 pub mod admin {
     //! Helpers of the admin API that the binary reuses (redaction for logs, key JSON).
     pub use crate::api::admin::{created_key_json, key_json, redact_path, redact_uri};
 }
 mod api;
+mod caller;
 pub mod config;
 pub mod error;
 mod http;
 mod metrics;
 mod net;
 mod openapi;
+mod ratelimit;
 mod router;
+mod server;
 mod state;
 pub mod ws;
 
 pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
-pub use http::ratelimit::{Rate, RateLimits};
 pub use metrics::KeyUsage;
-pub use net::accept::serve;
 pub use net::busy_poll::MAX_BUSY_POLL;
 pub use net::tls::{TlsError, TlsHandle};
+pub use ratelimit::{Rate, RateLimits};
 pub use relay_discovery::{Discovery, DiscoveryConfig};
+pub use server::serve;
 pub use state::AppState;
 
 /// The README's example, compiled as a doctest.

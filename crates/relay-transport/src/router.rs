@@ -36,8 +36,8 @@ use relay_proto::ErrorCode;
 
 use crate::api::{admin, discovery, health, mailbox, rooms};
 use crate::error::{ApiError, ErrorCodeSent};
-use crate::http::ratelimit::ClientAddr;
 use crate::openapi;
+use crate::ratelimit::ClientAddr;
 use crate::state::AppState;
 
 /// The router of `state`'s server: every route, its middleware and its state.

@@ -10,12 +10,12 @@ use relay_discovery::Discovery;
 use relay_keystore::KeyStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use crate::caller::{Caller, UsageMeter};
 use crate::config::ServerConfig;
 use crate::error::TransportError;
-use crate::http::auth::{Caller, UsageMeter};
-use crate::http::ratelimit::RateLimiter;
 use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
 use crate::net::busy_poll::BusyPoll;
+use crate::ratelimit::RateLimiter;
 
 /// The state every connection shares: configuration, the core's rooms and mailbox, and
 /// the shutdown signal. Cheap to clone; one per server, shared by all its listeners.

@@ -23,8 +23,9 @@ use relay_discovery::Group;
 use relay_discovery::{Announcement, DiscoveryError, GroupRecord};
 use relay_discovery::{Discovery, GroupInput, unix_now};
 
+use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::http::auth::{Caller, authenticate, presented_key};
+use crate::http::auth::{authenticate, presented_key};
 use crate::http::body::{Body, json, query_param, read_body};
 use crate::state::AppState;
 

@@ -15,8 +15,8 @@ use hyper::{Request, Response};
 use relay_core::RoomId;
 use relay_core::mailbox::Namespace;
 
+use crate::caller::UsageMeter;
 use crate::error::ApiError;
-use crate::http::auth::UsageMeter;
 use crate::http::body::Body;
 use crate::state::AppState;
 use crate::ws::mailbox::run;

@@ -17,8 +17,9 @@ use relay_core::CoreError;
 use relay_core::rooms::{JoinRequest, Resume, RoomInfo};
 use relay_proto::rest::{CreateRoomRequest, RoomCreated, SodotCreateRoomRequest, SodotRoomCreated};
 
+use crate::caller::Caller;
 use crate::error::{ApiError, core_error};
-use crate::http::auth::{Caller, authenticate};
+use crate::http::auth::authenticate;
 use crate::http::body::{Body, json, parse_json, query_param, read_body};
 use crate::state::AppState;
 use crate::ws::room::run_party;

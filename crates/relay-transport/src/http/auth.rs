@@ -9,25 +9,13 @@
 
 use hyper::{Request, header};
 use relay_proto::ErrorCode;
-use std::sync::Arc;
 
-use relay_keystore::{KeyStore, VerifyError, unix_now};
+use relay_keystore::{VerifyError, unix_now};
 
+use crate::caller::{Caller, OPEN_TENANT};
 use crate::error::ApiError;
 use crate::http::body::{Body, query_param};
 use crate::state::AppState;
-
-/// The mailbox namespace of callers when keys are not enforced.
-pub(crate) const OPEN_TENANT: &str = "";
-
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Caller {
-    /// The key's tenant: its mailbox namespace, shared by keys of the same tenant.
-    pub(crate) tenant: String,
-    /// The key's name, for usage accounting; `None` when keys are not enforced.
-    pub(crate) key_name: Option<String>,
-}
 
 /// Resolves the caller of `req`, or refuses with 401/403 and a JSON error naming why.
 pub(crate) fn authenticate(state: &AppState, req: &Request<Body>) -> Result<Caller, ApiError> {
@@ -65,22 +53,6 @@ pub(crate) fn no_key_store() -> ApiError {
         ErrorCode::NoKeyStore,
         "this server has no key store: API keys and the admin API are unavailable",
     )
-}
-
-/// Counts messages against one key, in memory (a read lock and three atomic adds per
-/// call). Empty when keys are not enforced or the key is unknown.
-#[derive(Clone, Default)]
-pub(crate) struct UsageMeter(pub(crate) Option<(Arc<KeyStore>, String)>);
-
-impl UsageMeter {
-    /// Adds `messages`, `bytes` and `rooms` to the key's usage.
-    pub(crate) fn add(&self, messages: u64, bytes: u64, rooms: u64) {
-        if let Some((store, name)) = &self.0
-            && let Err(e) = store.record_usage(name, messages, bytes, rooms)
-        {
-            tracing::debug!(key = name.as_str(), "usage not counted: {e}");
-        }
-    }
 }
 
 /// The key presented by `req`, if any: the Authorization header (with or without

@@ -1,7 +1,7 @@
-//! The network below HTTP: the accept loop with its connection caps and deadlines, TLS,
-//! the burst reader of busy WebSockets, and opt-in busy polling.
+//! Socket-level pieces below HTTP, used by the accept loop and the WebSockets: TLS, the
+//! burst reader of busy WebSockets, and opt-in busy polling. They know nothing else of
+//! the crate.
 
-pub(crate) mod accept;
 pub(crate) mod burst;
 pub(crate) mod busy_poll;
 pub(crate) mod tls;

@@ -1,6 +1,6 @@
 //! A mailbox connection's WebSocket, after the upgrade.
 
-use crate::http::auth::UsageMeter;
+use crate::caller::UsageMeter;
 use crate::metrics::WsKind;
 use crate::state::{AppState, DrainGuard};
 use crate::ws::{self, WsStream, close, close_message};
@@ -52,7 +52,7 @@ struct Conn {
     conn: MailboxConn,
     socket: WsStream,
     meter: UsageMeter,
-    message_rate: crate::http::ratelimit::MessageRate,
+    message_rate: crate::ratelimit::MessageRate,
     ping: tokio::time::Interval,
     /// Something was heard since the last ping tick.
     heard: bool,

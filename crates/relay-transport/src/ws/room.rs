@@ -1,7 +1,7 @@
 //! A room party's WebSocket, after the upgrade.
 
+use crate::caller::UsageMeter;
 use crate::error::core_error;
-use crate::http::auth::UsageMeter;
 use crate::metrics::WsKind;
 use crate::state::{AppState, DrainGuard};
 use crate::ws::{WsStream, close, close_message};
@@ -54,7 +54,7 @@ struct PartyConn {
     ws: WsStream,
     party: Party,
     meter: UsageMeter,
-    message_rate: crate::http::ratelimit::MessageRate,
+    message_rate: crate::ratelimit::MessageRate,
     ping: tokio::time::Interval,
     last_seen: Instant,
 }

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::TransportError;
-use crate::http::ratelimit::ClientAddr;
+use crate::ratelimit::ClientAddr;
 use crate::router;
 use crate::state::AppState;
 use tower::ServiceExt;

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::caller::Caller;
 use crate::error::ApiError;
-use crate::http::auth::Caller;
 
 /// At most one "rate limit reached" warning per limit per this interval; the warning
 /// carries how many actions were refused since the previous one.
