@@ -10,7 +10,7 @@
 //! |---|---|
 //! | [`config`], [`error`], `state`, `metrics` | the server's configuration, errors, shared state and counters |
 //! | `http` | what REST routes share: bodies and JSON, who is calling (`auth`), rate limits |
-//! | `ws` | the WebSocket upgrade, vectored writes, and the connection of each kind |
+//! | `ws` | the WebSocket upgrade, vectored writes, the connection driver (`ws::driver`) and what each kind plugs into it |
 //! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health |
 //! | `router` | the one route table (axum + utoipa-axum), its middleware, `/openapi.json` |
 //! | `net` | the accept loop, connection caps, TLS, the burst reader, busy polling |
