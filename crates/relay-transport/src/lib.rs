@@ -13,7 +13,7 @@
 //! | `ws` | the WebSocket upgrade, vectored writes, the connection driver (`ws::driver`) and what each kind plugs into it |
 //! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health |
 //! | `router` | the one route table (axum + utoipa-axum), its middleware, `/openapi.json` |
-//! | `net` | the accept loop, connection caps, TLS, the burst reader, busy polling |
+//! | `net` | the accept loop, connection caps, TLS, the burst reader, busy polling (cargo feature `busy-poll`, on by default) |
 
 pub mod admin {
     //! Helpers of the admin API that the binary reuses (redaction for logs, key JSON).
@@ -34,8 +34,8 @@ pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
 pub use http::ratelimit::{Rate, RateLimits};
 pub use metrics::KeyUsage;
+pub use net::MAX_BUSY_POLL;
 pub use net::accept::serve;
-pub use net::busy_poll::MAX_BUSY_POLL;
 pub use net::tls::{TlsError, TlsHandle};
 pub use relay_discovery::{Discovery, DiscoveryConfig};
 pub use state::AppState;

@@ -15,6 +15,7 @@ use crate::error::TransportError;
 use crate::http::auth::{Caller, UsageMeter};
 use crate::http::ratelimit::RateLimiter;
 use crate::metrics::{KeyUsage, Metrics};
+#[cfg(feature = "busy-poll")]
 use crate::net::busy_poll::BusyPoll;
 
 /// The state every connection shares: configuration, the core's rooms and mailbox, and
@@ -52,6 +53,7 @@ pub(crate) struct Inner {
     /// Counters for `/metrics`, bumped with relaxed atomics by the routes.
     metrics: Metrics,
     /// The busy-poll spinners, when `config.busy_poll` is set.
+    #[cfg(feature = "busy-poll")]
     pub(crate) busy_poll: Option<Arc<BusyPoll>>,
 }
 
@@ -92,6 +94,12 @@ impl AppState {
     }
 
     fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+        if cfg!(not(feature = "busy-poll")) && !config.busy_poll.is_zero() {
+            return Err(TransportError::Config(format!(
+                "busy polling ({:?}) needs relay-transport built with its `busy-poll` cargo feature",
+                config.busy_poll
+            )));
+        }
         let discovery = Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
             let dir = config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
             TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))
@@ -120,6 +128,7 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 rooms: Rooms::new(config.limits.clone(), config.room_id_prefix),
+                #[cfg(feature = "busy-poll")]
                 busy_poll: BusyPoll::new(config.busy_poll),
                 mailbox: crate::api::mailbox::new_hub(&config),
                 config,
@@ -199,7 +208,9 @@ impl AppState {
 
     /// A WebSocket handled a burst of frames: with busy polling on, keeps the workers
     /// polling for the next one. A no-op otherwise.
+    #[inline]
     pub(crate) fn frames_arrived(&self) {
+        #[cfg(feature = "busy-poll")]
         if let Some(busy_poll) = &self.inner.busy_poll {
             busy_poll.frames_arrived();
         }
@@ -207,7 +218,9 @@ impl AppState {
 
     /// A WebSocket wrote frames out: with busy polling on, starts (or keeps) the
     /// workers polling for the next frame. A no-op otherwise.
+    #[inline]
     pub(crate) fn frames_written(&self) {
+        #[cfg(feature = "busy-poll")]
         if let Some(busy_poll) = &self.inner.busy_poll {
             busy_poll.frames_written();
         }
@@ -215,12 +228,18 @@ impl AppState {
 
     /// Microseconds spent busy polling since start (`None` when it is off).
     pub(crate) fn busy_polled_micros(&self) -> Option<u64> {
-        self.inner.busy_poll.as_ref().map(|b| b.spun_micros())
+        #[cfg(feature = "busy-poll")]
+        return self.inner.busy_poll.as_ref().map(|b| b.spun_micros());
+        #[cfg(not(feature = "busy-poll"))]
+        None
     }
 
     /// Busy-poll spells cut short since start because the CPU was wanted elsewhere.
     pub(crate) fn busy_poll_backoffs(&self) -> u64 {
-        self.inner.busy_poll.as_ref().map_or(0, |b| b.backoffs())
+        #[cfg(feature = "busy-poll")]
+        return self.inner.busy_poll.as_ref().map_or(0, |b| b.backoffs());
+        #[cfg(not(feature = "busy-poll"))]
+        0
     }
 
     /// The counters served at `/metrics`.
@@ -297,3 +316,23 @@ impl AppState {
 
 /// Closed rooms whose owner entry may linger before the owner map is pruned.
 const ROOM_OWNERS_SLACK: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the `busy-poll` feature a nonzero window is refused at start, naming the
+    /// feature; with it, the spinners are made.
+    #[test]
+    fn busy_polling_needs_the_busy_poll_feature() {
+        let config =
+            ServerConfig { busy_poll: std::time::Duration::from_micros(200), ..ServerConfig::default() };
+        let built = AppState::try_new(config);
+        if cfg!(feature = "busy-poll") {
+            assert!(built.is_ok());
+        } else {
+            let Err(TransportError::Config(message)) = built else { panic!("busy polling was not refused") };
+            assert!(message.contains("`busy-poll` cargo feature"), "{message}");
+        }
+    }
+}

@@ -50,6 +50,7 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    #[cfg(feature = "busy-poll")]
     if let Some(busy_poll) = &state.inner.busy_poll {
         let stop = state.clone();
         busy_poll.start(|| stop.shutting_down());
