@@ -111,9 +111,9 @@ pub(crate) trait Session: Send + Sized {
         torn: &'a AtomicBool,
     ) -> (impl Future<Output = Result<Option<End>, WsError>> + Send + 'a, impl Future<Output = End> + Send + 'a);
 
-    /// The connection ends with `end`: release what the session holds (a room slot, a
-    /// mailbox's asks). Called before the close handshake.
-    fn end(self, end: &End);
+    /// The connection ends: release what the session holds (a room slot, a mailbox's
+    /// asks). Called before the close handshake.
+    fn end(self);
 
     /// A frame sent just before the close frame (a room's `closing` event).
     fn closing(_code: u16, _reason: &'static str) -> Option<Message> {
@@ -177,7 +177,7 @@ pub(crate) async fn run<S: Session>(
         }
     };
     let Driver { ws, session, .. } = d;
-    session.end(&end);
+    session.end();
     finish::<S>(ws, end, S::close_wait(config), config.limits.max_message_bytes.saturating_mul(2)).await;
 }
 
@@ -383,6 +383,8 @@ async fn finish<S: Session>(mut ws: WsStream, end: End, wait: Duration, max_drai
 async fn drain(ws: &mut WsStream, max_bytes: usize) {
     /// What a frame counts at least, so empty frames cannot keep the drain going.
     const FRAME_MIN: usize = 2;
+    /// Bytes per raw read.
+    const DRAIN_CHUNK: usize = 4096;
     let mut left = max_bytes;
     loop {
         match ws.next().await {
@@ -397,11 +399,50 @@ async fn drain(ws: &mut WsStream, max_bytes: usize) {
         }
     }
     let io = ws.get_mut();
-    let mut buf = [0u8; 4096];
+    // On the heap, once per close: in the task's future it would cost every idle
+    // connection its size.
+    let mut buf = vec![0u8; DRAIN_CHUNK];
     while left > 0 {
         match io.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's task is allocated for as long as its socket is open, idle or not,
+    /// so no buffer may live in its future (an idle connection costs at most 16 KiB,
+    /// docs/BENCHMARKS.md). The mailbox's 4 KiB drain buffer once did: its future was
+    /// 6,416 bytes, now 3,488 (a room's is 3,896).
+    #[test]
+    fn a_connection_task_holds_no_buffer() {
+        fn size<F>(_: &impl FnOnce() -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        #[allow(unreachable_code)]
+        let room = size(&|| {
+            crate::ws::room::run_party(
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+            )
+        });
+        #[allow(unreachable_code)]
+        let mailbox = size(&|| {
+            crate::ws::mailbox::run(
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+            )
+        });
+        const MAX: usize = 5 * 1024;
+        assert!(room < MAX, "a room connection's future is {room} bytes");
+        assert!(mailbox < MAX, "a mailbox connection's future is {mailbox} bytes");
     }
 }

@@ -99,7 +99,7 @@ impl Session for MailboxSession {
         (write, slow_consumer)
     }
 
-    fn end(self, _end: &End) {
+    fn end(self) {
         // Dropping the connection withdraws its asks, before the close handshake.
     }
 }

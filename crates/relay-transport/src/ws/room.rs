@@ -107,7 +107,7 @@ impl Session for PartySession {
         (write, std::future::pending())
     }
 
-    fn end(self, _end: &End) {
+    fn end(self) {
         if self.left {
             self.party.leave();
         }
