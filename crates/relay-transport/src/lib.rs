@@ -8,9 +8,9 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`config`], [`error`], `caller`, `ratelimit`, `metrics`, `net`, `state` | the base: configuration, errors, who a request acts for, rate limits, counters, socket-level pieces (TLS, the burst reader, busy polling), the shared state |
+//! | [`config`], [`error`], `caller`, `ratelimit`, `metrics`, `net`, `state` | the base: configuration, errors, who a request acts for, rate limits, counters, socket-level pieces (TLS, the burst reader, busy polling behind the cargo feature `busy-poll`, on by default), the shared state |
 //! | `http` | what REST routes share: bodies and JSON, authentication |
-//! | `ws` | the WebSocket upgrade, vectored writes, and the connection of each kind |
+//! | `ws` | the WebSocket upgrade, vectored writes, the connection driver (`ws::driver`) and what each kind plugs into it |
 //! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health |
 //! | `router`, `openapi` | the one route table (axum + utoipa-axum) and its middleware; the document's frame |
 //! | `server` | `serve`: the accept loop, connection caps, graceful shutdown |
@@ -36,7 +36,7 @@ pub mod ws;
 pub use config::ServerConfig;
 pub use error::{ApiError, TransportError};
 pub use metrics::KeyUsage;
-pub use net::busy_poll::MAX_BUSY_POLL;
+pub use net::MAX_BUSY_POLL;
 pub use net::tls::{TlsError, TlsHandle};
 pub use ratelimit::{Rate, RateLimits};
 pub use relay_discovery::{Discovery, DiscoveryConfig};
@@ -48,9 +48,9 @@ pub use state::AppState;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-/// The parsers of client bytes that are otherwise private, for the fuzz targets in
+/// The parser of client bytes that is otherwise private, for the fuzz targets in
 /// `fuzz/`. Not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::ws::room::{Control, control, parse_data_frame};
+    pub use crate::ws::room::parse_data_frame;
 }

@@ -51,6 +51,7 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let router = router::router(&state);
     let graceful = GracefulShutdown::new();
+    #[cfg(feature = "busy-poll")]
     if let Some(busy_poll) = &state.inner.busy_poll {
         let stop = state.clone();
         busy_poll.start(|| stop.shutting_down());

@@ -14,6 +14,7 @@ use crate::caller::{Caller, UsageMeter};
 use crate::config::ServerConfig;
 use crate::error::TransportError;
 use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
+#[cfg(feature = "busy-poll")]
 use crate::net::busy_poll::BusyPoll;
 use crate::ratelimit::RateLimiter;
 
@@ -52,6 +53,7 @@ pub(crate) struct Inner {
     /// Counters for `/metrics`, bumped with relaxed atomics by the routes.
     metrics: Metrics,
     /// The busy-poll spinners, when `config.busy_poll` is set.
+    #[cfg(feature = "busy-poll")]
     pub(crate) busy_poll: Option<Arc<BusyPoll>>,
 }
 
@@ -82,6 +84,12 @@ impl AppState {
     }
 
     fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+        if cfg!(not(feature = "busy-poll")) && !config.busy_poll.is_zero() {
+            return Err(TransportError::Config(format!(
+                "busy polling ({:?}) needs relay-transport built with its `busy-poll` cargo feature",
+                config.busy_poll
+            )));
+        }
         let discovery = Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
             let dir = config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
             TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))
@@ -93,8 +101,16 @@ impl AppState {
         let rooms = Rooms::new(config.limits.clone(), config.room_id_prefix);
         let mailbox = relay_core::Mailbox::start(config.limits.clone())
             .map_err(|e| TransportError::Config(format!("cannot start the mailbox: {e}")))?;
+        #[cfg(feature = "busy-poll")]
         let busy_poll = BusyPoll::new(config.busy_poll);
-        let metrics = Metrics::new(live_sources(&config, &connection_slots, &rooms, &mailbox, &busy_poll));
+        #[cfg(feature = "busy-poll")]
+        let busy_poll_totals = busy_poll.clone().map(|b| -> Box<dyn Fn() -> BusyPollTotals + Send + Sync> {
+            Box::new(move || BusyPollTotals { micros: b.spun_micros(), backoffs: b.backoffs() })
+        });
+        #[cfg(not(feature = "busy-poll"))]
+        let busy_poll_totals = None;
+        let metrics =
+            Metrics::new(live_sources(&config, &connection_slots, &rooms, &mailbox, busy_poll_totals));
         rooms.set_on_close(metrics.room_close_observer());
         mailbox.set_on_ask(metrics.ask_observer());
         if let Some(store) = keystore.clone() {
@@ -116,6 +132,7 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 rooms,
+                #[cfg(feature = "busy-poll")]
                 busy_poll,
                 mailbox,
                 config,
@@ -195,7 +212,9 @@ impl AppState {
 
     /// A WebSocket handled a burst of frames: with busy polling on, keeps the workers
     /// polling for the next one. A no-op otherwise.
+    #[inline]
     pub(crate) fn frames_arrived(&self) {
+        #[cfg(feature = "busy-poll")]
         if let Some(busy_poll) = &self.inner.busy_poll {
             busy_poll.frames_arrived();
         }
@@ -203,7 +222,9 @@ impl AppState {
 
     /// A WebSocket wrote frames out: with busy polling on, starts (or keeps) the
     /// workers polling for the next frame. A no-op otherwise.
+    #[inline]
     pub(crate) fn frames_written(&self) {
+        #[cfg(feature = "busy-poll")]
         if let Some(busy_poll) = &self.inner.busy_poll {
             busy_poll.frames_written();
         }
@@ -287,7 +308,7 @@ fn live_sources(
     connection_slots: &Arc<Semaphore>,
     rooms: &Rooms,
     mailbox: &relay_core::Mailbox,
-    busy_poll: &Option<Arc<BusyPoll>>,
+    busy_poll: Option<Box<dyn Fn() -> BusyPollTotals + Send + Sync>>,
 ) -> LiveSources {
     let max = config.max_connections.min(Semaphore::MAX_PERMITS);
     let (slots, rooms, mailbox) = (connection_slots.clone(), rooms.clone(), mailbox.clone());
@@ -295,11 +316,29 @@ fn live_sources(
         connections_open: Box::new(move || max.saturating_sub(slots.available_permits())),
         rooms_open: Box::new(move || rooms.len()),
         mailbox: Box::new(move || mailbox.stats()),
-        busy_poll: busy_poll.clone().map(|b| -> Box<dyn Fn() -> BusyPollTotals + Send + Sync> {
-            Box::new(move || BusyPollTotals { micros: b.spun_micros(), backoffs: b.backoffs() })
-        }),
+        busy_poll,
     }
 }
 
 /// Closed rooms whose owner entry may linger before the owner map is pruned.
 const ROOM_OWNERS_SLACK: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the `busy-poll` feature a nonzero window is refused at start, naming the
+    /// feature; with it, the spinners are made.
+    #[tokio::test]
+    async fn busy_polling_needs_the_busy_poll_feature() {
+        let config =
+            ServerConfig { busy_poll: std::time::Duration::from_micros(200), ..ServerConfig::default() };
+        let built = AppState::new(config);
+        if cfg!(feature = "busy-poll") {
+            assert!(built.is_ok());
+        } else {
+            let Err(TransportError::Config(message)) = built else { panic!("busy polling was not refused") };
+            assert!(message.contains("`busy-poll` cargo feature"), "{message}");
+        }
+    }
+}

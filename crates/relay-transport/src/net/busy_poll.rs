@@ -1,18 +1,33 @@
 //! Opt-in busy polling (`ServerConfig::busy_poll`, `--busy-poll-us`): while WebSocket
 //! traffic flows, the runtime's workers keep polling for I/O instead of sleeping, so the
 //! next frame is picked up at once rather than after a worker (and, on a VM, its halted
-//! CPU) is woken.
+//! CPU) is woken. Compiled only with the `busy-poll` cargo feature of relay-transport
+//! (on by default); without it `AppState::frames_arrived` and `frames_written` are empty
+//! and a nonzero `busy_poll` is refused at start.
 //!
 //! How: one task per worker, the spinners, sleep until a connection has written frames
 //! out ([`BusyPoll::frames_written`]: after the write, so waking them costs the message
 //! nothing). They then yield in a loop, and keep at it while connections report frames
-//! arriving ([`BusyPoll::frames_arrived`], one load on the hot path). A task that yields
-//! makes its tokio worker poll the I/O driver without blocking (`epoll_wait` with a zero
-//! timeout) and run it again, so that worker never parks; readiness is dispatched within
-//! a loop turn. There is one spinner per worker because tokio's multi-thread runtime has
-//! one I/O driver, held by whichever worker parks on it: a single spinner would find the
-//! driver taken by a parked worker and poll nothing. Busy workers run a spinner only
-//! when they have nothing else to run.
+//! arriving ([`BusyPoll::frames_arrived`], one load on the hot path).
+//!
+//! What this assumes of tokio's multi-thread scheduler (checked by the test
+//! `tokio_dispatches_io_to_workers_that_yield_without_parking_them`, which fails if a
+//! tokio upgrade breaks them):
+//!
+//! - A multi-thread runtime has one I/O driver (one `epoll` instance), held by whichever
+//!   worker parks on it: a worker with nothing to run parks blocked in `epoll_wait`,
+//!   holding the driver, and the other workers cannot poll it meanwhile. So there is one
+//!   spinner per worker: a single spinner would find the driver taken by a parked worker
+//!   and poll nothing.
+//! - A task that yields (`tokio::task::yield_now`) is deferred, and a worker with
+//!   deferred tasks does not park: it polls the I/O driver without blocking
+//!   (`epoll_wait` with a zero timeout), dispatches the readiness it finds, then runs
+//!   the deferred task again. So a worker running a spinner never parks, and readiness
+//!   is dispatched within a loop turn.
+//! - Spinners run only when a worker has nothing else: a yielded task goes behind every
+//!   task already queued, so busy workers run connections first.
+//! - The worker count is `tokio::runtime::Handle::current().metrics().num_workers()`,
+//!   read once when the spinners start ([`BusyPoll::start`]).
 //!
 //! Spinning must not take the CPU from other threads (a co-located service, or a load
 //! generator on the same machine): each turn also calls `sched_yield`, so a thread
@@ -41,9 +56,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 
-/// Longest window accepted: beyond it, a spinning worker is a busy server, not a
-/// latency trade.
-pub const MAX_BUSY_POLL: Duration = Duration::from_millis(10);
+pub(crate) use super::MAX_BUSY_POLL;
 
 /// How long a spinner that found its CPU wanted by other threads stays asleep; doubled
 /// each time the next spell finds it wanted again, up to [`MAX_BACKOFF`].
@@ -305,6 +318,77 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(poll.spun_micros(), before);
         drop(stop_tx);
+    }
+
+    /// The scheduler behaviour the module doc lists, on the tokio in the lock file: the
+    /// runtime reports the worker count the spinners are sized by, and with a yielding
+    /// spinner on every worker, readiness of a socket (a byte written from outside the
+    /// runtime) still reaches the task reading it, within a bounded time and without a
+    /// worker parking. If yielding workers stopped polling the I/O driver, the read
+    /// would only be dispatched by a parked worker (counted by `worker_park_count`), or
+    /// never.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokio_dispatches_io_to_workers_that_yield_without_parking_them() {
+        use std::io::Write;
+        use tokio::io::AsyncReadExt;
+
+        const ATTEMPTS: usize = 20;
+        let metrics = tokio::runtime::Handle::current().metrics();
+        assert_eq!(metrics.num_workers(), 2, "the spinners are sized by num_workers");
+        let parks = || (0..metrics.num_workers()).map(|w| metrics.worker_park_count(w)).sum::<u64>();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinners: Vec<_> = (0..metrics.num_workers())
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    while !stop.load(Relaxed) {
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let (mut writer, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+        reader.set_nonblocking(true).unwrap();
+        let mut reader = tokio::net::UnixStream::from_std(reader).unwrap();
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let read_task = tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            while reader.read_exact(&mut byte).await.is_ok() {
+                if seen_tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        // Let the spinners spread over the workers.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let mut without_parking = 0;
+        for _ in 0..ATTEMPTS {
+            let parked_before = parks();
+            let sent = Instant::now();
+            writer.write_all(&[1]).unwrap();
+            let seen = tokio::time::timeout(Duration::from_secs(5), seen_rx.recv())
+                .await
+                .expect("readiness never reached the reader while every worker yields")
+                .expect("the reader is alive");
+            assert!(seen.duration_since(sent) < Duration::from_secs(5));
+            // A worker that woke from a park to dispatch it parks again by now.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if parks() == parked_before {
+                without_parking += 1;
+            }
+        }
+        stop.store(true, Relaxed);
+        for spinner in spinners {
+            spinner.await.unwrap();
+        }
+        drop(writer);
+        read_task.await.unwrap();
+        assert!(
+            without_parking >= ATTEMPTS / 2,
+            "only {without_parking} of {ATTEMPTS} reads were dispatched without a worker parking"
+        );
     }
 
     #[test]

@@ -6,11 +6,12 @@
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use relay_proto::CloseCode;
 use relay_proto::ErrorCode;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as TungsteniteCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::config::ServerConfig;
@@ -129,30 +130,9 @@ pub(crate) fn poll_next_message(
 }
 
 /// A close message with `code` and `reason`.
-pub fn close_message(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() }))
-}
-
-/// Close codes the relay sends, named as in docs/protocol.md.
-pub mod close {
-    /// Normal closure: room closed, or the party left.
-    pub const NORMAL: u16 = 1000;
-    /// The relay is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A frame that breaks RFC 6455 (e.g. an unmasked client frame).
-    pub const PROTOCOL: u16 = 1002;
-    /// Malformed frame (mailbox: shorter than 36 bytes, or text).
-    pub const MALFORMED: u16 = 1007;
-    /// Policy: bad or missing credentials, or another rule.
-    pub const POLICY: u16 = 1008;
-    /// A frame over the message size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// A relay bug.
-    pub const INTERNAL: u16 = 1011;
-    /// Over quota or a slow consumer: come back later.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// The room's TTL passed.
-    pub const ROOM_EXPIRED: u16 = 4000;
-    /// The same slot resumed on a newer connection.
-    pub const REPLACED: u16 = 4001;
+pub fn close_message(code: CloseCode, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: TungsteniteCloseCode::from(code.code()),
+        reason: reason.to_owned().into(),
+    }))
 }
