@@ -8,10 +8,10 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`config`], [`error`], `state`, `metrics` | the server's configuration, errors, shared state and counters |
+//! | [`config`], [`error`], `state`, `metrics`, `stats` | the server's configuration, errors, shared state, counters and their recent samples |
 //! | `http` | what REST routes share: bodies and JSON, who is calling (`auth`), rate limits |
 //! | `ws` | the WebSocket upgrade, vectored writes, and the connection of each kind |
-//! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health |
+//! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health, the console's files |
 //! | `router` | the one route table (axum + utoipa-axum), its middleware, `/openapi.json` |
 //! | `net` | the accept loop, connection caps, TLS, the burst reader, busy polling |
 
@@ -28,6 +28,7 @@ mod net;
 mod openapi;
 mod router;
 mod state;
+mod stats;
 pub mod ws;
 
 pub use config::ServerConfig;
@@ -39,6 +40,7 @@ pub use net::busy_poll::MAX_BUSY_POLL;
 pub use net::tls::{TlsError, TlsHandle};
 pub use relay_discovery::{Discovery, DiscoveryConfig};
 pub use state::AppState;
+pub use stats::StatsConfig;
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

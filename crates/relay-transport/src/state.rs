@@ -16,6 +16,7 @@ use crate::http::auth::{Caller, UsageMeter};
 use crate::http::ratelimit::RateLimiter;
 use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
 use crate::net::busy_poll::BusyPoll;
+use crate::stats::StatsRing;
 
 /// The state every connection shares: configuration, the core's rooms and mailbox, and
 /// the shutdown signal. Cheap to clone; one per server, shared by all its listeners.
@@ -53,6 +54,8 @@ pub(crate) struct Inner {
     metrics: Metrics,
     /// The busy-poll spinners, when `config.busy_poll` is set.
     pub(crate) busy_poll: Option<Arc<BusyPoll>>,
+    /// Recent samples of the counters, for `GET /v1/admin/stats` (the console).
+    stats: StatsRing,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -94,6 +97,7 @@ impl AppState {
         let mailbox = relay_core::Mailbox::start(config.limits.clone())
             .map_err(|e| TransportError::Config(format!("cannot start the mailbox: {e}")))?;
         let busy_poll = BusyPoll::new(config.busy_poll);
+        let stats = StatsRing::new(config.stats.clone(), relay_keystore::unix_now());
         let metrics = Metrics::new(live_sources(&config, &connection_slots, &rooms, &mailbox, &busy_poll));
         rooms.set_on_close(metrics.room_close_observer());
         mailbox.set_on_ask(metrics.ask_observer());
@@ -128,6 +132,7 @@ impl AppState {
                 connection_slots,
                 rate_limiter,
                 metrics,
+                stats,
             }),
         })
     }
@@ -207,6 +212,11 @@ impl AppState {
         if let Some(busy_poll) = &self.inner.busy_poll {
             busy_poll.frames_written();
         }
+    }
+
+    /// Recent samples of the counters (`GET /v1/admin/stats`).
+    pub(crate) fn stats(&self) -> &StatsRing {
+        &self.inner.stats
     }
 
     /// The counters served at `/metrics`.
