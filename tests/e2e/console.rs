@@ -73,6 +73,10 @@ async fn console_files_carry_the_csp_and_frame_headers_with_their_content_types(
     assert_eq!(error_code(&missing), "not_found");
     let traversal = get(&relay, "/console/../v1/admin/keys").await;
     assert_ne!(traversal.status, StatusCode::OK);
+    // Static files, not API: the OpenAPI document leaves them out.
+    let doc = get(&relay, "/openapi.json").await.json();
+    assert!(doc["paths"].as_object().unwrap().keys().all(|p| !p.starts_with("/console")), "{doc}");
+    assert!(doc["paths"]["/v1/admin/stats"]["get"].is_object());
 }
 
 #[tokio::test]
