@@ -55,6 +55,7 @@ describe('operator console', { skip: skip || false }, () => {
   test('sign in with the admin token, kept in sessionStorage and never in a URL', async () => {
     await page.goto(`${relay.base}/console`);
     await page.locator('#login').waitFor({ state: 'visible' });
+    assert.equal(await page.locator('#nav').isVisible(), false, 'no navigation before signing in');
     await shot('01-login');
     await page.fill('#token', 'not-the-token');
     await page.click('#login-form button[type=submit]');
