@@ -228,4 +228,29 @@ mod tests {
         assert_eq!((stats.fine.step_secs, stats.coarse.step_secs, stats.coarse.capacity), (5, 15, 2));
         assert_eq!(stats.uptime_secs, 50);
     }
+
+    /// Real time (this crate's tests have no paused clock), with a 100 ms step.
+    #[tokio::test]
+    async fn the_sampler_samples_every_fine_step_once_per_state_and_stops_at_shutdown() {
+        let step = Duration::from_millis(100);
+        let stats = StatsConfig { fine_step: step, ..StatsConfig::default() };
+        let state = AppState::new(crate::ServerConfig { stats, ..crate::ServerConfig::default() }).unwrap();
+        let started = tokio::time::Instant::now();
+        start_sampler(&state);
+        start_sampler(&state); // a second listener starts no second task
+        let samples = |s: &AppState| s.stats().snapshot(sample(s)).fine.samples.len();
+        let deadline = started + Duration::from_secs(10);
+        while samples(&state) < 6 {
+            assert!(tokio::time::Instant::now() < deadline, "no samples every {step:?}");
+            tokio::time::sleep(step / 2).await;
+        }
+        // One task: at most one sample per step (two tasks would take twice as many).
+        let most = started.elapsed().as_millis() / step.as_millis() + 2;
+        assert!(samples(&state) as u128 <= most, "{} samples, at most {most}", samples(&state));
+        state.begin_shutdown();
+        tokio::time::sleep(step).await;
+        let stopped = samples(&state);
+        tokio::time::sleep(step * 4).await;
+        assert_eq!(samples(&state), stopped, "no sample after shutdown began");
+    }
 }
