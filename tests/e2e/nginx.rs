@@ -6,6 +6,9 @@
 //! the other instance gets 404, which the test checks directly) and the parties
 //! exchange messages; the room-scoped mailbox is routed with its room.
 //!
+//! Also: the allow-list `location` of `/console` and the admin paths lets 127.0.0.1
+//! through as shipped, and refuses them (403) once that address is off the list.
+//!
 //! Needs the `nginx` binary (Debian: `apt-get install nginx`; `.ci/run` installs it).
 //! Without it the test prints why and passes without checking anything, unless
 //! `RELAY_REQUIRE_SERVICES=1`: then a missing nginx fails it.
@@ -88,13 +91,22 @@ struct Nginx {
 
 impl Nginx {
     async fn start(binary: &Path, relays: &[SocketAddr]) -> anyhow::Result<Nginx> {
+        Nginx::start_edited(binary, relays, Ok).await
+    }
+
+    /// As [`Nginx::start`], with the runnable contrib config passed through `edit` first.
+    async fn start_edited(
+        binary: &Path,
+        relays: &[SocketAddr],
+        edit: impl FnOnce(String) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Nginx> {
         let dir = tempfile::tempdir()?;
         // Run as root, nginx's workers switch to an unprivileged user and must still
         // reach their temp directories in here.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let addr = free_port()?;
         let d = dir.path().display();
-        std::fs::write(dir.path().join("relay.conf"), contrib_config_for(relays, addr)?)?;
+        std::fs::write(dir.path().join("relay.conf"), edit(contrib_config_for(relays, addr)?)?)?;
         let main = format!(
             "daemon off;\n\
              worker_processes 1;\n\
@@ -300,4 +312,48 @@ async fn nginx_spreads_room_creation_and_routes_every_party_to_the_room_s_instan
 
     let mut nginx = nginx;
     nginx.child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn console_and_admin_paths_are_served_only_to_the_allow_list() {
+    let Some(binary) = nginx_binary() else {
+        return skip_without("nginx", "apt-get install nginx; .ci/run installs it");
+    };
+    const TOKEN: &str = "nginx-admin-token";
+    let mut relays = Vec::new();
+    for (prefix, _) in INSTANCES {
+        relays
+            .push(RelayProcess::start(&["--secret-auth", TOKEN, "--room-id-prefix", prefix]).await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let bearer = format!("Bearer {TOKEN}");
+    let admin_paths = ["/console", "/console/js/app.js", "/v1/admin/stats", "/rooms/x", "/createkey/a/0/x"];
+
+    // As shipped, 127.0.0.1 is on the allow-list: the console and admin API answer.
+    let allowed = Nginx::start(&binary, &addrs).await.unwrap();
+    let page = http_request(allowed.addr, "GET", "/console", &[], b"").await.unwrap();
+    assert_eq!(page.status, StatusCode::OK, "{}", allowed.output());
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    let stats = http_request(allowed.addr, "GET", "/v1/admin/stats", &[("authorization", &bearer)], b"")
+        .await
+        .unwrap();
+    assert_eq!(stats.status, StatusCode::OK);
+    drop(allowed);
+
+    // Off the allow-list, nginx refuses every admin path itself; the rest still passes.
+    let denied = Nginx::start_edited(&binary, &addrs, |conf| {
+        ensure!(conf.contains("        allow 127.0.0.1;\n"), "contrib/nginx.conf no longer allows 127.0.0.1");
+        Ok(conf.replace("        allow 127.0.0.1;\n", ""))
+    })
+    .await
+    .unwrap();
+    for path in admin_paths {
+        let resp = http_request(denied.addr, "GET", path, &[("authorization", &bearer)], b"").await.unwrap();
+        assert_eq!(resp.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let health = http_request(denied.addr, "GET", "/healthz", &[], b"").await.unwrap();
+    assert_eq!(health.status, StatusCode::OK);
+    let create =
+        post_json(denied.addr, "/v1/rooms", &[], &serde_json::json!({"room_size": 2})).await.unwrap();
+    assert_eq!(create.status, StatusCode::UNAUTHORIZED, "reaches the relay, which wants a key");
 }

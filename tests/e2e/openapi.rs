@@ -162,6 +162,8 @@ async fn document_lists_every_route_with_its_statuses() {
         ("/v1/admin/keys/{name}", "delete", &["200", "401", "404"]),
         ("/v1/admin/rooms", "get", &["200", "401"]),
         ("/v1/admin/usage", "get", &["200", "401"]),
+        ("/v1/admin/rooms/{room_id}", "delete", &["200", "400", "401", "404"]),
+        ("/v1/admin/stats", "get", &["200", "401"]),
         ("/v1/key", "get", &["200", "401", "403"]),
     ] {
         let op = find(path, method);

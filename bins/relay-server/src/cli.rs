@@ -198,6 +198,7 @@ impl Cli {
             max_body_bytes: self.ops.max_body_bytes,
             max_connections: self.ops.max_connections,
             busy_poll: Duration::from_micros(self.ops.busy_poll_us),
+            console: self.ops.console,
             rate_limits: self.rate_limits.to_rate_limits(),
             ..ServerConfig::default()
         })
@@ -271,6 +272,13 @@ pub(crate) struct OpsArgs {
     #[arg(long, env = "RELAY_BUSY_POLL_US", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=relay_transport::MAX_BUSY_POLL.as_micros() as u64))]
     pub(crate) busy_poll_us: u64,
+
+    /// Serve the operator console at /console (docs/console.md): keys, live rooms,
+    /// usage, discovery and health, signed in with the admin token, which every data
+    /// call needs. `--console false` turns it off (the paths answer 404).
+    #[arg(long, env = "RELAY_CONSOLE", value_name = "BOOL", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub(crate) console: bool,
 }
 
 /// Rate limits (docs/operations.md, "Rate limits"): a sustained rate per second and a

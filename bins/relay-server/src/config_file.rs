@@ -91,7 +91,7 @@ fn render_toml(command: &Command, matches: &ArgMatches) -> String {
         let render = |v: &String| -> String {
             if secret {
                 toml::Value::String("***".into()).to_string()
-            } else if is_bool(arg) || is_number(arg) {
+            } else if is_bool(arg) || is_number(arg) || takes_bool(arg) {
                 v.clone()
             } else {
                 toml::Value::String(v.clone()).to_string()
@@ -119,6 +119,11 @@ fn toml_key(arg: &Arg) -> String {
 
 fn is_bool(arg: &Arg) -> bool {
     matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse)
+}
+
+/// A flag that takes `true` or `false` as its value (`--console false`).
+fn takes_bool(arg: &Arg) -> bool {
+    arg.get_value_parser().type_id() == TypeId::of::<bool>()
 }
 
 fn is_number(arg: &Arg) -> bool {

@@ -51,6 +51,8 @@ pub struct RoomInfo {
     pub id: RoomId,
     /// Number of slots.
     pub room_size: u16,
+    /// When the room was created, in Unix seconds (the `now_unix` given to create).
+    pub created_at: u64,
     /// When the room expires, in Unix seconds.
     pub expires_at: u64,
     /// Slots with a live connection now.
@@ -129,6 +131,8 @@ pub enum CloseReason {
     Replaced,
     /// The relay is shutting down.
     Shutdown,
+    /// An operator closed the room ([`Rooms::close`], the admin API).
+    ClosedByOperator,
 }
 
 /// What a party receives, in order.
@@ -181,6 +185,8 @@ struct Room {
     expires_at: u64,
     /// When the room was created: its lifetime is reported when it closes.
     created: Instant,
+    /// Unix seconds of creation, as the creator gave them (for the admin's room list).
+    created_at: u64,
     deadline: Instant,
     max_held_bytes: usize,
     max_message_bytes: usize,
@@ -299,6 +305,7 @@ impl Rooms {
                 id,
                 size: room_size,
                 expires_at,
+                created_at: now_unix,
                 created: Instant::now(),
                 deadline: Instant::now() + ttl,
                 max_held_bytes: limits.max_room_held_bytes,
@@ -359,6 +366,14 @@ impl Rooms {
             room.close(reason);
         }
     }
+
+    /// Closes room `id` with `reason` (an operator's decision); its parties get
+    /// [`PartyEvent::Closed`]. Returns whether a live room had that ID.
+    pub fn close(&self, id: &RoomId, reason: CloseReason) -> bool {
+        let Some(room) = lock(&self.inner.rooms).get(id).cloned() else { return false };
+        room.close(reason);
+        true
+    }
 }
 
 impl CloseReason {
@@ -369,6 +384,7 @@ impl CloseReason {
             CloseReason::AllLeft => CloseCode::Normal,
             CloseReason::Replaced => CloseCode::Replaced,
             CloseReason::Shutdown => CloseCode::GoingAway,
+            CloseReason::ClosedByOperator => CloseCode::Policy,
         }
     }
 
@@ -384,6 +400,7 @@ impl CloseReason {
             CloseReason::AllLeft => "room closed",
             CloseReason::Replaced => "replaced by a newer connection",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::ClosedByOperator => "room closed by the operator",
         }
     }
 }
@@ -696,6 +713,7 @@ impl Room {
         RoomInfo {
             id: self.id,
             room_size: self.size,
+            created_at: self.created_at,
             expires_at: self.expires_at,
             present: st.present(),
             ready: st.ready,

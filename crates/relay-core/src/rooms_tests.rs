@@ -375,6 +375,21 @@ async fn close_all_closes_every_party() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_operator_closes_one_room_and_its_parties_get_the_policy_code() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None, NOW).unwrap();
+    let other = rooms.create(2, None, NOW).unwrap();
+    let mut a = join(&rooms, &room.id);
+    drain(&mut a);
+    assert!(rooms.close(&room.id, CloseReason::ClosedByOperator));
+    assert_eq!(a.next_event().await, PartyEvent::Closed(CloseReason::ClosedByOperator));
+    assert_eq!(CloseReason::ClosedByOperator.code(), 1008);
+    assert!(rooms.info(&room.id).is_none());
+    assert!(rooms.info(&other.id).is_some(), "other rooms stay");
+    assert!(!rooms.close(&room.id, CloseReason::ClosedByOperator), "a closed room is gone");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_flapping_party_leaves_one_pending_event_for_a_reader_that_is_away() {
     let rooms = Rooms::new(limits(), None);
     let room = rooms.create(2, None, NOW).unwrap();

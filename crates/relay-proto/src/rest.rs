@@ -287,6 +287,9 @@ pub struct LiveRoom {
     pub room_uuid: String,
     /// Parties in the room.
     pub room_size: u16,
+    /// Unix seconds of the room's creation.
+    #[serde(default)]
+    pub created_at: u64,
     /// Unix seconds after which the room is gone.
     pub expires_at: u64,
     /// Slots connected now.
@@ -351,6 +354,93 @@ pub struct WhoAmI {
     pub tenant: String,
     /// Unix seconds of expiry; 0 = never.
     pub expires_at: u64,
+}
+
+/// The answer to `DELETE /v1/admin/rooms/{room_id}`: the room is closed, its parties
+/// got close code 1008 `room closed by the operator`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RoomClosed {
+    /// The room ID.
+    pub room_uuid: String,
+    /// Always `true`.
+    pub closed: bool,
+}
+
+// ---- stats (the console's charts) ----
+
+/// One key's counters in a [`StatsSample`] (totals since the key was created).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeySample {
+    /// Key name.
+    pub name: String,
+    /// Mailbox and room messages sent with the key.
+    pub messages: u64,
+    /// Payload bytes of those messages.
+    pub bytes: u64,
+    /// Rooms created with the key.
+    pub rooms: u64,
+}
+
+/// The relay's counters at one instant. Counters (`_total` on `/metrics`) are totals
+/// since start: a rate is the difference between two samples over their time apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatsSample {
+    /// Unix seconds of the sample.
+    pub t: u64,
+    /// Open TCP connections (gauge).
+    pub connections_open: u64,
+    /// Open WebSockets, rooms and mailbox (gauge).
+    pub websockets_open: u64,
+    /// Live rooms (gauge).
+    pub rooms_open: u64,
+    /// Connections accepted since start.
+    pub connections: u64,
+    /// Rooms created since start.
+    pub rooms_created: u64,
+    /// Messages relayed since start (room data frames and mailbox publishes).
+    pub messages: u64,
+    /// Payload bytes relayed since start.
+    pub bytes: u64,
+    /// Requests refused for their credentials since start.
+    pub auth_failures: u64,
+    /// Requests, connections and messages refused by a rate limit since start.
+    pub rate_limited: u64,
+    /// Per-key usage totals: the most used keys (by messages), at most the server's
+    /// `max_keys` of the stats settings.
+    pub keys: Vec<KeySample>,
+}
+
+/// A ring of samples taken every `step_secs`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatsSeries {
+    /// Seconds between two samples.
+    pub step_secs: u64,
+    /// Samples kept at most.
+    pub capacity: u64,
+    /// The samples, oldest first.
+    pub samples: Vec<StatsSample>,
+}
+
+/// `GET /v1/admin/stats`: what the server is and recent samples of its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Stats {
+    /// The server's version.
+    pub version: String,
+    /// Unix seconds of the server's start.
+    pub started_at: u64,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// The counters now (not kept in either ring).
+    pub now: StatsSample,
+    /// The last minutes at a fine step (default every 5 s for 10 minutes).
+    pub fine: StatsSeries,
+    /// The last day at a coarse step (default every minute for 24 hours).
+    pub coarse: StatsSeries,
 }
 
 #[cfg(test)]

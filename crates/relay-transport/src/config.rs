@@ -7,6 +7,7 @@ use relay_core::{Limits, RoomIdPrefix};
 
 use crate::net::tls::TlsHandle;
 use crate::ratelimit::RateLimits;
+use crate::stats::StatsConfig;
 use relay_discovery::DiscoveryConfig;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
@@ -72,6 +73,11 @@ pub struct ServerConfig {
     /// threads and back off when it is wanted (docs/operations.md, "Busy polling").
     /// Zero (the default) turns it off; capped at [`crate::MAX_BUSY_POLL`].
     pub busy_poll: Duration,
+    /// Whether `/console` (the operator console) is served (default true). Its data
+    /// calls need the admin token either way.
+    pub console: bool,
+    /// How often `GET /v1/admin/stats` samples the counters and how many it keeps.
+    pub stats: StatsConfig,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +103,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             rate_limits: RateLimits::default(),
             busy_poll: Duration::ZERO,
+            console: true,
+            stats: StatsConfig::default(),
         }
     }
 }

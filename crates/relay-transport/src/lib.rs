@@ -8,10 +8,10 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`config`], [`error`], `caller`, `ratelimit`, `metrics`, `net`, `state` | the base: configuration, errors, who a request acts for, rate limits, counters, socket-level pieces (TLS, the burst reader, busy polling behind the cargo feature `busy-poll`, on by default), the shared state |
+//! | [`config`], [`error`], `caller`, `ratelimit`, `metrics`, `stats`, `net`, `state` | the base: configuration, errors, who a request acts for, rate limits, counters and their recent samples, socket-level pieces (TLS, the burst reader, busy polling behind the cargo feature `busy-poll`, on by default), the shared state |
 //! | `http` | what REST routes share: bodies and JSON, authentication |
 //! | `ws` | the WebSocket upgrade, vectored writes, the connection driver (`ws::driver`) and what each kind plugs into it |
-//! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health |
+//! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health, the console's files |
 //! | `router`, `openapi` | the one route table (axum + utoipa-axum) and its middleware; the document's frame |
 //! | `server` | `serve`: the accept loop, connection caps, graceful shutdown |
 
@@ -31,6 +31,7 @@ mod ratelimit;
 mod router;
 mod server;
 mod state;
+mod stats;
 pub mod ws;
 
 pub use config::ServerConfig;
@@ -42,6 +43,7 @@ pub use ratelimit::{Rate, RateLimits};
 pub use relay_discovery::{Discovery, DiscoveryConfig};
 pub use server::serve;
 pub use state::AppState;
+pub use stats::StatsConfig;
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

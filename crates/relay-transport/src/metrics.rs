@@ -142,6 +142,25 @@ pub struct KeyUsage {
     pub rooms: u64,
 }
 
+/// Server-wide totals since start, summed over labels (see [`Metrics::totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    /// Connections accepted.
+    pub(crate) connections: u64,
+    /// WebSockets open now, both kinds.
+    pub(crate) websockets_open: u64,
+    /// Rooms created.
+    pub(crate) rooms_created: u64,
+    /// Messages relayed, both kinds.
+    pub(crate) messages: u64,
+    /// Payload bytes relayed, both kinds.
+    pub(crate) bytes: u64,
+    /// Requests refused for their credentials.
+    pub(crate) auth_failures: u64,
+    /// Refusals by any rate limit.
+    pub(crate) rate_limited: u64,
+}
+
 /// A function that reads every key's usage; called once per scrape.
 pub(crate) type KeyUsageSource = Box<dyn Fn() -> Vec<KeyUsage> + Send + Sync>;
 
@@ -330,6 +349,29 @@ impl Metrics {
             tracing::error!("cannot encode the metrics: {e}");
         }
         out
+    }
+
+    /// The server-wide counters and WebSocket gauges now, summed over their labels, for
+    /// the stats sampler ([`crate::stats`]).
+    pub(crate) fn totals(&self) -> Totals {
+        let sum = |counters: &[Counter]| counters.iter().map(Counter::get).fold(0u64, u64::saturating_add);
+        Totals {
+            connections: self.connections_total.get(),
+            websockets_open: self.websockets_open.iter().map(|g| g.get().max(0).unsigned_abs()).sum(),
+            rooms_created: self.rooms_created_total.get(),
+            messages: sum(&self.messages_relayed),
+            bytes: sum(&self.bytes_relayed),
+            auth_failures: sum(&self.auth_failures),
+            rate_limited: self.rate_limited_total(),
+        }
+    }
+
+    /// Every rate-limit refusal, the `other` limit included.
+    fn rate_limited_total(&self) -> u64 {
+        let listed = self.rate_limits.iter().map(Counter::get).fold(0u64, u64::saturating_add);
+        // `get`, not `get_or_create`: reading must not list an `other` series at 0.
+        let other = self.rate_limited.get(&[("what", "other")]).map_or(0, |c| c.get());
+        listed.saturating_add(other)
     }
 
     /// A connection was accepted (it got a connection slot).

@@ -15,7 +15,9 @@
 //!    101 at once and its connection runs in its own task, beyond this timeout);
 //! 6. the body limit (`ServerConfig::max_body_bytes`).
 //!
-//! Unknown paths answer 404 `not_found` from the fallback.
+//! Unknown paths answer 404 `not_found` from the fallback. The console's static files
+//! (`/console`, [`crate::api::console`]) are plain axum routes, left out of
+//! `/openapi.json`: they are a web page, not API, and `--console false` removes them.
 
 use std::time::Instant;
 
@@ -34,7 +36,7 @@ use utoipa_axum::routes;
 
 use relay_proto::ErrorCode;
 
-use crate::api::{admin, discovery, health, mailbox, rooms};
+use crate::api::{admin, console, discovery, health, mailbox, rooms};
 use crate::error::{ApiError, ErrorCodeSent};
 use crate::openapi;
 use crate::ratelimit::ClientAddr;
@@ -45,6 +47,8 @@ pub(crate) fn router(state: &AppState) -> axum::Router {
     let (routes, doc) = api_routes().split_for_parts();
     openapi::publish(doc);
     let config = state.config();
+    // The console's static files are not API: plain routes, outside the OpenAPI doc.
+    let routes = if config.console { routes.merge(console::routes()) } else { routes };
     let mut router = routes.fallback(no_route);
     router = router.layer(RequestBodyLimitLayer::new(config.max_body_bytes));
     router =
@@ -92,6 +96,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::create, admin::list))
         .routes(routes!(admin::revoke))
         .routes(routes!(admin::rooms))
+        .routes(routes!(admin::close_room))
+        .routes(routes!(admin::stats))
         .routes(routes!(admin::usage))
         .routes(routes!(admin::whoami))
         .routes(routes!(discovery::announce, discovery::list_relays))

@@ -56,6 +56,7 @@ pub async fn serve(
         let stop = state.clone();
         busy_poll.start(|| stop.shutting_down());
     }
+    crate::stats::start_sampler(&state);
     let mut stop = state.shutdown_watch();
     let mut refusals = RefusalLog::default();
     tokio::pin!(shutdown);

@@ -17,6 +17,7 @@ use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
 #[cfg(feature = "busy-poll")]
 use crate::net::busy_poll::BusyPoll;
 use crate::ratelimit::RateLimiter;
+use crate::stats::StatsRing;
 
 /// The state every connection shares: configuration, the core's rooms and mailbox, and
 /// the shutdown signal. Cheap to clone; one per server, shared by all its listeners.
@@ -55,6 +56,8 @@ pub(crate) struct Inner {
     /// The busy-poll spinners, when `config.busy_poll` is set.
     #[cfg(feature = "busy-poll")]
     pub(crate) busy_poll: Option<Arc<BusyPoll>>,
+    /// Recent samples of the counters, for `GET /v1/admin/stats` (the console).
+    stats: StatsRing,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -111,6 +114,7 @@ impl AppState {
         let busy_poll_totals = None;
         let metrics =
             Metrics::new(live_sources(&config, &connection_slots, &rooms, &mailbox, busy_poll_totals));
+        let stats = StatsRing::new(config.stats.clone(), relay_keystore::unix_now());
         rooms.set_on_close(metrics.room_close_observer());
         mailbox.set_on_ask(metrics.ask_observer());
         if let Some(store) = keystore.clone() {
@@ -145,6 +149,7 @@ impl AppState {
                 connection_slots,
                 rate_limiter,
                 metrics,
+                stats,
             }),
         })
     }
@@ -228,6 +233,11 @@ impl AppState {
         if let Some(busy_poll) = &self.inner.busy_poll {
             busy_poll.frames_written();
         }
+    }
+
+    /// Recent samples of the counters (`GET /v1/admin/stats`).
+    pub(crate) fn stats(&self) -> &StatsRing {
+        &self.inner.stats
     }
 
     /// The counters served at `/metrics`.

@@ -5,7 +5,8 @@
 //! `GET /createkey/<name>/<expiry_unix>/<token>`, `GET /rooms/<token>`,
 //! `GET /revokekey/<name>/<token>`. And REST, with `Authorization: Bearer <token>`:
 //! `POST /v1/admin/keys`, `GET /v1/admin/keys`, `DELETE /v1/admin/keys/{name}`,
-//! `GET /v1/admin/rooms`, `GET /v1/admin/usage`. Also `GET /v1/key` for a client to
+//! `GET /v1/admin/rooms`, `DELETE /v1/admin/rooms/{room_id}`, `GET /v1/admin/usage`,
+//! `GET /v1/admin/stats` (the console's charts). Also `GET /v1/key` for a client to
 //! check the key it holds.
 //!
 //! The admin token is checked (constant time, by digest) before anything else, so an
@@ -277,6 +278,62 @@ pub(crate) async fn rooms(
 }
 
 #[utoipa::path(
+    delete, path = "/v1/admin/rooms/{room_id}", operation_id = "admin_close_room", tag = "admin",
+    summary = "Close a live room: its parties get close code 1008 `room closed by the operator`",
+    params(("room_id" = String, Path, description = "The room ID")),
+    responses(
+        (status = 200, description = "The room is closed", body = relay_proto::rest::RoomClosed),
+        (status = 400, description = "Not a room ID", body = relay_proto::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = relay_proto::ErrorBody),
+        (status = 404, description = "No live room of that ID", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store", body = relay_proto::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+/// `DELETE /v1/admin/rooms/{room_id}`: closes the room; its parties get 1008.
+pub(crate) async fn close_room(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let (state, req) = (&state, &req);
+    admin_store(state, bearer_or_raw(req).as_deref())?;
+    let id: relay_core::RoomId = room_id
+        .parse()
+        .map_err(|e: relay_core::id::RoomIdError| ApiError::new(ErrorCode::BadRoomId, e.to_string()))?;
+    if !state.rooms().close(&id, relay_core::rooms::CloseReason::ClosedByOperator) {
+        return Err(ApiError::new(ErrorCode::RoomNotFound, "no such room"));
+    }
+    tracing::info!(room = %id, "room closed by the operator");
+    let body = relay_proto::rest::RoomClosed { room_uuid: id.to_string(), closed: true };
+    Ok(json(StatusCode::OK, &body))
+}
+
+#[utoipa::path(
+    get, path = "/v1/admin/stats", operation_id = "admin_stats", tag = "admin",
+    summary = "Version, uptime, and recent samples of the counters (the console's charts)",
+    description = "Two rings of samples of the relay's counters: every 5 s for the last 10 \
+        minutes (`fine`) and every minute for the last day (`coarse`), plus the counters \
+        `now`. Counters are totals since start; a rate is the difference of two samples.",
+    responses(
+        (status = 200, description = "The samples", body = relay_proto::rest::Stats),
+        (status = 401, description = "Missing or wrong admin token", body = relay_proto::ErrorBody),
+        (status = 503, description = "No key store", body = relay_proto::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+/// `GET /v1/admin/stats`: version, uptime and the stats rings.
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
+    let (state, req) = (&state, &req);
+    admin_store(state, bearer_or_raw(req).as_deref())?;
+    let now = crate::stats::sample(state);
+    Ok(json(StatusCode::OK, &state.stats().snapshot(now)))
+}
+
+#[utoipa::path(
     get, path = "/v1/admin/usage", operation_id = "admin_usage", tag = "admin",
     summary = "Usage per key (messages, bytes, rooms) and the total",
     responses(
@@ -351,6 +408,7 @@ fn live_rooms(state: &AppState) -> Vec<Value> {
             json!({
                 "room_uuid": r.id,
                 "room_size": r.room_size,
+                "created_at": r.created_at,
                 "expires_at": r.expires_at,
                 "present": r.present,
                 "ready": r.ready,

@@ -2,6 +2,7 @@
 //! or a store, and answer JSON (or upgrade, handing the socket to [`crate::ws`]).
 
 pub(crate) mod admin;
+pub(crate) mod console;
 pub(crate) mod discovery;
 pub(crate) mod health;
 pub(crate) mod mailbox;
