@@ -14,6 +14,7 @@ mod bench_smoke;
 mod binary;
 mod client;
 mod config;
+mod cors;
 mod crash;
 mod discovery;
 mod discovery_binary;

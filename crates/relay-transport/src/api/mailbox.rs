@@ -86,7 +86,7 @@ fn open(
     namespace: Namespace,
     meter: UsageMeter,
 ) -> Result<Response<Body>, ApiError> {
-    let accept_key = ws::validate_handshake(&req)?;
+    let accept_key = ws::validate_handshake(&req, state.config())?;
     let guard = state
         .drain_guard()
         .ok_or_else(|| ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down"))?;

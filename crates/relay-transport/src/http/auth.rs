@@ -1,5 +1,6 @@
 //! Who is calling: finds the API key a request presents (`Authorization: Bearer <key>`,
-//! `Authorization: <key>`, or `?api_key=<key>`) and resolves it to a caller through the
+//! `Authorization: <key>`, the WebSocket subprotocol `relay.api-key.<base64url>`, or
+//! `?api_key=<key>`) and resolves it to a caller through the
 //! key store (in memory, constant-time); counts the caller's usage.
 //!
 //! Refusals: no key 401 `missing_api_key`; malformed or unknown key 401
@@ -84,9 +85,13 @@ impl UsageMeter {
 }
 
 /// The key presented by `req`, if any: the Authorization header (with or without
-/// `Bearer `) wins over the `api_key` query parameter.
+/// `Bearer `) wins over a `relay.api-key.<base64url>` WebSocket subprotocol, which wins
+/// over the `api_key` query parameter.
 pub(crate) fn presented_key(req: &Request<Body>) -> Option<String> {
     if let Some(value) = bearer_or_raw(req) {
+        return Some(value);
+    }
+    if let Some(value) = crate::ws::offered_credential(req, crate::ws::SUBPROTOCOL_API_KEY) {
         return Some(value);
     }
     query_param(req.uri().query(), "api_key").filter(|k| !k.is_empty())

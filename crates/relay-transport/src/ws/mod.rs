@@ -6,5 +6,8 @@ pub(crate) mod room;
 mod upgrade;
 pub(crate) mod write;
 
+pub(crate) use upgrade::{
+    SUBPROTOCOL_API_KEY, SUBPROTOCOL_RESUME, offered_credential, poll_next_message, upgrade,
+    validate_handshake,
+};
 pub use upgrade::{WsStream, close, close_message};
-pub(crate) use upgrade::{poll_next_message, upgrade, validate_handshake};

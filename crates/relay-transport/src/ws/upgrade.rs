@@ -21,8 +21,19 @@ use crate::net::burst::BurstReader;
 /// A server-side WebSocket over an upgraded hyper connection.
 pub type WsStream = WebSocketStream<BurstReader<TokioIo<Upgraded>>>;
 
-/// Checks that `req` is a valid WebSocket handshake; refuses with 426 or 400 otherwise.
-pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError> {
+/// The subprotocol a client offers to say it speaks Relay's WebSocket protocols; the
+/// relay answers with it (and only it) in the 101, never with a credential.
+pub(crate) const SUBPROTOCOL: &str = "relay.v1";
+/// Offered subprotocol carrying an API key: this prefix, then the key's UTF-8 bytes in
+/// base64url without padding (docs/protocol.md section 1).
+pub(crate) const SUBPROTOCOL_API_KEY: &str = "relay.api-key.";
+/// Offered subprotocol carrying a room's resume token, encoded as an API key is.
+pub(crate) const SUBPROTOCOL_RESUME: &str = "relay.resume.";
+
+/// Checks that `req` is a valid WebSocket handshake; refuses with 426 or 400 otherwise,
+/// and with 403 `origin_not_allowed` when it comes from a browser page whose `Origin` is
+/// not on `config.cors_allowed_origins` (only checked when that list is non-empty).
+pub(crate) fn validate_handshake(req: &Request<Body>, config: &ServerConfig) -> Result<String, ApiError> {
     let header_has = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
@@ -38,6 +49,7 @@ pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError
     if req.method() != Method::GET {
         return Err(ApiError::new(ErrorCode::BadHandshake, "a WebSocket handshake must use GET"));
     }
+    check_origin(req, &config.cors_allowed_origins)?;
     if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return Err(ApiError::new(ErrorCode::BadHandshake, "Sec-WebSocket-Version must be 13"));
     }
@@ -51,6 +63,49 @@ pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError
             ApiError::new(ErrorCode::BadHandshake, "Sec-WebSocket-Key must be base64 of 16 bytes")
         })?;
     Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Refuses a handshake whose `Origin` header is not on `allowed` (cross-site WebSocket
+/// hijacking: browsers send `Origin`, and a page may open a socket to any host). No
+/// `Origin` header (a non-browser client) and an empty list let everything through;
+/// `*` on the list allows every origin.
+fn check_origin(req: &Request<Body>, allowed: &[String]) -> Result<(), ApiError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim();
+    let listed = allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    if listed {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::OriginNotAllowed,
+        format!("WebSocket handshakes from origin {origin:?} are not allowed on this relay"),
+    ))
+}
+
+/// The credential offered as the subprotocol `prefix` + base64url (no padding) of its
+/// UTF-8 bytes in `Sec-WebSocket-Protocol`, decoded; `None` when absent or malformed.
+pub(crate) fn offered_credential(req: &Request<Body>, prefix: &str) -> Option<String> {
+    offered_subprotocols(req).find_map(|p| {
+        let encoded = p.strip_prefix(prefix)?;
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, encoded).ok()?;
+        String::from_utf8(bytes).ok().filter(|c| !c.is_empty())
+    })
+}
+
+/// Every subprotocol `req` offers, in order.
+fn offered_subprotocols(req: &Request<Body>) -> impl Iterator<Item = &str> {
+    req.headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// A 16-byte value in base64 is 24 characters ending in `==`.
@@ -87,6 +142,7 @@ where
 {
     let ws_config = ws_config(config);
     let burst = config.ws_burst_read_bytes;
+    let speaks_relay = offered_subprotocols(&req).any(|p| p == SUBPROTOCOL);
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -109,6 +165,10 @@ where
     h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key.parse().expect("base64 is a valid header value"));
+    if speaks_relay {
+        // RFC 6455: answer with one of the offered protocols, never a credential.
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(SUBPROTOCOL));
+    }
     resp
 }
 
