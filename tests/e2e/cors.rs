@@ -262,3 +262,31 @@ async fn a_resume_token_offered_as_a_subprotocol_takes_the_slot_back() {
     assert_eq!(welcome["slot"], 0);
     assert_eq!(welcome["resumed"], true);
 }
+
+#[tokio::test]
+async fn a_rate_limited_answer_carries_cors_headers_so_the_page_can_read_retry_after() {
+    let relay = RelayProcess::start(&[
+        "--insecure-api-keys-not-enforced",
+        "--cors-allowed-origins",
+        APP,
+        "--rate-limit-requests-per-ip",
+        "1",
+        "--rate-limit-requests-per-ip-burst",
+        "1",
+    ])
+    .await
+    .unwrap();
+    let mut limited = None;
+    for _ in 0..5 {
+        let resp = http_request(relay.addr, "GET", "/healthz", &[("origin", APP)], b"").await.unwrap();
+        if resp.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let limited = limited.expect("a 429 within 5 requests at 1 per second");
+    assert_eq!(limited.headers["access-control-allow-origin"], APP);
+    assert!(limited.headers.contains_key("retry-after"));
+    let exposed = limited.headers["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(exposed.contains("retry-after"), "{exposed}");
+}
