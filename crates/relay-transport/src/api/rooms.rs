@@ -111,7 +111,7 @@ pub(crate) async fn create_sodot(
     responses(
         (status = 101, description = "Switching Protocols: the room's WebSocket"),
         (status = 400, description = "Malformed room ID, query or handshake", body = relay_proto::ErrorBody),
-        (status = 403, description = "Bad resume token", body = relay_proto::ErrorBody),
+        (status = 403, description = "Bad resume token (query or relay.resume.<base64url> subprotocol), or a browser Origin not on --cors-allowed-origins", body = relay_proto::ErrorBody),
         (status = 404, description = "No such room", body = relay_proto::ErrorBody),
         (status = 409, description = "Room full, slot taken, or resume gap", body = relay_proto::ErrorBody),
         (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
