@@ -15,6 +15,7 @@ mod binary;
 mod client;
 mod config;
 mod console;
+mod cors;
 mod crash;
 mod discovery;
 mod discovery_binary;

@@ -199,6 +199,7 @@ impl Cli {
             max_connections: self.ops.max_connections,
             busy_poll: Duration::from_micros(self.ops.busy_poll_us),
             console: self.ops.console,
+            cors_allowed_origins: self.ops.cors_allowed_origins.clone(),
             rate_limits: self.rate_limits.to_rate_limits(),
             ..ServerConfig::default()
         })
@@ -279,6 +280,35 @@ pub(crate) struct OpsArgs {
     #[arg(long, env = "RELAY_CONSOLE", value_name = "BOOL", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub(crate) console: bool,
+    /// Origins (scheme://host[:port]) whose browser pages may use this relay: the REST
+    /// API answers them CORS headers, and browser WebSocket handshakes from any other
+    /// Origin are refused with 403 origin_not_allowed. Comma-separated or repeated; `*`
+    /// allows every origin. Empty (the default): no CORS headers, and WebSockets from
+    /// any origin are accepted.
+    #[arg(long, env = "RELAY_CORS_ALLOWED_ORIGINS", value_name = "ORIGIN", value_delimiter = ',',
+          value_parser = parse_origin)]
+    pub(crate) cors_allowed_origins: Vec<String>,
+}
+
+/// An origin as browsers send it in `Origin`: `scheme://host[:port]`, no path; or `*`.
+fn parse_origin(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    if s == "*" {
+        return Ok(s.to_owned());
+    }
+    let host = s
+        .split_once("://")
+        .filter(|(scheme, _)| {
+            !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        })
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| {
+            format!("{s:?} is not an origin: expected scheme://host[:port], e.g. https://app.example")
+        })?;
+    if host.is_empty() || host.contains(['/', '?', '#', ' ', ',']) || !s.is_ascii() {
+        return Err(format!("{s:?} is not an origin: expected scheme://host[:port] without a path"));
+    }
+    Ok(s.to_owned())
 }
 
 /// Rate limits (docs/operations.md, "Rate limits"): a sustained rate per second and a

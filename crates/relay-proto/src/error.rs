@@ -104,6 +104,9 @@ error_codes! {
     NotOwner = ("not_owner", 403),
     /// 403: the registry takes no announcements (no registry token configured).
     RegistryClosed = ("registry_closed", 403),
+    /// 403: a browser WebSocket handshake from an `Origin` not on the server's
+    /// `--cors-allowed-origins` list.
+    OriginNotAllowed = ("origin_not_allowed", 403),
     // ---- 404, 405, 408 ----
     /// 404: no such endpoint.
     NotFound = ("not_found", 404),

@@ -3,17 +3,22 @@
 //! `#[utoipa::path]` annotations on the handlers in [`crate::api`].
 //!
 //! Middleware, as tower layers around every route, outermost first:
-//! 1. the per-address request rate (429 before any other work; the accept loop put the
+//! 1. CORS, when origins are configured (`ServerConfig::cors_allowed_origins`): answers
+//!    preflights and puts the CORS headers on every answer, a 429 included, exposing
+//!    `Retry-After` to the page;
+//! 2. the per-address request rate (429 before any other work; the accept loop put the
 //!    client address in the request's extensions);
-//! 2. tracing, with the `Authorization`, `Cookie` and `Sec-WebSocket-Protocol` headers
+//! 3. tracing, with the `Authorization`, `Cookie` and `Sec-WebSocket-Protocol` headers
 //!    redacted and the admin token and keys cut out of logged URIs;
-//! 3. metrics by matched route template and status, and JSON errors: a refusal that a
+//! 4. metrics by matched route template and status, and JSON errors: a refusal that a
 //!    layer or the router made without a body of ours (405 with its `Allow` header, 408,
 //!    413, a path the extractor could not read) gets the same JSON body as every other;
-//! 4. CORS, when origins are configured (`ServerConfig::cors_allowed_origins`);
 //! 5. the request timeout (`ServerConfig::request_timeout`; a WebSocket handler answers
 //!    101 at once and its connection runs in its own task, beyond this timeout);
 //! 6. the body limit (`ServerConfig::max_body_bytes`).
+//!
+//! Browser WebSocket handshakes are checked against the same origin list by
+//! `ws::validate_handshake` (403 `origin_not_allowed`).
 //!
 //! Unknown paths answer 404 `not_found` from the fallback. The console's static files
 //! (`/console`, [`crate::api::console`]) are plain axum routes, left out of
@@ -53,16 +58,7 @@ pub(crate) fn router(state: &AppState) -> axum::Router {
     router = router.layer(RequestBodyLimitLayer::new(config.max_body_bytes));
     router =
         router.layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout));
-    if !config.cors_allowed_origins.is_empty() {
-        let origins = config.cors_allowed_origins.iter().filter_map(|o| o.parse().ok());
-        router = router.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(origins))
-                .allow_methods(tower_http::cors::Any)
-                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
-        );
-    }
-    router
+    router = router
         .layer(middleware::from_fn_with_state(state.clone(), metrics_and_json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let uri = admin::redact_uri(req.uri());
@@ -74,8 +70,33 @@ pub(crate) fn router(state: &AppState) -> axum::Router {
             header::COOKIE,
             header::SEC_WEBSOCKET_PROTOCOL,
         ]))
-        .layer(middleware::from_fn_with_state(state.clone(), request_rate))
-        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(state.clone(), request_rate));
+    if let Some(cors) = cors_layer(&config.cors_allowed_origins) {
+        router = router.layer(cors);
+    }
+    router.with_state(state.clone())
+}
+
+/// The CORS layer for `origins` (`*` allows any), or `None` when the list is empty.
+/// Pages may send `Authorization` and `Content-Type` and read `Retry-After`; no
+/// cookies are involved, so credentials mode stays off.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.trim_end_matches('/').parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(tower_http::cors::Any)
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Every annotated route. Routes of one path share a `routes!` (utoipa-axum's rule).

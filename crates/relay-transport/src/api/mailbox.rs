@@ -31,7 +31,7 @@ use crate::ws::{self};
         (status = 101, description = "Switching Protocols: the mailbox WebSocket"),
         (status = 400, description = "Malformed handshake", body = relay_proto::ErrorBody),
         (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
-        (status = 403, description = "The API key is revoked or expired", body = relay_proto::ErrorBody),
+        (status = 403, description = "The API key is revoked or expired, or a browser Origin not on --cors-allowed-origins", body = relay_proto::ErrorBody),
         (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
         (status = 503, description = "The relay is shutting down", body = relay_proto::ErrorBody),
     ),
@@ -58,6 +58,7 @@ pub(crate) async fn connect(
     responses(
         (status = 101, description = "Switching Protocols: the mailbox WebSocket"),
         (status = 400, description = "Malformed room ID or handshake", body = relay_proto::ErrorBody),
+        (status = 403, description = "A browser Origin not on --cors-allowed-origins", body = relay_proto::ErrorBody),
         (status = 404, description = "No such room", body = relay_proto::ErrorBody),
         (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
         (status = 503, description = "The relay is shutting down", body = relay_proto::ErrorBody),
@@ -86,7 +87,7 @@ fn open(
     namespace: Namespace,
     meter: UsageMeter,
 ) -> Result<Response<Body>, ApiError> {
-    let accept_key = ws::validate_handshake(&req)?;
+    let accept_key = ws::validate_handshake(&req, state.config())?;
     let guard = state
         .drain_guard()
         .ok_or_else(|| ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down"))?;

@@ -21,6 +21,7 @@ use crate::caller::Caller;
 use crate::error::{ApiError, core_error};
 use crate::http::auth::authenticate;
 use crate::http::body::{Body, json, parse_json, query_param, read_body};
+use crate::http::subprotocol::{SUBPROTOCOL_RESUME, offered_credential};
 use crate::state::AppState;
 use crate::ws::room::run_party;
 use crate::ws::{upgrade, validate_handshake};
@@ -112,7 +113,7 @@ pub(crate) async fn create_sodot(
     responses(
         (status = 101, description = "Switching Protocols: the room's WebSocket"),
         (status = 400, description = "Malformed room ID, query or handshake", body = relay_proto::ErrorBody),
-        (status = 403, description = "Bad resume token", body = relay_proto::ErrorBody),
+        (status = 403, description = "Bad resume token (query or relay.resume.<base64url> subprotocol), or a browser Origin not on --cors-allowed-origins", body = relay_proto::ErrorBody),
         (status = 404, description = "No such room", body = relay_proto::ErrorBody),
         (status = 409, description = "Room full, slot taken, or resume gap", body = relay_proto::ErrorBody),
         (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
@@ -128,8 +129,8 @@ pub(crate) async fn join(
     let id = room_id
         .parse()
         .map_err(|e: relay_core::id::RoomIdError| ApiError::new(ErrorCode::BadRoomId, e.to_string()))?;
-    let accept_key = validate_handshake(&req)?;
-    let request = join_request(req.uri().query())?;
+    let accept_key = validate_handshake(&req, state.config())?;
+    let request = join_request(req.uri().query(), offered_credential(&req, SUBPROTOCOL_RESUME))?;
     let guard = state
         .drain_guard()
         .ok_or_else(|| ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down"))?;
@@ -158,8 +159,9 @@ fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<Roo
     Ok(room)
 }
 
-/// Reads `slot`, `resume_token` and `last_seq` from the query string.
-fn join_request(query: Option<&str>) -> Result<JoinRequest, ApiError> {
+/// Reads `slot`, `resume_token` and `last_seq` from the query string; a resume token
+/// offered as the subprotocol `relay.resume.<base64url>` wins over the query's.
+fn join_request(query: Option<&str>, offered_token: Option<String>) -> Result<JoinRequest, ApiError> {
     let slot = match query_param(query, "slot") {
         Some(s) => Some(s.parse::<u16>().map_err(|_| {
             ApiError::new(ErrorCode::BadRequest, format!("slot must be a slot number, got {s:?}"))
@@ -175,7 +177,8 @@ fn join_request(query: Option<&str>) -> Result<JoinRequest, ApiError> {
         })?),
         None => None,
     };
-    let resume = match (query_param(query, "resume_token").filter(|t| !t.is_empty()), last_seq) {
+    let token = offered_token.or_else(|| query_param(query, "resume_token").filter(|t| !t.is_empty()));
+    let resume = match (token, last_seq) {
         (Some(token), last_seq) => Some(Resume { token, last_seq }),
         (None, Some(_)) => {
             return Err(ApiError::new(ErrorCode::BadRequest, "last_seq needs a resume_token"));

@@ -1,5 +1,6 @@
 //! Who is calling: finds the API key a request presents (`Authorization: Bearer <key>`,
-//! `Authorization: <key>`, or `?api_key=<key>`) and resolves it to a caller through the
+//! `Authorization: <key>`, the WebSocket subprotocol `relay.api-key.<base64url>`, or
+//! `?api_key=<key>`) and resolves it to a caller through the
 //! key store (in memory, constant-time); counts the caller's usage.
 //!
 //! Refusals: no key 401 `missing_api_key`; malformed or unknown key 401
@@ -15,6 +16,7 @@ use relay_keystore::{VerifyError, unix_now};
 use crate::caller::{Caller, OPEN_TENANT};
 use crate::error::ApiError;
 use crate::http::body::{Body, query_param};
+use crate::http::subprotocol::{SUBPROTOCOL_API_KEY, offered_credential};
 use crate::state::AppState;
 
 /// Resolves the caller of `req`, or refuses with 401/403 and a JSON error naming why.
@@ -56,9 +58,13 @@ pub(crate) fn no_key_store() -> ApiError {
 }
 
 /// The key presented by `req`, if any: the Authorization header (with or without
-/// `Bearer `) wins over the `api_key` query parameter.
+/// `Bearer `) wins over a `relay.api-key.<base64url>` WebSocket subprotocol, which wins
+/// over the `api_key` query parameter.
 pub(crate) fn presented_key(req: &Request<Body>) -> Option<String> {
     if let Some(value) = bearer_or_raw(req) {
+        return Some(value);
+    }
+    if let Some(value) = offered_credential(req, SUBPROTOCOL_API_KEY) {
         return Some(value);
     }
     query_param(req.uri().query(), "api_key").filter(|k| !k.is_empty())

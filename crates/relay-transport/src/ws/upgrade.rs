@@ -17,13 +17,16 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::http::body::{Body, json};
+use crate::http::subprotocol::{SUBPROTOCOL, offered_subprotocols};
 use crate::net::burst::BurstReader;
 
 /// A server-side WebSocket over an upgraded hyper connection.
 pub type WsStream = WebSocketStream<BurstReader<TokioIo<Upgraded>>>;
 
-/// Checks that `req` is a valid WebSocket handshake; refuses with 426 or 400 otherwise.
-pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError> {
+/// Checks that `req` is a valid WebSocket handshake; refuses with 426 or 400 otherwise,
+/// and with 403 `origin_not_allowed` when it comes from a browser page whose `Origin` is
+/// not on `config.cors_allowed_origins` (only checked when that list is non-empty).
+pub(crate) fn validate_handshake(req: &Request<Body>, config: &ServerConfig) -> Result<String, ApiError> {
     let header_has = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str().map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))).unwrap_or(false)
@@ -39,6 +42,7 @@ pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError
     if req.method() != Method::GET {
         return Err(ApiError::new(ErrorCode::BadHandshake, "a WebSocket handshake must use GET"));
     }
+    check_origin(req, &config.cors_allowed_origins)?;
     if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return Err(ApiError::new(ErrorCode::BadHandshake, "Sec-WebSocket-Version must be 13"));
     }
@@ -52,6 +56,28 @@ pub(crate) fn validate_handshake(req: &Request<Body>) -> Result<String, ApiError
             ApiError::new(ErrorCode::BadHandshake, "Sec-WebSocket-Key must be base64 of 16 bytes")
         })?;
     Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Refuses a handshake whose `Origin` header is not on `allowed` (cross-site WebSocket
+/// hijacking: browsers send `Origin`, and a page may open a socket to any host). No
+/// `Origin` header (a non-browser client) and an empty list let everything through;
+/// `*` on the list allows every origin.
+fn check_origin(req: &Request<Body>, allowed: &[String]) -> Result<(), ApiError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim();
+    let listed = allowed.iter().any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    if listed {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::OriginNotAllowed,
+        format!("WebSocket handshakes from origin {origin:?} are not allowed on this relay"),
+    ))
 }
 
 /// A 16-byte value in base64 is 24 characters ending in `==`.
@@ -88,6 +114,7 @@ where
 {
     let ws_config = ws_config(config);
     let burst = config.ws_burst_read_bytes;
+    let speaks_relay = offered_subprotocols(&req).any(|p| p == SUBPROTOCOL);
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -110,6 +137,10 @@ where
     h.insert(header::CONNECTION, header::HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept_key.parse().expect("base64 is a valid header value"));
+    if speaks_relay {
+        // RFC 6455: answer with one of the offered protocols, never a credential.
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, header::HeaderValue::from_static(SUBPROTOCOL));
+    }
     resp
 }
 

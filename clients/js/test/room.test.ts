@@ -1,0 +1,221 @@
+/**
+ * The room connection's resume logic against a scripted fake WebSocket: what it sends
+ * (acks, leave, queued frames, the resume handshake) and what it delivers (each seq
+ * once, in order) when the relay replays, drops or closes.
+ */
+
+import { describe, expect, test } from "vitest";
+
+import {
+  RelayClient,
+  RelayCloseError,
+  RelayProtocolError,
+  RelayReconnectError,
+  type RoomConnection,
+  type RoomMessage,
+} from "../src/index.js";
+import { encodeRelayFrame, encodeServerEvent } from "../src/proto.js";
+
+/** A fake WebSocket the test drives: every instance is recorded with what it sent. */
+class FakeSocket {
+  static instances: FakeSocket[] = [];
+  static refuse = 0;
+  onopen: (() => void) | null = null;
+  onmessage: ((ev: { data: unknown }) => void) | null = null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null = null;
+  onerror: (() => void) | null = null;
+  binaryType = "blob";
+  readyState = 0;
+  protocol = "";
+  sent: Array<string | Uint8Array> = [];
+
+  constructor(
+    readonly url: string,
+    readonly protocols: string[],
+  ) {
+    FakeSocket.instances.push(this);
+    setTimeout(() => {
+      if (FakeSocket.refuse > 0) {
+        FakeSocket.refuse--;
+        this.onerror?.();
+        return;
+      }
+      this.readyState = 1;
+      this.protocol = "relay.v1";
+      this.onopen?.();
+    }, 0);
+  }
+
+  send(data: string | Uint8Array): void {
+    this.sent.push(typeof data === "string" ? data : new Uint8Array(data));
+  }
+
+  close(code = 1000, reason = ""): void {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    setTimeout(() => this.onclose?.({ code, reason }), 0);
+  }
+
+  /** The relay sends text. */
+  text(t: string): void {
+    this.onmessage?.({ data: t });
+  }
+
+  /** The relay sends a data frame with `seq`. */
+  data(seq: number, from = 1, payload = `p${seq}`): void {
+    const frame = encodeRelayFrame({ seq: BigInt(seq), from, broadcast: false, payload: new TextEncoder().encode(payload) });
+    this.onmessage?.({ data: frame.buffer });
+  }
+
+  /** The link drops (no close frame). */
+  drop(code = 1006): void {
+    this.readyState = 3;
+    this.onclose?.({ code, reason: "" });
+  }
+
+  texts(): string[] {
+    return this.sent.filter((s): s is string => typeof s === "string");
+  }
+
+  frames(): Uint8Array[] {
+    return this.sent.filter((s): s is Uint8Array => typeof s !== "string");
+  }
+}
+
+function welcome(next_seq: number, resumed = false): string {
+  return encodeServerEvent({
+    type: "welcome",
+    room_uuid: "1a2b3c4d-9f0e-4c1b-8a7d-2e5f6a7b8c9d",
+    slot: 0,
+    room_size: 2,
+    resume_token: resumed ? "token-2" : "token-1",
+    expires_at: 1767225600,
+    present: [0],
+    resumed,
+    next_seq,
+  });
+}
+
+const tick = (ms = 5) => new Promise((r) => setTimeout(r, ms));
+
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 400 && !cond(); i++) await tick(5);
+  expect(cond()).toBe(true);
+}
+
+/** Joins through a fake socket and answers the welcome. */
+async function join(options: Parameters<RelayClient["joinRoom"]>[1] = {}): Promise<{ party: RoomConnection; ws: FakeSocket }> {
+  FakeSocket.instances = [];
+  FakeSocket.refuse = 0;
+  const client = new RelayClient({
+    url: "https://relay.example/prefix",
+    WebSocket: FakeSocket as never,
+    connectTimeoutMs: 2000,
+  });
+  const joining = client.joinRoom("1a2b3c4d-9f0e-4c1b-8a7d-2e5f6a7b8c9d", {
+    reconnect: { initialBackoffMs: 5, maxBackoffMs: 10, deadlineMs: 2000 },
+    ...options,
+  });
+  await until(() => FakeSocket.instances[0]?.readyState === 1);
+  const ws = FakeSocket.instances[0]!;
+  ws.text(welcome(1));
+  return { party: await joining, ws };
+}
+
+async function take(party: RoomConnection, n: number): Promise<RoomMessage[]> {
+  const out: RoomMessage[] = [];
+  for await (const m of party.messages()) {
+    out.push(m);
+    if (out.length === n) break;
+  }
+  return out;
+}
+
+describe("room connection", () => {
+  test("joins under the base path with relay.v1 offered and no credential in the URL", async () => {
+    const { ws, party } = await join({ slot: 1 });
+    expect(ws.url).toBe("wss://relay.example/prefix/v1/rooms/1a2b3c4d-9f0e-4c1b-8a7d-2e5f6a7b8c9d?slot=1");
+    expect(ws.protocols).toEqual(["relay.v1"]);
+    expect(party.slot).toBe(0);
+    expect(party.roomSize).toBe(2);
+  });
+
+  test("acks every ackEvery messages taken, and on the timer", async () => {
+    const { party, ws } = await join({ ackEvery: 4, ackIntervalMs: 50 });
+    for (let seq = 1; seq <= 10; seq++) ws.data(seq);
+    await take(party, 9);
+    expect(ws.texts()).toEqual(['{"type":"ack","seq":4}', '{"type":"ack","seq":8}']);
+    await until(() => ws.texts().length === 3);
+    expect(ws.texts()[2]).toBe('{"type":"ack","seq":9}');
+  });
+
+  test("resumes after a drop with the token and last seq, dropping replayed frames", async () => {
+    const { party, ws } = await join();
+    const reconnected: number[] = [];
+    party.on("reconnected", ({ attempts }) => reconnected.push(attempts));
+    ws.data(1);
+    ws.data(2);
+    ws.data(3);
+    await take(party, 1);
+    ws.drop();
+    party.send(1, new Uint8Array([42])); // queued while down
+    FakeSocket.refuse = 1; // the first attempt fails
+    await until(() => FakeSocket.instances.length === 3 && FakeSocket.instances[2]!.readyState === 1);
+    const again = FakeSocket.instances[2]!;
+    expect(again.url).toMatch(/\?last_seq=3$/);
+    expect(again.protocols).toEqual(["relay.v1", "relay.resume.dG9rZW4tMQ"]);
+    again.text(welcome(7, true));
+    await until(() => reconnected.length === 1);
+    expect(reconnected).toEqual([2]);
+    expect(again.frames().map((f) => [...f])).toEqual([[1, 0, 42]]);
+    again.data(3); // already delivered: dropped
+    again.data(4);
+    const rest = await take(party, 3);
+    expect(rest.map((m) => m.seq)).toEqual([2, 3, 4]);
+    expect(party.resumeToken).toBe("token-2");
+  });
+
+  test("a seq gap aborts with a protocol error", async () => {
+    const { party, ws } = await join();
+    const aborted: unknown[] = [];
+    party.on("aborted", (e) => aborted.push(e));
+    ws.data(1);
+    ws.data(3);
+    await expect(take(party, 2)).rejects.toBeInstanceOf(RelayProtocolError);
+    expect(aborted[0]).toBeInstanceOf(RelayProtocolError);
+  });
+
+  test("a close the relay means (room expired) aborts with the close code, without resuming", async () => {
+    const { party, ws } = await join();
+    ws.text(encodeServerEvent({ type: "closing", code: 4000, reason: "room expired" }));
+    ws.drop(4000);
+    const err = await take(party, 1).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RelayCloseError);
+    expect((err as RelayCloseError).closeName).toBe("room_expired");
+    expect((err as RelayCloseError).reason).toBe("room expired");
+    expect(FakeSocket.instances.length).toBe(1);
+  });
+
+  test("gives up when the budget is spent", async () => {
+    const { party, ws } = await join({ reconnect: { maxAttempts: 2, initialBackoffMs: 5, deadlineMs: 2000 } });
+    FakeSocket.refuse = 5;
+    ws.drop();
+    const err = await party.ready().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RelayReconnectError);
+    expect((err as RelayReconnectError).attempts).toBe(2);
+  });
+
+  test("close acks what was taken, sends leave and ends the stream", async () => {
+    const { party, ws } = await join();
+    ws.data(1);
+    await take(party, 1);
+    const closing = party.close();
+    await until(() => ws.texts().includes('{"type":"leave"}'));
+    expect(ws.texts()).toEqual(['{"type":"ack","seq":1}', '{"type":"leave"}']);
+    ws.drop(1000);
+    await closing;
+    const next = await party.messages().next();
+    expect(next.done).toBe(true);
+    expect(() => party.broadcast(new Uint8Array([1]))).toThrow();
+  });
+});
