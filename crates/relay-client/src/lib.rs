@@ -57,9 +57,9 @@ pub use mailbox::{
     FLAG_ONE_RECEIVER, MAILBOX_HEADER_LEN, MAILBOX_ID_LEN, MailboxClient, MailboxFrame, MailboxId, RawMailbox,
 };
 pub use room::{
-    BROADCAST_SLOT, Destination, JoinOptions, OutgoingMessage, ReconnectPolicy, ResumeState, RoomClient,
-    RoomConnection, RoomEvent, RoomEvents, RoomInfo, RoomMessage, RoomMessages, RoomSender, Welcome,
-    create_room, decode_room_frame, join,
+    BROADCAST_SLOT, Destination, JoinOptions, OutgoingMessage, PartyToken, ReconnectPolicy, ResumeState,
+    RoomClient, RoomConnection, RoomEvent, RoomEvents, RoomInfo, RoomMessage, RoomMessages, RoomSender,
+    Welcome, create_room, decode_room_frame, join,
 };
 
 #[cfg(test)]
