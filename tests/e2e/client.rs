@@ -212,8 +212,10 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
             // Give the relay a moment to write that batch into the stalled link. Not an
             // assertion: the test must pass however much of it got there.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            assert!(proxy.cut_all().await >= 1, "B's connection went through the proxy");
+            // Pause before the cut: B's first reconnect is immediate, and one that got in
+            // between the cut and the pause would never be refused.
             proxy.set_paused(true);
+            assert!(proxy.cut_all().await >= 1, "B's connection went through the proxy");
             proxy.freeze(false);
             // Wait until B's client is trying to reconnect: it has seen the drop.
             let refused = async {
