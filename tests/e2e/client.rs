@@ -658,3 +658,35 @@ async fn party_tokens_status_and_abort_through_the_client() {
     let (_, err) = drain(&mut c).await;
     assert!(matches!(err, Some(Error::Aborted { slot: Some(2), .. })), "{err:?}");
 }
+
+#[tokio::test]
+async fn frames_kept_for_a_resend_are_bounded_without_surfacing_the_clients_own_status_requests() {
+    let relay = open_relay().await;
+    let client = rooms(&relay);
+    let room = client.create_room(2, None).await.unwrap();
+    // Past 4 kept frames the client asks the relay, itself, how many it took.
+    let options = JoinOptions { slot: Some(0), send_queue: 4, ..JoinOptions::default() };
+    let mut a = client.join(&room.room_uuid, options).await.unwrap();
+    let mut b = client.join(&room.room_uuid, JoinOptions::slot(1)).await.unwrap();
+    for i in 0..50u32 {
+        a.send_to(1, i.to_le_bytes().to_vec()).await.unwrap();
+    }
+    a.request_status().await.unwrap();
+    for i in 0..50u32 {
+        let m = next_message(&mut b).await;
+        assert_eq!(m.payload[..], i.to_le_bytes());
+    }
+    // Only the application's own request is answered in its stream.
+    let mut statuses = Vec::new();
+    loop {
+        match next_event(&mut a).await {
+            RoomEvent::Status { sent, .. } => {
+                statuses.push(sent);
+                a.leave().await.unwrap();
+            }
+            RoomEvent::Closing { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(statuses, vec![vec![50, 0]]);
+}
