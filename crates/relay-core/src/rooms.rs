@@ -332,8 +332,11 @@ impl Rooms {
         ttl: Option<Duration>,
         now_unix: u64,
     ) -> Result<(RoomInfo, Vec<String>), CoreError> {
-        let mut tokens = Vec::with_capacity(usize::from(room_size));
-        for _ in 0..room_size.min(self.inner.limits.max_room_size) {
+        // A size over the limit is refused by `create_room` below; draw no more tokens
+        // than a valid room can have before that.
+        let count = room_size.min(self.inner.limits.max_room_size);
+        let mut tokens = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
             let mut bytes = [0u8; PARTY_TOKEN_BYTES];
             getrandom::fill(&mut bytes).map_err(|e| CoreError::Random(e.to_string()))?;
             tokens.push(BASE64_URL_SAFE_NO_PAD.encode(bytes));
