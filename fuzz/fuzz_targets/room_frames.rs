@@ -66,7 +66,7 @@ fuzz_target!(|frames: Vec<Frame>| {
                 let p = &parties[usize::from(party) % 3];
                 match ClientControl::parse(text) {
                     Some(ClientControl::Ack { seq }) => p.ack(seq),
-                    Some(ClientControl::Leave) | None => {}
+                    Some(ClientControl::Leave | ClientControl::Abort { .. } | ClientControl::Status) | None => {}
                 }
             }
             Frame::Read { party } => {

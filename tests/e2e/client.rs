@@ -128,7 +128,12 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
     const BEFORE_CUT: u32 = 300;
     const DURING_OUTAGE: u32 = 300;
     const READ_BEFORE_CUT: u32 = 150;
+    // B's frames in flight when its link stalls: the relay takes some, the stalled
+    // link eats the rest. The client must send again exactly the ones the relay lacks.
+    const FROM_B_IN_FLIGHT: u32 = 100;
+    const FROM_B_STALLED: u32 = 100;
     const FROM_RESUMER: u32 = 100;
+    const FROM_B: u32 = FROM_B_IN_FLIGHT + FROM_B_STALLED + FROM_RESUMER;
 
     let relay = open_relay().await;
     let proxy = CuttableProxy::start(relay.addr).await.unwrap();
@@ -187,9 +192,16 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
             _ => {}
         }
         if expected == READ_BEFORE_CUT && cut_tx.is_some() {
-            // The link stalls: what the relay sends B now piles up in the proxy, and is
-            // lost when the link dies. The relay must replay it on resume.
+            // B sends while its link stalls under it: some frames reach the relay, the
+            // rest pile up in the proxy with what the relay sends B, and are lost when
+            // the link dies. Both sides must make up for exactly what was lost.
+            for j in 0..FROM_B_IN_FLIGHT {
+                b_tx.send_to(0, j.to_le_bytes().to_vec()).await.unwrap();
+            }
             proxy.freeze(true);
+            for j in FROM_B_IN_FLIGHT..FROM_B_IN_FLIGHT + FROM_B_STALLED {
+                b_tx.send_to(0, j.to_le_bytes().to_vec()).await.unwrap();
+            }
             let _ = cut_tx.take().map(|tx| tx.send(()));
             let a_done = async {
                 while !streamer.is_finished() {
@@ -200,8 +212,10 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
             // Give the relay a moment to write that batch into the stalled link. Not an
             // assertion: the test must pass however much of it got there.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            assert!(proxy.cut_all().await >= 1, "B's connection went through the proxy");
+            // Pause before the cut: B's first reconnect is immediate, and one that got in
+            // between the cut and the pause would never be refused.
             proxy.set_paused(true);
+            assert!(proxy.cut_all().await >= 1, "B's connection went through the proxy");
             proxy.freeze(false);
             // Wait until B's client is trying to reconnect: it has seen the drop.
             let refused = async {
@@ -211,7 +225,7 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
             };
             tokio::time::timeout(STEP_TIMEOUT, refused).await.expect("B tries to reconnect");
             // Sent while B is down: queued, then sent after the resume.
-            for j in 0..FROM_RESUMER {
+            for j in FROM_B_IN_FLIGHT + FROM_B_STALLED..FROM_B {
                 b_tx.send_to(0, j.to_le_bytes().to_vec()).await.unwrap();
             }
             proxy.set_paused(false);
@@ -221,10 +235,10 @@ async fn cut_tcp_connection_resumes_with_nothing_lost_or_duplicated() {
     assert!(proxy.forwarded() >= 2, "the resume went through the proxy again");
     let a_tx = tokio::time::timeout(STEP_TIMEOUT, &mut streamer).await.unwrap().unwrap().unwrap();
 
-    for j in 0..FROM_RESUMER {
+    for j in 0..FROM_B {
         let m = next_message(&mut a_rx).await;
-        assert_eq!((m.from, m.seq), (1, u64::from(j) + 1));
-        assert_eq!(u32::from_le_bytes(m.payload[..].try_into().unwrap()), j);
+        assert_eq!((m.from, m.seq), (1, u64::from(j) + 1), "B's frame {j} lost or duplicated");
+        assert_eq!(u32::from_le_bytes(m.payload[..].try_into().unwrap()), j, "B's frames in order");
     }
 
     // Nothing else arrives on either side before both leave.
@@ -268,7 +282,7 @@ async fn client_acks_free_the_room_so_traffic_far_past_its_bound_flows() {
                     assert_eq!(m.payload[..], w.to_le_bytes());
                     break;
                 }
-                RoomEvent::RelayError { code, message } => {
+                RoomEvent::RelayError { code, message, .. } => {
                     panic!("window {w}: relay refused: {code} {message}")
                 }
                 _ => {}
@@ -575,4 +589,104 @@ async fn rooms_and_mailbox_over_tls_with_a_given_ca() {
     };
     let e = RoomClient::new(&wss_url, other).unwrap().join(&room.room_uuid, JoinOptions::default()).await;
     assert!(matches!(e, Err(Error::Tls(rustls::Error::InvalidCertificate(_)))), "{e:?}");
+}
+
+#[tokio::test]
+async fn party_tokens_status_and_abort_through_the_client() {
+    let relay = open_relay().await;
+    let client = rooms(&relay);
+    let room = client.create_room_with_party_tokens(3, None).await.unwrap();
+    assert_eq!(room.party_tokens.len(), 3);
+    assert!(!format!("{room:?}").contains(room.party_tokens[0].as_str()), "tokens stay out of Debug");
+    let e = client.join(&room.room_uuid, JoinOptions::slot(0)).await.unwrap_err();
+    assert!(matches!(&e, Error::Forbidden { code, .. } if code == "bad_party_token"), "{e:?}");
+    assert_eq!(e.error_code(), Some(relay_proto::ErrorCode::BadPartyToken));
+    let mut parties = Vec::new();
+    for slot in [2u16, 0, 1] {
+        let options = JoinOptions::party_token(room.party_tokens[usize::from(slot)].clone());
+        let p = client.join(&room.room_uuid, options).await.unwrap();
+        assert_eq!(p.slot(), slot);
+        parties.push(p);
+    }
+    let [mut c, mut a, mut b] = <[_; 3]>::try_from(parties).unwrap();
+    for p in [&a, &b, &c] {
+        tokio::time::timeout(STEP_TIMEOUT, p.wait_ready()).await.unwrap().unwrap();
+    }
+    a.send_to(1, &b"round 1"[..]).await.unwrap();
+    assert_eq!(next_message(&mut b).await.payload, &b"round 1"[..]);
+
+    // Who is B waiting for? A sent one frame, C none.
+    b.request_status().await.unwrap();
+    loop {
+        if let RoomEvent::Status { present, sent, idle_ms } = next_event(&mut b).await {
+            assert_eq!(present, vec![0, 1, 2]);
+            assert_eq!(sent, vec![1, 0, 0]);
+            assert_eq!(idle_ms.len(), 3);
+            break;
+        }
+    }
+    // A refused frame is named by this party's own count: B's first data frame.
+    b.send_to(1, &b"to myself"[..]).await.unwrap();
+    loop {
+        if let RoomEvent::RelayError { code, frame, .. } = next_event(&mut b).await {
+            assert_eq!((code.as_str(), frame), ("bad_destination", Some(1)));
+            break;
+        }
+    }
+
+    c.abort("slot 0 sent a bad share").await.unwrap();
+    for p in [&mut a, &mut b] {
+        let mut told = false;
+        let err = loop {
+            match tokio::time::timeout(STEP_TIMEOUT, p.next()).await.expect("the abort arrives") {
+                Some(Ok(RoomEvent::Aborted { slot, reason })) => {
+                    assert_eq!((slot, reason.as_str()), (2, "slot 0 sent a bad share"));
+                    told = true;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => panic!("the stream ended without an error"),
+            }
+        };
+        assert!(told, "the aborted event came before the close");
+        assert!(
+            matches!(&err, Error::Aborted { slot: Some(2), reason } if reason == "slot 0 sent a bad share"),
+            "{err:?}"
+        );
+        assert_eq!(err.close_code(), Some(4002));
+    }
+    let (_, err) = drain(&mut c).await;
+    assert!(matches!(err, Some(Error::Aborted { slot: Some(2), .. })), "{err:?}");
+}
+
+#[tokio::test]
+async fn frames_kept_for_a_resend_are_bounded_without_surfacing_the_clients_own_status_requests() {
+    let relay = open_relay().await;
+    let client = rooms(&relay);
+    let room = client.create_room(2, None).await.unwrap();
+    // Past 4 kept frames the client asks the relay, itself, how many it took.
+    let options = JoinOptions { slot: Some(0), send_queue: 4, ..JoinOptions::default() };
+    let mut a = client.join(&room.room_uuid, options).await.unwrap();
+    let mut b = client.join(&room.room_uuid, JoinOptions::slot(1)).await.unwrap();
+    for i in 0..50u32 {
+        a.send_to(1, i.to_le_bytes().to_vec()).await.unwrap();
+    }
+    a.request_status().await.unwrap();
+    for i in 0..50u32 {
+        let m = next_message(&mut b).await;
+        assert_eq!(m.payload[..], i.to_le_bytes());
+    }
+    // Only the application's own request is answered in its stream.
+    let mut statuses = Vec::new();
+    loop {
+        match next_event(&mut a).await {
+            RoomEvent::Status { sent, .. } => {
+                statuses.push(sent);
+                a.leave().await.unwrap();
+            }
+            RoomEvent::Closing { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(statuses, vec![vec![50, 0]]);
 }

@@ -264,6 +264,33 @@ async fn a_resume_token_offered_as_a_subprotocol_takes_the_slot_back() {
 }
 
 #[tokio::test]
+async fn a_party_token_offered_as_a_subprotocol_takes_its_slot() {
+    let relay = RelayProcess::start(&["--api-key", &format!("{KEY},backend")]).await.unwrap();
+    let addr = relay.addr;
+    let auth = format!("Bearer {KEY}");
+    let body = serde_json::json!({"room_size": 2, "party_tokens": true});
+    let resp = post_json(addr, "/v1/rooms", &[("authorization", &auth)], &body).await.unwrap();
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
+    let created = resp.json();
+    let room = created["room_uuid"].as_str().unwrap().to_owned();
+    let tokens: Vec<String> =
+        created["party_tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+    let path = format!("/v1/rooms/{room}");
+
+    let none = ws_with(addr, &path, &[("sec-websocket-protocol", "relay.v1")]).await;
+    assert_eq!(none.err(), Some((StatusCode::FORBIDDEN, "bad_party_token".to_owned())));
+    let wrong = format!("relay.v1, {}", credential("relay.party-token.", "not-a-token"));
+    let refused = ws_with(addr, &path, &[("sec-websocket-protocol", &wrong)]).await;
+    assert_eq!(refused.err(), Some((StatusCode::FORBIDDEN, "bad_party_token".to_owned())));
+
+    let offer = format!("relay.v1, {}", credential("relay.party-token.", &tokens[1]));
+    let (mut party, protocol) = ws_with(addr, &path, &[("sec-websocket-protocol", &offer)]).await.unwrap();
+    assert_eq!(protocol.as_deref(), Some("relay.v1"), "the token is never echoed");
+    let welcome = next_json(&mut party).await;
+    assert_eq!((welcome["type"].as_str(), welcome["slot"].as_u64()), (Some("welcome"), Some(1)));
+}
+
+#[tokio::test]
 async fn a_rate_limited_answer_carries_cors_headers_so_the_page_can_read_retry_after() {
     let relay = RelayProcess::start(&[
         "--insecure-api-keys-not-enforced",

@@ -13,6 +13,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
 
+/// MPC-grade rooms (party tokens, exactly-once counts, abort, status, the broadcast
+/// guarantee) against the real binary, with this module's helpers.
+mod mpc;
+
 /// One data frame as the relay sends it.
 #[derive(Debug, PartialEq, Eq)]
 struct Data {

@@ -7,6 +7,12 @@
 //! p2p, the value it got from it; each checks its echoes; (3) each broadcasts the sum
 //! of all values; everyone checks that all sums agree.
 //!
+//! The room is created with party tokens, so each party's slot (the relay-stamped
+//! `from` that `round-based` reads as the sender) is the one its token names; a
+//! dropped connection is resumed with every message sent and received exactly once.
+//! A real protocol that detects a cheater would call [`RoomConnection::abort`] before
+//! giving up, so the other parties learn who stopped and why.
+//!
 //! Run against a relay (keys not enforced, or pass a key):
 //! `cargo run -p relay-client --example round_based_echo -- ws://127.0.0.1:8080 [API_KEY]`
 //!
@@ -206,10 +212,12 @@ where
 pub async fn run_echo_room(base_url: &str, config: ClientConfig) -> Result<Vec<u64>, BoxError> {
     const PARTIES: u16 = 3;
     let client = RoomClient::new(base_url, config)?;
-    let room = client.create_room(PARTIES, Some(Duration::from_secs(60))).await?;
+    let room = client.create_room_with_party_tokens(PARTIES, Some(Duration::from_secs(60))).await?;
     let mut parties = Vec::new();
     for slot in 0..PARTIES {
-        let conn = client.join(&room.room_uuid, JoinOptions::slot(slot)).await?;
+        // In a deployment the backend hands each party its own token.
+        let token = room.party_tokens[usize::from(slot)].clone();
+        let conn = client.join(&room.room_uuid, JoinOptions::party_token(token)).await?;
         let value = 1000 + u64::from(slot) * 7;
         parties.push(echo_protocol(MpcParty::connected(delivery(conn)), slot, PARTIES, value));
     }

@@ -223,6 +223,15 @@ pub enum Error {
         /// The close reason.
         reason: String,
     },
+    /// 4002: a party aborted the room (`abort`); the room is over.
+    #[error("room aborted by slot {}: {reason}", slot.map_or_else(|| "?".to_owned(), |s| s.to_string()))]
+    Aborted {
+        /// The slot that aborted, from the `aborted` event (`None` when only the close
+        /// frame came).
+        slot: Option<u16>,
+        /// Its reason (the event's; else the close reason).
+        reason: String,
+    },
     /// Any other close code, or a close frame without a code.
     #[error("connection closed with code {code}: {reason}")]
     ClosedWithCode {
@@ -300,6 +309,7 @@ impl Error {
             Some(CloseCode::TryAgainLater) => Error::TryAgainLater { reason },
             Some(CloseCode::RoomExpired) => Error::RoomExpired { reason },
             Some(CloseCode::Replaced) => Error::Replaced { reason },
+            Some(CloseCode::Aborted) => Error::Aborted { slot: None, reason },
             _ => Error::ClosedWithCode { code, reason },
         }
     }
@@ -360,6 +370,7 @@ impl Error {
             Error::TryAgainLater { .. } => CloseCode::TryAgainLater,
             Error::RoomExpired { .. } => CloseCode::RoomExpired,
             Error::Replaced { .. } => CloseCode::Replaced,
+            Error::Aborted { .. } => CloseCode::Aborted,
             Error::ClosedWithCode { code, .. } => return Some(*code),
             _ => return None,
         };
@@ -382,6 +393,9 @@ impl Error {
     /// hold an `io::Error`): close codes and refusals keep their variant, the rest
     /// become [`Error::Disconnected`] with the same text.
     pub(crate) fn duplicate(&self) -> Error {
+        if let Error::Aborted { slot, reason } = self {
+            return Error::Aborted { slot: *slot, reason: reason.clone() };
+        }
         if let Some(code) = self.close_code() {
             let reason = match self {
                 Error::Closed { reason }

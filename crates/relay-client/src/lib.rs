@@ -10,15 +10,17 @@
 //! Acks cover only what the application has taken from the stream, so
 //! [`RoomConnection::resume_state`] can even resume from another process.
 //!
-//! **Sending (rooms)**: messages queued while the connection is down are sent after
-//! the resume, in order. A message whose write to the socket failed is sent again after
-//! the resume (it never fully left). But a message the socket accepted shortly before
-//! the drop may have been lost in the kernel's buffers or on the wire: the protocol has
-//! no acknowledgement of client-to-relay frames and the resume `welcome` does not say
-//! how many frames the relay accepted from this party, so the client cannot know and
-//! does not resend (resending could deliver it twice). Sends are therefore *at most
-//! once* across a drop; a protocol that needs exactly-once should have the relay report
-//! an accepted-frame count in `welcome`.
+//! **Sending (rooms)**: every data message is taken by the relay exactly once and in
+//! order, across any number of dropped connections resumed in time. The client numbers
+//! its data frames (1, 2, 3, ... for the room's life), keeps those the relay has not
+//! confirmed, and after a resume sends again exactly the ones numbered above the
+//! `welcome`'s `received` count (what the relay took from this slot before the drop),
+//! then what was queued while the connection was down. It forgets kept frames on the
+//! relay's word: a resume `welcome`, an `error` naming a frame, a `status` event; past
+//! [`JoinOptions::send_queue`] kept frames it asks for a `status` itself (that answer is
+//! not surfaced). A frame the relay refused ([`RoomEvent::RelayError`] with its
+//! `frame` number) counts as taken and is not sent again. Resuming from another process
+//! ([`JoinOptions::resume`]) cannot send again what the old process had in flight.
 //!
 //! **Acks**: the client acks (cumulatively) what the application has taken from the
 //! stream, once 64 messages are waiting or every second ([`JoinOptions::ack_every`],
@@ -33,17 +35,20 @@
 //! after its TTL, so [`MailboxClient::ask`] gives up on its own a little later
 //! ([`Error::AskExpired`]).
 //!
+//! # Rooms for MPC
+//!
+//! [`RoomClient::create_room_with_party_tokens`] binds each slot to a token
+//! ([`RoomInfo::party_tokens`]; join with [`JoinOptions::party_token`]), so the
+//! relay-stamped sender is the party the backend meant. [`RoomConnection::abort`] ends
+//! the room for everyone with a reason ([`RoomEvent::Aborted`], then
+//! [`Error::Aborted`]); [`RoomConnection::request_status`] says who is connected and how
+//! far each party got ([`RoomEvent::Status`]).
+//!
 //! # Protocol gaps
 //!
-//! - Exactly-once sends across a drop need the relay to say what it accepted: e.g. a
-//!   `received` count (data frames accepted from this slot) in the resume `welcome`.
-//!   With it, the client would keep unconfirmed frames and resend exactly the tail the
-//!   relay did not get. Without it, sends are at most once across a drop (above).
-//! - A non-fatal `error` event (`room_buffer_full`, `bad_destination`,
-//!   `malformed_frame`) does not say which frame it refuses. With several sends in
-//!   flight the client cannot tell which message was dropped, so it surfaces the event
-//!   as [`RoomEvent::RelayError`] and does not retry: an application that can hit the
-//!   room's held-bytes bound must watch for it.
+//! - The relay confirms taken frames only in `welcome`, `error` and `status`; a party
+//!   that sends much and never drops keeps up to [`JoinOptions::send_queue`] frames
+//!   (plus what is sent while a `status` answer is on its way).
 
 mod config;
 mod error;
@@ -57,9 +62,9 @@ pub use mailbox::{
     FLAG_ONE_RECEIVER, MAILBOX_HEADER_LEN, MAILBOX_ID_LEN, MailboxClient, MailboxFrame, MailboxId, RawMailbox,
 };
 pub use room::{
-    BROADCAST_SLOT, Destination, JoinOptions, OutgoingMessage, ReconnectPolicy, ResumeState, RoomClient,
-    RoomConnection, RoomEvent, RoomEvents, RoomInfo, RoomMessage, RoomMessages, RoomSender, Welcome,
-    create_room, decode_room_frame, join,
+    BROADCAST_SLOT, Destination, JoinOptions, OutgoingMessage, PartyToken, ReconnectPolicy, ResumeState,
+    RoomClient, RoomConnection, RoomEvent, RoomEvents, RoomInfo, RoomMessage, RoomMessages, RoomSender,
+    Welcome, create_room, decode_room_frame, join,
 };
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! the relay, because the client acks only what the application has taken from it and
 //! the relay holds at most `max_room_held_bytes` unacked. Outgoing messages go through
 //! a bounded queue ([`JoinOptions::send_queue`]) that also holds them while the task
-//! reconnects.
+//! reconnects. Sends are exactly-once across a reconnect: the task numbers its data
+//! frames, keeps those the relay has not confirmed, and after a resume sends again
+//! exactly the ones after the `received` count of the relay's `welcome`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -49,6 +51,34 @@ pub struct RoomInfo {
     pub room_size: u16,
     /// When the room closes, Unix seconds.
     pub expires_at: u64,
+    /// For a room created with [`RoomClient::create_room_with_party_tokens`]: each
+    /// slot's party token, slot 0 first (hand each party its own). Empty otherwise.
+    #[serde(default)]
+    pub party_tokens: Vec<PartyToken>,
+}
+
+/// A party token: joins a room created with them, taking the slot it is bound to
+/// ([`JoinOptions::party_token`]). Redacted in `Debug` output.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct PartyToken(String);
+
+impl PartyToken {
+    /// A token received from the backend that created the room.
+    pub fn new(token: impl Into<String>) -> PartyToken {
+        PartyToken(token.into())
+    }
+
+    /// The token as the relay wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PartyToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartyToken(<redacted>)")
+    }
 }
 
 /// How to join a room.
@@ -56,6 +86,9 @@ pub struct RoomInfo {
 pub struct JoinOptions {
     /// Ask for this slot on first join; `None` takes the next free one.
     pub slot: Option<u16>,
+    /// The party token of a room created with them: takes the slot it is bound to
+    /// (required by such a room; ignored by others and when resuming).
+    pub party_token: Option<PartyToken>,
     /// Resume a slot held by an earlier connection (e.g. from a previous process),
     /// from [`RoomConnection::resume_state`]. Takes precedence over `slot`.
     pub resume: Option<ResumeState>,
@@ -78,6 +111,7 @@ impl Default for JoinOptions {
     fn default() -> JoinOptions {
         JoinOptions {
             slot: None,
+            party_token: None,
             resume: None,
             reconnect: ReconnectPolicy::default(),
             ack_every: 64,
@@ -92,6 +126,11 @@ impl JoinOptions {
     /// Default options asking for `slot`.
     pub fn slot(slot: u16) -> JoinOptions {
         JoinOptions { slot: Some(slot), ..JoinOptions::default() }
+    }
+
+    /// Default options joining with a party token (the slot it is bound to).
+    pub fn party_token(token: PartyToken) -> JoinOptions {
+        JoinOptions { party_token: Some(token), ..JoinOptions::default() }
     }
 }
 
@@ -168,6 +207,10 @@ pub struct Welcome {
     pub resumed: bool,
     /// The seq the next data frame to this party will carry.
     pub next_seq: u64,
+    /// Data frames the relay has taken from this slot over all its connections: the
+    /// client sends again exactly its frames after this one when it resumes.
+    #[serde(default)]
+    pub received: u64,
     /// The token that takes this slot back; read it through
     /// [`RoomConnection::resume_state`]. Redacted in `Debug` output.
     #[serde(default)]
@@ -226,6 +269,26 @@ pub enum RoomEvent {
         code: String,
         /// The relay's explanation.
         message: String,
+        /// The refused data frame: this party's count of its data frames in the room
+        /// (the 1st, 2nd... it sent, across reconnects). `None` for a refused text frame.
+        frame: Option<u64>,
+    },
+    /// A party aborted the room ([`RoomConnection::abort`]); the stream ends next with
+    /// [`Error::Aborted`].
+    Aborted {
+        /// The slot that aborted, stamped by the relay.
+        slot: u16,
+        /// Its reason.
+        reason: String,
+    },
+    /// The answer to [`RoomConnection::request_status`], each list by slot.
+    Status {
+        /// Slots connected now.
+        present: Vec<u16>,
+        /// Data frames the relay has taken from each slot.
+        sent: Vec<u64>,
+        /// Milliseconds since each slot last sent a data frame.
+        idle_ms: Vec<u64>,
     },
     /// The relay is about to close the connection with this code.
     Closing {
@@ -234,8 +297,8 @@ pub enum RoomEvent {
         /// The reason.
         reason: String,
     },
-    /// The connection dropped and was resumed; nothing was lost or repeated on the
-    /// receive side (see the crate docs for what this means for sends).
+    /// The connection dropped and was resumed; nothing was lost or repeated, in either
+    /// direction: frames the relay had not taken were sent again, the others not.
     Reconnected {
         /// Attempts it took.
         attempts: u32,
@@ -303,9 +366,25 @@ impl RoomClient {
     /// `POST /v1/rooms`: creates a room of `room_size` parties living `ttl` (the
     /// relay's default when `None`). Needs the API key when the relay enforces keys.
     pub async fn create_room(&self, room_size: u16, ttl: Option<Duration>) -> Result<RoomInfo> {
+        self.create(room_size, ttl, false).await
+    }
+
+    /// Like [`RoomClient::create_room`], but each slot is bound to a party token
+    /// ([`RoomInfo::party_tokens`]): the room can be joined only with one, so the
+    /// relay-stamped sender of every message is the party the token was handed to.
+    pub async fn create_room_with_party_tokens(
+        &self,
+        room_size: u16,
+        ttl: Option<Duration>,
+    ) -> Result<RoomInfo> {
+        self.create(room_size, ttl, true).await
+    }
+
+    async fn create(&self, room_size: u16, ttl: Option<Duration>, party_tokens: bool) -> Result<RoomInfo> {
         let request = relay_proto::rest::CreateRoomRequest {
             room_size: room_size.into(),
             ttl_secs: ttl.map(|t| t.as_secs()),
+            party_tokens,
         };
         let body = serde_json::to_value(&request).map_err(|e| Error::Protocol(e.to_string()))?;
         let bytes = self.endpoint.request_json(http::Method::POST, "/v1/rooms", &body, &self.config).await?;
@@ -315,6 +394,7 @@ impl RoomClient {
             room_uuid: created.room_uuid,
             room_size: created.room_size,
             expires_at: created.expires_at,
+            party_tokens: created.party_tokens.unwrap_or_default().into_iter().map(PartyToken).collect(),
         })
     }
 
@@ -325,8 +405,11 @@ impl RoomClient {
         let resume = options.resume.clone();
         let last_seq = resume.as_ref().map(|r| r.last_seq);
         let (ws, welcome) = match &resume {
-            Some(r) => self.open(room_id, Some((&r.resume_token, r.last_seq)), None).await?,
-            None => self.open(room_id, None, options.slot).await?,
+            Some(r) => self.open(room_id, Some((&r.resume_token, r.last_seq)), None, None).await?,
+            None => {
+                let token = options.party_token.as_ref().map(PartyToken::as_str);
+                self.open(room_id, None, options.slot, token).await?
+            }
         };
         Ok(RoomConnection::spawn(self.clone(), ws, welcome, last_seq, options))
     }
@@ -337,12 +420,23 @@ impl RoomClient {
         room_id: &str,
         resume: Option<(&str, u64)>,
         slot: Option<u16>,
+        party_token: Option<&str>,
     ) -> Result<(Ws, Welcome)> {
         let mut path = format!("/v1/rooms/{}", percent_encode(room_id));
         if let Some((token, last_seq)) = resume {
             path.push_str(&format!("?resume_token={}&last_seq={last_seq}", percent_encode(token)));
-        } else if let Some(slot) = slot {
-            path.push_str(&format!("?slot={slot}"));
+        } else {
+            let mut query = Vec::new();
+            if let Some(slot) = slot {
+                query.push(format!("slot={slot}"));
+            }
+            if let Some(token) = party_token {
+                query.push(format!("party_token={}", percent_encode(token)));
+            }
+            if !query.is_empty() {
+                path.push('?');
+                path.push_str(&query.join("&"));
+            }
         }
         // Joining needs only the room ID: the key stays home.
         let mut ws = self.endpoint.websocket(&path, &self.config, false).await?;
@@ -396,6 +490,7 @@ impl From<proto::Welcome> for Welcome {
             present: w.present,
             resumed: w.resumed,
             next_seq: w.next_seq,
+            received: w.received,
             resume_token: Secret(w.resume_token),
         }
     }
@@ -472,7 +567,11 @@ impl RoomConnection {
             commands_closed: false,
             events: ev_tx,
             ready: ready_tx,
-            unsent: VecDeque::new(),
+            slot: welcome.slot,
+            retained: VecDeque::new(),
+            next_frame: welcome.received + 1,
+            status_requests: VecDeque::new(),
+            aborted: None,
             leaving: false,
             closing: None,
             options,
@@ -535,6 +634,20 @@ impl RoomConnection {
         self.sender.leave().await
     }
 
+    /// Aborts the room for every party (after everything queued before it), e.g. on
+    /// catching a cheater: the others get [`RoomEvent::Aborted`] naming this slot and
+    /// `reason` (the relay cuts it to 256 bytes); every stream ends with
+    /// [`Error::Aborted`].
+    pub async fn abort(&self, reason: impl Into<String>) -> Result<()> {
+        self.sender.abort(reason).await
+    }
+
+    /// Asks the relay who is connected and how far each party got: the answer comes
+    /// as [`RoomEvent::Status`].
+    pub async fn request_status(&self) -> Result<()> {
+        self.sender.request_status().await
+    }
+
     /// Separates the sending half (cloneable) from the receiving half.
     pub fn split(self) -> (RoomSender, RoomEvents) {
         (self.sender, self.events)
@@ -581,6 +694,10 @@ enum Command {
     Send(Bytes),
     /// Send `leave`.
     Leave,
+    /// Send `abort` with this reason.
+    Abort(String),
+    /// Send `status` (for the application).
+    Status,
 }
 
 type Reserve = Pin<
@@ -618,6 +735,16 @@ impl RoomSender {
     /// Sends `leave` after everything queued before it.
     pub async fn leave(&self) -> Result<()> {
         self.queue(Command::Leave).await
+    }
+
+    /// See [`RoomConnection::abort`].
+    pub async fn abort(&self, reason: impl Into<String>) -> Result<()> {
+        self.queue(Command::Abort(reason.into())).await
+    }
+
+    /// See [`RoomConnection::request_status`].
+    pub async fn request_status(&self) -> Result<()> {
+        self.queue(Command::Status).await
     }
 
     async fn queue(&self, cmd: Command) -> Result<()> {
@@ -763,8 +890,19 @@ struct ConnectionTask {
     commands_closed: bool,
     events: mpsc::UnboundedSender<Result<RoomEvent>>,
     ready: watch::Sender<bool>,
-    /// Frames whose write failed (so they never fully left): sent first after resume.
-    unsent: VecDeque<Bytes>,
+    /// This party's slot.
+    slot: u16,
+    /// Data frames sent but not known to be taken by the relay, with their numbers
+    /// (this party's count of its data frames): sent again after a resume when the
+    /// welcome's `received` is below their number.
+    retained: VecDeque<(u64, Bytes)>,
+    /// The number the next data frame gets.
+    next_frame: u64,
+    /// `status` requests awaiting their answer, oldest first: true when the application
+    /// asked, false when this task did (to learn what it may forget of `retained`).
+    status_requests: VecDeque<bool>,
+    /// Who aborted the room and why, from the `aborted` event (or our own `abort`).
+    aborted: Option<(u16, String)>,
     /// `leave` was sent: a drop now ends the connection.
     leaving: bool,
     /// The last `closing` event, whose code explains the close frame that follows.
@@ -813,9 +951,13 @@ impl ConnectionTask {
         loop {
             attempts += 1;
             let token = self.shared.resume_token.lock().expect("not poisoned").clone();
-            let attempt = self.client.open(&self.room_uuid, Some((&token, self.last_seq)), None);
+            let attempt = self.client.open(&self.room_uuid, Some((&token, self.last_seq)), None, None);
             match tokio::time::timeout_at(start + policy.deadline, attempt).await {
                 Ok(Ok((ws, welcome))) => {
+                    self.taken_through(welcome.received);
+                    self.next_frame = self.next_frame.max(welcome.received + 1);
+                    // Answers to requests on the old connection will not come.
+                    self.status_requests.clear();
                     *self.shared.resume_token.lock().expect("not poisoned") = welcome.resume_token.0;
                     return Ok((ws, attempts));
                 }
@@ -835,11 +977,11 @@ impl ConnectionTask {
 
     /// Runs one connection until it drops or finishes.
     async fn drive(&mut self, ws: &mut Ws) -> Outcome {
-        while let Some(frame) = self.unsent.front().cloned() {
+        // Exactly the frames the relay has not taken, in order (after a resume).
+        for (_, frame) in self.retained.clone() {
             if let Err(e) = ws.send(Message::Binary(frame)).await {
                 return Outcome::Dropped(Error::from_ws(e));
             }
-            self.unsent.pop_front();
         }
         let mut tick = tokio::time::interval(self.options.ack_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -864,8 +1006,27 @@ impl ConnectionTask {
                 }
                 cmd = self.commands.recv(), if !self.leaving && !self.commands_closed => match cmd {
                     Some(Command::Send(frame)) => {
-                        if let Err(e) = ws.send(Message::Binary(frame.clone())).await {
-                            self.unsent.push_back(frame);
+                        self.retained.push_back((self.next_frame, frame.clone()));
+                        self.next_frame += 1;
+                        if let Err(e) = ws.send(Message::Binary(frame)).await {
+                            return Outcome::Dropped(Error::from_ws(e));
+                        }
+                        if let Err(e) = self.bound_retained(ws).await {
+                            return Outcome::Dropped(e);
+                        }
+                    }
+                    Some(Command::Abort(reason)) => {
+                        self.leaving = true;
+                        let reason = relay_proto::room::bound_abort_reason(&reason).to_owned();
+                        self.aborted = Some((self.slot, reason.clone()));
+                        let abort = ClientControl::Abort { reason };
+                        if let Err(e) = ws.send(Message::text(abort.to_json())).await {
+                            return Outcome::Finished(Some(Error::from_ws(e)));
+                        }
+                    }
+                    Some(Command::Status) => {
+                        self.status_requests.push_back(true);
+                        if let Err(e) = ws.send(Message::text(ClientControl::Status.to_json())).await {
                             return Outcome::Dropped(Error::from_ws(e));
                         }
                     }
@@ -900,6 +1061,23 @@ impl ConnectionTask {
                 }
             }
         }
+    }
+
+    /// Forgets the retained frames the relay has taken (numbered up to `received`).
+    fn taken_through(&mut self, received: u64) {
+        while self.retained.front().is_some_and(|(n, _)| *n <= received) {
+            self.retained.pop_front();
+        }
+    }
+
+    /// Keeps `retained` near `send_queue` frames: past it, asks the relay (once at a
+    /// time) how many frames it has taken, and forgets those when the answer comes.
+    async fn bound_retained(&mut self, ws: &mut Ws) -> Result<()> {
+        if self.retained.len() <= self.options.send_queue.max(1) || self.status_requests.contains(&false) {
+            return Ok(());
+        }
+        self.status_requests.push_back(false);
+        ws.send(Message::text(ClientControl::Status.to_json())).await.map_err(Error::from_ws)
     }
 
     /// Acks what the application has taken: on the timer whenever there is something
@@ -961,8 +1139,30 @@ impl ConnectionTask {
                         let _ = self.ready.send(true);
                         RoomEvent::Ready { room_size }
                     }
-                    ServerEvent::Error { code, message } => {
-                        RoomEvent::RelayError { code: error_code_text(code, &text), message }
+                    ServerEvent::Error { code, message, frame } => {
+                        // The relay takes frames in order: everything up to a refused
+                        // one was taken.
+                        if let Some(n) = frame {
+                            self.taken_through(n);
+                        }
+                        RoomEvent::RelayError { code: error_code_text(code, &text), message, frame }
+                    }
+                    ServerEvent::Aborted { slot, reason } => {
+                        self.aborted = Some((slot, reason.clone()));
+                        RoomEvent::Aborted { slot, reason }
+                    }
+                    ServerEvent::Status(status) => {
+                        if let Some(&sent) = status.sent.get(usize::from(self.slot)) {
+                            self.taken_through(sent);
+                        }
+                        if self.status_requests.pop_front() == Some(false) {
+                            return None;
+                        }
+                        RoomEvent::Status {
+                            present: status.present,
+                            sent: status.sent,
+                            idle_ms: status.idle_ms,
+                        }
                     }
                     ServerEvent::Closing { code, reason } => {
                         self.closing = Some((code, reason.clone()));
@@ -978,7 +1178,12 @@ impl ConnectionTask {
                     (None, Some(c)) => c,
                     (None, None) => (crate::error::NO_CLOSE_CODE, String::new()),
                 };
-                let err = Error::from_close(code, &reason);
+                let err = match (CloseCode::from_code(code), self.aborted.take()) {
+                    (Some(CloseCode::Aborted), Some((slot, reason))) => {
+                        Error::Aborted { slot: Some(slot), reason }
+                    }
+                    _ => Error::from_close(code, &reason),
+                };
                 Some(match CloseCode::from_code(code) {
                     Some(CloseCode::Normal) => Outcome::Finished(None),
                     // "a relay bug; reconnect" and "slow consumer; reconnect and resume"

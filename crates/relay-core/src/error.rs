@@ -50,6 +50,13 @@ pub enum CoreError {
         /// The room's size.
         room_size: u16,
     },
+    /// The room was created with party tokens and the join brought none, or one that
+    /// is not this room's (or is another slot's than the one asked for).
+    #[error("this room is joined with a party token; it is missing or not this room's")]
+    BadPartyToken,
+    /// The system's random source failed (party tokens cannot be drawn).
+    #[error("no randomness for party tokens: {0}")]
+    Random(String),
     /// The resume token is not one of this room's, or its party has left for good.
     #[error("the resume token is not valid for this room")]
     BadResumeToken,

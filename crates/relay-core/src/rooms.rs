@@ -19,12 +19,16 @@
 //! among all its receivers.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::prelude::{BASE64_URL_SAFE_NO_PAD, Engine as _};
 use bytes::Bytes;
 use relay_proto::CloseCode;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -36,6 +40,9 @@ use crate::signal::Signal;
 /// What one held message costs against [`Limits::max_room_held_bytes`] on top of its
 /// payload: its bookkeeping, so that empty payloads cannot grow a room without bound.
 pub const HELD_MESSAGE_OVERHEAD: usize = std::mem::size_of::<Held>();
+
+/// Random bytes in a party token (128 bits), written base64url without padding.
+pub const PARTY_TOKEN_BYTES: usize = 16;
 
 /// The registry of live rooms. Cheap to clone (an `Arc` inside); every clone sees the
 /// same rooms.
@@ -69,6 +76,9 @@ pub struct JoinRequest {
     pub slot: Option<u16>,
     /// Reconnect to the slot this token belongs to.
     pub resume: Option<Resume>,
+    /// A first join of a room created with party tokens: takes the slot bound to this
+    /// token. Ignored by rooms created without them, and when resuming.
+    pub party_token: Option<String>,
 }
 
 /// A reconnect: the slot's resume token and the last `seq` the party received.
@@ -105,6 +115,21 @@ pub struct Welcome {
     pub resumed: bool,
     /// The seq the next data message to this party will carry.
     pub next_seq: u64,
+    /// Data frames taken from this slot so far, over all its connections (delivered or
+    /// refused): the party sends again exactly the ones after this.
+    pub received: u64,
+}
+
+/// The room as one party asks about it ([`Party::status`]), each list by slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomStatus {
+    /// Slots with a live connection now.
+    pub present: Vec<u16>,
+    /// Data frames taken from each slot (its [`Welcome::received`] count).
+    pub sent: Vec<u64>,
+    /// Time since each slot last sent a data frame (since the room was created for a
+    /// slot that never sent).
+    pub idle: Vec<Duration>,
 }
 
 /// One message delivered to a party.
@@ -133,6 +158,8 @@ pub enum CloseReason {
     Shutdown,
     /// An operator closed the room ([`Rooms::close`], the admin API).
     ClosedByOperator,
+    /// A party aborted the room ([`Party::abort`]).
+    Aborted,
 }
 
 /// What a party receives, in order.
@@ -148,6 +175,14 @@ pub enum PartyEvent {
     Ready {
         /// Number of slots.
         room_size: u16,
+    },
+    /// A party aborted the room: `Closed(Aborted)` follows. Told once per connection,
+    /// to every party but the one that aborted, and to a party resuming afterwards.
+    Aborted {
+        /// The slot that aborted.
+        slot: u16,
+        /// Its reason, cut to relay-proto's `MAX_ABORT_REASON_BYTES`.
+        reason: String,
     },
     /// This connection is over; every later call returns the same.
     Closed(CloseReason),
@@ -166,6 +201,11 @@ pub struct Party {
     welcome: Welcome,
     /// Set by `leave`, so that drop does not report a second departure.
     done: bool,
+    /// The number of the last data frame this party's sends counted (see
+    /// [`Party::last_frame`]).
+    last_frame: AtomicU64,
+    /// This connection was told of the abort ([`PartyEvent::Aborted`]).
+    told_abort: bool,
 }
 
 struct Registry {
@@ -191,6 +231,8 @@ struct Room {
     max_held_bytes: usize,
     max_message_bytes: usize,
     reconnect_grace: Duration,
+    /// SHA-256 of each slot's party token, for a room created with them.
+    party_tokens: Option<Vec<[u8; 32]>>,
     state: Mutex<RoomState>,
     /// Wakes the room's timer task when the grace deadline changes or the room closes.
     timer: Notify,
@@ -207,6 +249,9 @@ struct RoomState {
     next_conn: u64,
     /// Set while nobody is connected: the room closes then unless someone comes back.
     grace_until: Option<Instant>,
+    /// Who aborted the room and why: the room lingers (closed) for the reconnect
+    /// grace so that a party resuming meanwhile learns it.
+    aborted: Option<(u16, String)>,
 }
 
 struct Slot {
@@ -225,6 +270,10 @@ struct Slot {
     queue: VecDeque<Held>,
     /// Control events waiting for the current connection.
     events: VecDeque<PartyEvent>,
+    /// Data frames taken from this slot, over all its connections.
+    received: u64,
+    /// When this slot last sent a data frame.
+    last_sent: Option<Instant>,
 }
 
 struct Conn {
@@ -276,6 +325,40 @@ impl Rooms {
         ttl: Option<Duration>,
         now_unix: u64,
     ) -> Result<RoomInfo, CoreError> {
+        self.create_room(room_size, ttl, now_unix, None)
+    }
+
+    /// Like [`Rooms::create`], but binds each slot to a fresh party token (at least
+    /// 128 random bits): the room can be joined only with one
+    /// ([`JoinRequest::party_token`]), which takes its slot. Returns the tokens, slot 0
+    /// first; the room keeps only their SHA-256 digests.
+    pub fn create_with_party_tokens(
+        &self,
+        room_size: u16,
+        ttl: Option<Duration>,
+        now_unix: u64,
+    ) -> Result<(RoomInfo, Vec<String>), CoreError> {
+        // A size over the limit is refused by `create_room` below; draw no more tokens
+        // than a valid room can have before that.
+        let count = room_size.min(self.inner.limits.max_room_size);
+        let mut tokens = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let mut bytes = [0u8; PARTY_TOKEN_BYTES];
+            getrandom::fill(&mut bytes).map_err(|e| CoreError::Random(e.to_string()))?;
+            tokens.push(BASE64_URL_SAFE_NO_PAD.encode(bytes));
+        }
+        let digests = tokens.iter().map(|t| party_token_digest(t)).collect();
+        let info = self.create_room(room_size, ttl, now_unix, Some(digests))?;
+        Ok((info, tokens))
+    }
+
+    fn create_room(
+        &self,
+        room_size: u16,
+        ttl: Option<Duration>,
+        now_unix: u64,
+        party_tokens: Option<Vec<[u8; 32]>>,
+    ) -> Result<RoomInfo, CoreError> {
         let limits = &self.inner.limits;
         if room_size < 2 || room_size > limits.max_room_size {
             return Err(CoreError::BadRoomSize { got: room_size.into(), max: limits.max_room_size });
@@ -311,6 +394,7 @@ impl Rooms {
                 max_held_bytes: limits.max_room_held_bytes,
                 max_message_bytes: limits.max_message_bytes,
                 reconnect_grace: limits.reconnect_grace,
+                party_tokens,
                 state: Mutex::new(RoomState {
                     slots: (0..room_size).map(|_| Slot::new()).collect(),
                     held_bytes: 0,
@@ -318,6 +402,7 @@ impl Rooms {
                     closed: None,
                     next_conn: 0,
                     grace_until: None,
+                    aborted: None,
                 }),
                 timer: Notify::new(),
                 registry: Arc::downgrade(&self.inner),
@@ -385,6 +470,7 @@ impl CloseReason {
             CloseReason::Replaced => CloseCode::Replaced,
             CloseReason::Shutdown => CloseCode::GoingAway,
             CloseReason::ClosedByOperator => CloseCode::Policy,
+            CloseReason::Aborted => CloseCode::Aborted,
         }
     }
 
@@ -401,6 +487,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced by a newer connection",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::ClosedByOperator => "room closed by the operator",
+            CloseReason::Aborted => "room aborted",
         }
     }
 }
@@ -455,12 +542,13 @@ impl Party {
         wakes: &mut Vec<Arc<Signal>>,
     ) -> Result<(), CoreError> {
         let room = &*self.room;
-        if payload.len() > room.max_message_bytes {
-            return Err(CoreError::MessageTooBig { got: payload.len(), max: room.max_message_bytes });
-        }
         let mut st = lock(&room.state);
         if st.closed.is_some() || !st.is_current(self.slot, self.conn) {
             return Err(CoreError::PartyClosed);
+        }
+        st.slots[usize::from(self.slot)].count_frame(&self.last_frame);
+        if payload.len() > room.max_message_bytes {
+            return Err(CoreError::MessageTooBig { got: payload.len(), max: room.max_message_bytes });
         }
         let broadcast = matches!(to, Destination::Broadcast);
         let receivers = match to {
@@ -503,6 +591,68 @@ impl Party {
             }
         }
         Ok(())
+    }
+
+    /// The number of the last data frame a send of this party counted, accepted or
+    /// refused: the party's own count of its data frames in this room (1, 2, 3, ...
+    /// across connections). What an `error` event names.
+    pub fn last_frame(&self) -> u64 {
+        self.last_frame.load(Ordering::Relaxed)
+    }
+
+    /// Counts a data frame the transport refused before it reached [`Party::send`]
+    /// (e.g. malformed) and returns its number; `None` when this connection is over.
+    pub fn refuse_frame(&self) -> Option<u64> {
+        let mut st = lock(&self.room.state);
+        if st.closed.is_some() || !st.is_current(self.slot, self.conn) {
+            return None;
+        }
+        st.slots[usize::from(self.slot)].count_frame(&self.last_frame);
+        Some(self.last_frame())
+    }
+
+    /// Who is connected, how many data frames each slot sent and how long ago its last
+    /// one was: what a party waiting on a round asks.
+    pub fn status(&self) -> RoomStatus {
+        let st = lock(&self.room.state);
+        let now = Instant::now();
+        RoomStatus {
+            present: st.present(),
+            sent: st.slots.iter().map(|s| s.received).collect(),
+            idle: st
+                .slots
+                .iter()
+                .map(|s| now.saturating_duration_since(s.last_sent.unwrap_or(self.room.created)))
+                .collect(),
+        }
+    }
+
+    /// Aborts the room for everyone (e.g. this party caught a cheater): every other
+    /// party gets [`PartyEvent::Aborted`] naming this slot and `reason` (cut to
+    /// relay-proto's `MAX_ABORT_REASON_BYTES`), then every connection
+    /// [`PartyEvent::Closed`] with [`CloseReason::Aborted`]. The room takes no more
+    /// messages; it lingers for the reconnect grace so that a party resuming meanwhile
+    /// learns of the abort, then is forgotten. Ignored from a connection that is over.
+    pub fn abort(&self, reason: &str) {
+        let reason = relay_proto::room::bound_abort_reason(reason).to_owned();
+        {
+            let mut st = lock(&self.room.state);
+            if st.closed.is_some() || !st.is_current(self.slot, self.conn) {
+                return;
+            }
+            st.aborted = Some((self.slot, reason));
+            st.closed = Some(CloseReason::Aborted);
+            st.held_bytes = 0;
+            for slot in &mut st.slots {
+                slot.queue = VecDeque::new();
+                slot.events = VecDeque::new();
+                if let Some(conn) = &slot.conn {
+                    conn.signal.notify();
+                }
+            }
+        }
+        self.room.timer.notify_one();
+        tracing::debug!(room = %self.room.id, slot = self.slot, "room aborted");
     }
 
     /// Everything up to `seq` was received: the relay forgets it. An ack past what was
@@ -566,6 +716,13 @@ impl Party {
     pub fn try_next_event(&mut self) -> Option<PartyEvent> {
         let mut st = lock(&self.room.state);
         if let Some(reason) = st.closed {
+            if let Some((slot, why)) = &st.aborted
+                && !self.told_abort
+                && *slot != self.slot
+            {
+                self.told_abort = true;
+                return Some(PartyEvent::Aborted { slot: *slot, reason: why.clone() });
+            }
             return Some(PartyEvent::Closed(reason));
         }
         if !st.is_current(self.slot, self.conn) {
@@ -588,6 +745,23 @@ impl Party {
             broadcast: held.broadcast,
             payload: held.payload.clone(),
         }))
+    }
+}
+
+impl Party {
+    fn new(room: Arc<Room>, slot: u16, conn: u64, signal: Arc<Signal>, welcome: Welcome) -> Party {
+        let last_frame = AtomicU64::new(welcome.received);
+        Party {
+            room,
+            slot,
+            conn,
+            signal,
+            deferred: Vec::new(),
+            welcome,
+            done: false,
+            last_frame,
+            told_abort: false,
+        }
     }
 }
 
@@ -621,6 +795,10 @@ impl Room {
     fn join(room: Arc<Room>, request: JoinRequest) -> Result<Party, CoreError> {
         let mut guard = lock(&room.state);
         let st = &mut *guard;
+        if st.aborted.is_some() && request.resume.is_some() {
+            drop(guard);
+            return Room::join_aborted(room, request);
+        }
         if st.closed.is_some() {
             return Err(CoreError::RoomNotFound);
         }
@@ -648,6 +826,18 @@ impl Room {
                     old.signal.notify();
                 }
                 (index, true)
+            }
+            None if room.party_tokens.is_some() => {
+                let index = room.party_token_slot(request.party_token.as_deref())?;
+                match request.slot {
+                    Some(s) if usize::from(s) != index => return Err(CoreError::BadPartyToken),
+                    _ => {}
+                }
+                if st.slots[index].token.is_some() {
+                    return Err(CoreError::SlotTaken(u16::try_from(index).unwrap_or(u16::MAX)));
+                }
+                st.slots[index].token = Some(uuid::Uuid::new_v4().simple().to_string());
+                (index, false)
             }
             None => {
                 let index = match request.slot {
@@ -703,9 +893,55 @@ impl Room {
             present: st.present(),
             resumed,
             next_seq: slot.delivered + 1,
+            received: slot.received,
         };
         drop(guard);
-        Ok(Party { room, slot: slot_no, conn: conn_id, signal, deferred: Vec::new(), welcome, done: false })
+        Ok(Party::new(room, slot_no, conn_id, signal, welcome))
+    }
+
+    /// A resume of a room that was aborted and lingers: the party gets its welcome, then
+    /// [`PartyEvent::Aborted`] and [`PartyEvent::Closed`], and nothing else.
+    fn join_aborted(room: Arc<Room>, request: JoinRequest) -> Result<Party, CoreError> {
+        let resume = request.resume.ok_or(CoreError::RoomNotFound)?;
+        let mut guard = lock(&room.state);
+        let st = &mut *guard;
+        let index = st
+            .slots
+            .iter()
+            .position(|s| s.token.as_deref().is_some_and(|t| tokens_equal(t, &resume.token)))
+            .ok_or(CoreError::BadResumeToken)?;
+        let slot_no = u16::try_from(index).unwrap_or(u16::MAX);
+        let conn_id = st.next_conn;
+        st.next_conn += 1;
+        let slot = &st.slots[index];
+        let welcome = Welcome {
+            room_id: room.id,
+            slot: slot_no,
+            room_size: room.size,
+            resume_token: slot.token.clone().unwrap_or_default(),
+            expires_at: room.expires_at,
+            present: st.present(),
+            resumed: true,
+            next_seq: resume.last_seq.unwrap_or(slot.acked) + 1,
+            received: slot.received,
+        };
+        drop(guard);
+        Ok(Party::new(room, slot_no, conn_id, Arc::new(Signal::default()), welcome))
+    }
+
+    /// The slot bound to party token `token` (compared in constant time).
+    fn party_token_slot(&self, token: Option<&str>) -> Result<usize, CoreError> {
+        let (Some(digests), Some(token)) = (&self.party_tokens, token) else {
+            return Err(CoreError::BadPartyToken);
+        };
+        let digest = party_token_digest(token);
+        let mut found = None;
+        for (i, d) in digests.iter().enumerate() {
+            if bool::from(d.ct_eq(&digest)) {
+                found = Some(i);
+            }
+        }
+        found.ok_or(CoreError::BadPartyToken)
     }
 
     fn info(&self) -> RoomInfo {
@@ -759,6 +995,11 @@ impl Room {
             }
         }
         self.timer.notify_one();
+        self.forget(reason);
+    }
+
+    /// Removes the closed room from the registry and reports its close.
+    fn forget(&self, reason: CloseReason) {
         if let Some(registry) = self.registry.upgrade() {
             lock(&registry.rooms).remove(&self.id);
             if let Some(hook) = registry.on_close.get() {
@@ -793,7 +1034,16 @@ impl Slot {
             delivered: 0,
             queue: VecDeque::new(),
             events: VecDeque::new(),
+            received: 0,
+            last_sent: None,
         }
+    }
+
+    /// Counts a data frame taken from this slot; its number goes into `last_frame`.
+    fn count_frame(&mut self, last_frame: &AtomicU64) {
+        self.received += 1;
+        self.last_sent = Some(Instant::now());
+        last_frame.store(self.received, Ordering::Relaxed);
     }
 
     /// Drops held messages up to `seq` and marks them acked; returns the bytes freed.
@@ -827,6 +1077,14 @@ impl Slot {
 /// connection passes with nobody back. Ends when the room closes.
 async fn run_room_timer(room: Arc<Room>) {
     loop {
+        let aborted = lock(&room.state).aborted.is_some();
+        if aborted {
+            // Linger, closed, so that a party resuming meanwhile learns of the abort.
+            let linger = Instant::now() + room.reconnect_grace;
+            tokio::time::sleep_until(linger.min(room.deadline)).await;
+            room.forget(CloseReason::Aborted);
+            return;
+        }
         let grace_until = {
             let st = lock(&room.state);
             if st.closed.is_some() {
@@ -860,6 +1118,11 @@ async fn sleep_until_some(deadline: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// The SHA-256 digest of a party token: all a room keeps of it.
+fn party_token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Compares two tokens without stopping at the first difference.

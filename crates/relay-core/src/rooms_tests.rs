@@ -14,7 +14,14 @@ fn join(rooms: &Rooms, id: &RoomId) -> Party {
 }
 
 fn resume(rooms: &Rooms, id: &RoomId, token: &str, last_seq: Option<u64>) -> Result<Party, CoreError> {
-    rooms.join(id, JoinRequest { slot: None, resume: Some(Resume { token: token.to_owned(), last_seq }) })
+    rooms.join(
+        id,
+        JoinRequest {
+            slot: None,
+            resume: Some(Resume { token: token.to_owned(), last_seq }),
+            party_token: None,
+        },
+    )
 }
 
 /// Every event ready now, without waiting.
@@ -277,7 +284,7 @@ async fn a_party_that_left_gets_nothing_more_and_cannot_resume() {
     assert_eq!(data(&mut c).len(), 1);
     assert_eq!(resume(&rooms, &room.id, &token, None).unwrap_err(), CoreError::BadResumeToken);
     assert_eq!(
-        rooms.join(&room.id, JoinRequest { slot: Some(1), resume: None }).unwrap_err(),
+        rooms.join(&room.id, JoinRequest { slot: Some(1), ..JoinRequest::default() }).unwrap_err(),
         CoreError::SlotTaken(1)
     );
 }
@@ -286,14 +293,14 @@ async fn a_party_that_left_gets_nothing_more_and_cannot_resume() {
 async fn slots_full_rooms_and_destinations_are_checked() {
     let rooms = Rooms::new(limits(), None);
     let room = rooms.create(2, None, NOW).unwrap();
-    let b = rooms.join(&room.id, JoinRequest { slot: Some(1), resume: None }).unwrap();
+    let b = rooms.join(&room.id, JoinRequest { slot: Some(1), ..JoinRequest::default() }).unwrap();
     assert_eq!(b.slot(), 1);
     assert_eq!(
-        rooms.join(&room.id, JoinRequest { slot: Some(1), resume: None }).unwrap_err(),
+        rooms.join(&room.id, JoinRequest { slot: Some(1), ..JoinRequest::default() }).unwrap_err(),
         CoreError::SlotTaken(1)
     );
     assert_eq!(
-        rooms.join(&room.id, JoinRequest { slot: Some(2), resume: None }).unwrap_err(),
+        rooms.join(&room.id, JoinRequest { slot: Some(2), ..JoinRequest::default() }).unwrap_err(),
         CoreError::BadSlot { slot: 2, room_size: 2 }
     );
     let a = join(&rooms, &room.id);
@@ -494,4 +501,111 @@ async fn the_close_hook_hears_each_room_once_with_its_lifetime_and_reason() {
         *lock(&heard),
         [(Duration::from_secs(5), CloseReason::AllLeft), (Duration::from_secs(30), CloseReason::Expired)]
     );
+}
+
+fn join_with_party_token(rooms: &Rooms, id: &RoomId, token: &str) -> Result<Party, CoreError> {
+    rooms.join(id, JoinRequest { party_token: Some(token.to_owned()), ..JoinRequest::default() })
+}
+
+#[tokio::test(start_paused = true)]
+async fn party_tokens_bind_slots_and_only_digests_are_kept() {
+    let rooms = Rooms::new(limits(), None);
+    let (room, tokens) = rooms.create_with_party_tokens(3, None, NOW).unwrap();
+    let (_, other_tokens) = rooms.create_with_party_tokens(3, None, NOW).unwrap();
+    assert_eq!(tokens.len(), 3);
+    for t in &tokens {
+        assert!(t.len() >= 22, "at least 128 bits in base64url: {t}");
+        assert_eq!(tokens.iter().chain(&other_tokens).filter(|u| *u == t).count(), 1, "tokens are distinct");
+    }
+    assert_eq!(rooms.join(&room.id, JoinRequest::default()).unwrap_err(), CoreError::BadPartyToken);
+    assert_eq!(
+        join_with_party_token(&rooms, &room.id, &other_tokens[0]).unwrap_err(),
+        CoreError::BadPartyToken
+    );
+    let c = join_with_party_token(&rooms, &room.id, &tokens[2]).unwrap();
+    assert_eq!(c.slot(), 2);
+    let wrong_slot = JoinRequest { slot: Some(0), party_token: Some(tokens[1].clone()), resume: None };
+    assert_eq!(rooms.join(&room.id, wrong_slot).unwrap_err(), CoreError::BadPartyToken);
+    assert_eq!(join_with_party_token(&rooms, &room.id, &tokens[2]).unwrap_err(), CoreError::SlotTaken(2));
+    let a = join_with_party_token(&rooms, &room.id, &tokens[0]).unwrap();
+    assert_eq!(a.slot(), 0);
+    // Resume keeps working with the resume token.
+    let token = c.welcome().resume_token.clone();
+    drop(c);
+    assert_eq!(resume(&rooms, &room.id, &token, None).unwrap().slot(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn welcome_counts_the_frames_taken_from_the_slot_across_connections() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None, NOW).unwrap();
+    let mut a = join(&rooms, &room.id);
+    let _b = join(&rooms, &room.id);
+    assert_eq!(a.welcome().received, 0);
+    a.send(Destination::Slot(1), Bytes::from_static(b"1")).unwrap();
+    assert_eq!(a.send(Destination::Slot(0), Bytes::from_static(b"2")), Err(CoreError::BadDestination(0)));
+    assert_eq!(a.last_frame(), 2, "a refused frame is counted and named");
+    assert_eq!(a.refuse_frame(), Some(3));
+    a.send_deferred(Destination::Slot(1), Bytes::from_static(b"4")).unwrap();
+    a.wake_receivers();
+    let token = a.welcome().resume_token.clone();
+    drop(a);
+    let a = resume(&rooms, &room.id, &token, None).unwrap();
+    assert_eq!(a.welcome().received, 4);
+    assert_eq!(a.last_frame(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_reports_presence_frames_and_idle_time_per_slot() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(3, None, NOW).unwrap();
+    let a = join(&rooms, &room.id);
+    let b = join(&rooms, &room.id);
+    tokio::time::advance(Duration::from_millis(500)).await;
+    a.send(Destination::Broadcast, Bytes::from_static(b"x")).unwrap();
+    a.send(Destination::Slot(1), Bytes::from_static(b"y")).unwrap();
+    tokio::time::advance(Duration::from_millis(200)).await;
+    let status = b.status();
+    assert_eq!(status.present, vec![0, 1]);
+    assert_eq!(status.sent, vec![2, 0, 0]);
+    assert_eq!(
+        status.idle,
+        vec![Duration::from_millis(200), Duration::from_millis(700), Duration::from_millis(700)]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_tells_the_others_closes_everyone_and_lingers_for_resumes() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(3, None, NOW).unwrap();
+    let a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    let mut c = join(&rooms, &room.id);
+    drain(&mut b);
+    let c_token = c.welcome().resume_token.clone();
+    drain(&mut c);
+    drop(c);
+    drain(&mut b);
+    b.send(Destination::Slot(0), Bytes::from_static(b"pending")).unwrap();
+    b.abort(&"x".repeat(1000));
+    settle().await;
+    let reason = "x".repeat(relay_proto::room::MAX_ABORT_REASON_BYTES);
+    assert_eq!(
+        drain(&mut { a }).into_iter().take(2).collect::<Vec<_>>(),
+        vec![
+            PartyEvent::Aborted { slot: 1, reason: reason.clone() },
+            PartyEvent::Closed(CloseReason::Aborted)
+        ]
+    );
+    assert_eq!(b.try_next_event(), Some(PartyEvent::Closed(CloseReason::Aborted)));
+    assert_eq!(b.send(Destination::Slot(0), Bytes::new()), Err(CoreError::PartyClosed));
+    assert_eq!(rooms.join(&room.id, JoinRequest::default()).unwrap_err(), CoreError::RoomNotFound);
+    let mut c = resume(&rooms, &room.id, &c_token, None).unwrap();
+    assert!(c.welcome().resumed);
+    assert_eq!(c.try_next_event(), Some(PartyEvent::Aborted { slot: 1, reason }));
+    assert_eq!(c.try_next_event(), Some(PartyEvent::Closed(CloseReason::Aborted)));
+    tokio::time::advance(limits().reconnect_grace + Duration::from_secs(1)).await;
+    settle().await;
+    assert!(rooms.info(&room.id).is_none(), "forgotten after the grace");
+    assert_eq!(resume(&rooms, &room.id, &c_token, None).unwrap_err(), CoreError::RoomNotFound);
 }

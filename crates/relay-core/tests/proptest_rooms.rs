@@ -183,7 +183,11 @@ fn run(size: u16, max_held: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let party = rooms
                     .join(
                         &room.id,
-                        JoinRequest { slot: None, resume: Some(Resume { token, last_seq: Some(last) }) },
+                        JoinRequest {
+                            slot: None,
+                            resume: Some(Resume { token, last_seq: Some(last) }),
+                            party_token: None,
+                        },
                     )
                     .map_err(|e| TestCaseError::fail(format!("resume of slot {who} at {last}: {e}")))?;
                 prop_assert!(party.welcome().resumed);
@@ -204,7 +208,11 @@ fn run(size: u16, max_held: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         if m.party.is_none() {
             let last = m.last_processed();
             let resume = Resume { token, last_seq: Some(last) };
-            m.party = Some(rooms.join(&room.id, JoinRequest { slot: None, resume: Some(resume) }).unwrap());
+            m.party = Some(
+                rooms
+                    .join(&room.id, JoinRequest { slot: None, resume: Some(resume), party_token: None })
+                    .unwrap(),
+            );
             m.delivered = last;
         }
         read(m, r as u16, usize::MAX)?;

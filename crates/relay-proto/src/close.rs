@@ -27,6 +27,8 @@ pub enum CloseCode {
     RoomExpired = 4000,
     /// 4001: the same slot resumed on a newer connection.
     Replaced = 4001,
+    /// 4002: a party aborted the room (`abort`); the `aborted` event names it.
+    Aborted = 4002,
 }
 
 impl CloseCode {
@@ -42,6 +44,7 @@ impl CloseCode {
         CloseCode::TryAgainLater,
         CloseCode::RoomExpired,
         CloseCode::Replaced,
+        CloseCode::Aborted,
     ];
 
     /// The number on the wire.

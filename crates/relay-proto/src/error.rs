@@ -82,7 +82,8 @@ error_codes! {
     BadDestination = ("bad_destination", 400),
     /// In-room `error` event: a data frame shorter than its 2-byte header.
     MalformedFrame = ("malformed_frame", 400),
-    /// In-room `error` event: a text frame that is not `ack` or `leave`.
+    /// In-room `error` event: a text frame that is not a client control
+    /// (`ack`, `leave`, `abort`, `status`).
     BadControl = ("bad_control", 400),
     // ---- 401 ----
     /// 401: no API key presented.
@@ -107,6 +108,9 @@ error_codes! {
     /// 403: a browser WebSocket handshake from an `Origin` not on the server's
     /// `--cors-allowed-origins` list.
     OriginNotAllowed = ("origin_not_allowed", 403),
+    /// 403: a room created with party tokens joined without one, or with a token of
+    /// another room or slot.
+    BadPartyToken = ("bad_party_token", 403),
     // ---- 404, 405, 408 ----
     /// 404: no such endpoint.
     NotFound = ("not_found", 404),

@@ -30,6 +30,10 @@ pub struct CreateRoomRequest {
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// Bind each slot to a party token: the answer lists one per slot, and the room
+    /// can then be joined only with one (`?party_token=`). Off when absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub party_tokens: bool,
 }
 
 /// The optional body of `POST /create-room` (Sodot): a 2-party room without it.
@@ -44,6 +48,10 @@ pub struct SodotCreateRoomRequest {
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// Bind each slot to a party token: the answer lists one per slot, and the room
+    /// can then be joined only with one (`?party_token=`). Off when absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub party_tokens: bool,
 }
 
 /// A created room (`201` to `POST /v1/rooms`).
@@ -56,6 +64,10 @@ pub struct RoomCreated {
     pub room_size: u16,
     /// Unix seconds after which the room is gone.
     pub expires_at: u64,
+    /// With `"party_tokens": true`: the token of each slot, slot 0 first. Hand each
+    /// party its own; the relay keeps only their digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub party_tokens: Option<Vec<String>>,
 }
 
 /// A created room (`200` to `POST /create-room`, Sodot shape).
@@ -64,6 +76,9 @@ pub struct RoomCreated {
 pub struct SodotRoomCreated {
     /// The room ID: hand it to every party.
     pub room_uuid: String,
+    /// With `"party_tokens": true`: the token of each slot, slot 0 first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub party_tokens: Option<Vec<String>>,
 }
 
 // ---- discovery (Disco) and the relay registry ----
@@ -449,7 +464,7 @@ mod tests {
 
     #[test]
     fn field_names_are_the_ones_on_the_wire() {
-        let created = RoomCreated { room_uuid: "r".into(), room_size: 3, expires_at: 9 };
+        let created = RoomCreated { room_uuid: "r".into(), room_size: 3, expires_at: 9, party_tokens: None };
         assert_eq!(
             serde_json::to_string(&created).unwrap(),
             r#"{"room_uuid":"r","room_size":3,"expires_at":9}"#

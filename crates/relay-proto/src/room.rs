@@ -18,6 +18,22 @@ pub const CLIENT_HEADER_LEN: usize = 2;
 pub const RELAY_HEADER_LEN: usize = 12;
 /// Flag bit of a relay data frame: the message was a broadcast.
 pub const FLAG_BROADCAST: u16 = 0x0001;
+/// The longest `reason` of an `abort` the relay passes on, in bytes: a longer one is
+/// cut (at a character boundary) before the `aborted` event carries it. Part of the
+/// protocol, so every relay passes the same reason on.
+pub const MAX_ABORT_REASON_BYTES: usize = 256;
+
+/// `reason` cut to at most [`MAX_ABORT_REASON_BYTES`], at a character boundary.
+pub fn bound_abort_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_ABORT_REASON_BYTES {
+        return reason;
+    }
+    let mut end = MAX_ABORT_REASON_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
 
 /// Where a client's data frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,7 +150,23 @@ pub enum ServerEvent {
         /// Human-readable explanation.
         #[serde(default)]
         message: String,
+        /// The refused data frame, by the party's own count of the data frames it sent
+        /// in this room (1, 2, 3, ... across connections; see [`Welcome::received`]).
+        /// Absent when a text frame was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frame: Option<u64>,
     },
+    /// A party aborted the room (`abort`): the relay closes every connection with
+    /// close code 4002 right after, and the room is over.
+    Aborted {
+        /// The slot that aborted, stamped by the relay.
+        slot: u16,
+        /// Its reason, at most [`MAX_ABORT_REASON_BYTES`].
+        #[serde(default)]
+        reason: String,
+    },
+    /// The answer to a `status` request.
+    Status(RoomStatus),
     /// Sent just before the relay closes the connection with this close code.
     Closing {
         /// The close code (see [`crate::CloseCode`]).
@@ -176,10 +208,28 @@ pub struct Welcome {
     pub resumed: bool,
     /// The seq the next data frame to this party will carry.
     pub next_seq: u64,
+    /// Data frames the relay has taken from this slot so far, over all its
+    /// connections (delivered, or refused with an `error` naming them). A party that
+    /// resumes sends again exactly its frames after this one. Absent (0) from relays
+    /// that predate it.
+    #[serde(default)]
+    pub received: u64,
+}
+
+/// The room as a `status` event describes it, each list indexed by slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomStatus {
+    /// Slots connected now.
+    pub present: Vec<u16>,
+    /// Data frames the relay has taken from each slot (its `received` count).
+    pub sent: Vec<u64>,
+    /// Milliseconds since each slot last sent a data frame (since the room was created
+    /// for a slot that never sent).
+    pub idle_ms: Vec<u64>,
 }
 
 /// A control message from a client (a text frame).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientControl {
     /// `{"type":"ack","seq":N}`: everything up to `seq` was received.
@@ -189,6 +239,15 @@ pub enum ClientControl {
     },
     /// `{"type":"leave"}`: this party is done.
     Leave,
+    /// `{"type":"abort","reason":"..."}`: this party stops the protocol for everyone
+    /// (e.g. it caught a cheater); the others get `aborted` naming its slot.
+    Abort {
+        /// Why, for the others (cut to [`MAX_ABORT_REASON_BYTES`] by the relay).
+        #[serde(default)]
+        reason: String,
+    },
+    /// `{"type":"status"}`: asks for a `status` event.
+    Status,
 }
 
 impl ClientControl {
@@ -257,7 +316,16 @@ mod tests {
     #[test]
     fn server_events_tolerate_missing_text_and_unknown_codes() {
         let e = ServerEvent::parse(r#"{"type":"error","code":"from_the_future"}"#).unwrap();
-        assert_eq!(e, ServerEvent::Error { code: ErrorCode::Unknown, message: String::new() });
+        assert_eq!(e, ServerEvent::Error { code: ErrorCode::Unknown, message: String::new(), frame: None });
         assert!(ServerEvent::parse(r#"{"type":"status"}"#).is_err());
+    }
+
+    #[test]
+    fn abort_reasons_are_cut_at_a_character_boundary() {
+        assert_eq!(bound_abort_reason("cheater: slot 2"), "cheater: slot 2");
+        let long = "é".repeat(MAX_ABORT_REASON_BYTES);
+        let cut = bound_abort_reason(&long);
+        assert!(cut.len() <= MAX_ABORT_REASON_BYTES && cut.len() > MAX_ABORT_REASON_BYTES - 2);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

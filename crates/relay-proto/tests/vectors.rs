@@ -123,7 +123,7 @@ fn control_events() {
     for c in list(&v, "client_controls") {
         let (name, text) = (str_of(c, "name"), str_of(c, "json"));
         let control: ClientControl = serde_json::from_value(c["control"].clone()).expect(name);
-        assert_eq!(ClientControl::parse(text), Some(control), "{name}");
+        assert_eq!(ClientControl::parse(text), Some(control.clone()), "{name}");
         assert_eq!(control.to_json(), text, "{name}");
     }
     for c in list(&v, "lenient_client_controls") {
@@ -234,12 +234,16 @@ proptest! {
             ServerEvent::Joined { slot },
             ServerEvent::Left { slot },
             ServerEvent::Ready { room_size: slot },
-            ServerEvent::Error { code, message: message.clone() },
+            ServerEvent::Error { code, message: message.clone(), frame: None },
+            ServerEvent::Error { code, message: message.clone(), frame: Some(seq) },
+            ServerEvent::Aborted { slot, reason: message.clone() },
             ServerEvent::Closing { code: slot, reason: message.clone() },
         ] {
             prop_assert_eq!(ServerEvent::parse(&event.to_json()).unwrap(), event);
         }
         let ack = ClientControl::Ack { seq };
         prop_assert_eq!(ClientControl::parse(&ack.to_json()), Some(ack));
+        let abort = ClientControl::Abort { reason: message.clone() };
+        prop_assert_eq!(ClientControl::parse(&abort.to_json()), Some(abort));
     }
 }

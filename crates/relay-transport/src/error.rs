@@ -95,10 +95,13 @@ pub(crate) fn core_error(e: &CoreError) -> ApiError {
         CoreError::SlotTaken(_) => ErrorCode::SlotTaken,
         CoreError::ResumeGap { .. } => ErrorCode::ResumeGap,
         CoreError::BadResumeToken => ErrorCode::BadResumeToken,
+        CoreError::BadPartyToken => ErrorCode::BadPartyToken,
         CoreError::BadDestination(_) => ErrorCode::BadDestination,
         CoreError::RoomBufferFull { .. } => ErrorCode::RoomBufferFull,
         CoreError::MessageTooBig { .. } => ErrorCode::MessageTooBig,
-        CoreError::NoRuntime | CoreError::PartyClosed | CoreError::Mailbox(_) => ErrorCode::Internal,
+        CoreError::NoRuntime | CoreError::Random(_) | CoreError::PartyClosed | CoreError::Mailbox(_) => {
+            ErrorCode::Internal
+        }
     };
     ApiError::new(code, e.to_string())
 }

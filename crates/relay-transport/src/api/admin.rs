@@ -32,7 +32,7 @@ use crate::state::AppState;
 
 /// What a log line may show of a request URI: the admin token of a Sodot admin path
 /// (`/createkey/..`, `/rooms/<token>`, `/revokekey/..`) and the value of an `api_key`
-/// query parameter replaced by `<redacted>`. Use it wherever a URI or path is logged.
+/// or `party_token` query parameter replaced by `<redacted>`. Use it wherever a URI or path is logged.
 pub fn redact_uri(uri: &Uri) -> String {
     let path = redact_path(uri.path());
     match uri.query() {
@@ -41,7 +41,9 @@ pub fn redact_uri(uri: &Uri) -> String {
             let query: Vec<Cow<'_, str>> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if percent_decode(k).as_deref() == Some("api_key") => {
+                    Some((k, _))
+                        if matches!(percent_decode(k).as_deref(), Some("api_key" | "party_token")) =>
+                    {
                         Cow::Owned(format!("{k}=<redacted>"))
                     }
                     _ => Cow::Borrowed(pair),
@@ -493,6 +495,10 @@ mod tests {
                 "/v1/msg-relay?api_key=<redacted>&x=1",
             ),
             ("/v1/rooms/abc", "/v1/rooms/abc"),
+            (
+                "/v1/rooms/abc?slot=1&party_token=q3Jx8Vd0nT1bC2rQ7mZ9aw",
+                "/v1/rooms/abc?slot=1&party_token=<redacted>",
+            ),
             ("/v1/admin/keys", "/v1/admin/keys"),
         ];
         for (uri, expected) in cases {

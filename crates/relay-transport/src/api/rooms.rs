@@ -21,7 +21,7 @@ use crate::caller::Caller;
 use crate::error::{ApiError, core_error};
 use crate::http::auth::authenticate;
 use crate::http::body::{Body, json, parse_json, query_param, read_body};
-use crate::http::subprotocol::{SUBPROTOCOL_RESUME, offered_credential};
+use crate::http::subprotocol::{SUBPROTOCOL_PARTY_TOKEN, SUBPROTOCOL_RESUME, offered_credential};
 use crate::state::AppState;
 use crate::ws::room::run_party;
 use crate::ws::{upgrade, validate_handshake};
@@ -53,7 +53,8 @@ pub(crate) async fn create(
     state.check_key_rate(&caller)?;
     let body = read_body(req, state.config().max_body_bytes).await?;
     let body: CreateRoomRequest = parse_json(&body)?;
-    let room = create_room(state, body.room_size, body.ttl_secs)?;
+    let (room, party_tokens) =
+        create_room_maybe_tokens(state, body.room_size, body.ttl_secs, body.party_tokens)?;
     count_room(state, &caller, &room);
     Ok(json(
         StatusCode::CREATED,
@@ -61,6 +62,7 @@ pub(crate) async fn create(
             room_uuid: room.id.to_string(),
             room_size: room.room_size,
             expires_at: room.expires_at,
+            party_tokens,
         },
     ))
 }
@@ -93,27 +95,31 @@ pub(crate) async fn create_sodot(
     } else {
         parse_json(&body)?
     };
-    let room = create_room(state, body.room_size.unwrap_or(SODOT_DEFAULT_ROOM_SIZE), body.ttl_secs)?;
+    let size = body.room_size.unwrap_or(SODOT_DEFAULT_ROOM_SIZE);
+    let (room, party_tokens) = create_room_maybe_tokens(state, size, body.ttl_secs, body.party_tokens)?;
     count_room(state, &caller, &room);
-    Ok(json(StatusCode::OK, &SodotRoomCreated { room_uuid: room.id.to_string() }))
+    Ok(json(StatusCode::OK, &SodotRoomCreated { room_uuid: room.id.to_string(), party_tokens }))
 }
 
-/// `GET /v1/rooms/{room_id}` (WebSocket), with `slot`, or `resume_token` and `last_seq`.
+/// `GET /v1/rooms/{room_id}` (WebSocket), with `slot`, or `resume_token` and `last_seq`;
+/// `party_token` for a room created with party tokens.
 #[utoipa::path(
     get, path = "/v1/rooms/{room_id}", operation_id = "join_room", tag = "rooms", summary = "Join a room (WebSocket)",
     description = "A WebSocket handshake (`Connection: Upgrade`, `Upgrade: websocket`, \
         `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`). Every refusal comes before the \
-        upgrade, as a JSON error. Whoever holds the room ID may join: no API key.",
+        upgrade, as a JSON error. Whoever holds the room ID may join: no API key. A room \
+        created with party tokens is joined only with one (`party_token`), which takes its slot.",
     params(
         ("room_id" = String, Path, description = "The room ID from the create call"),
         ("slot" = Option<u16>, Query, description = "The slot to take (0-based); the lowest free one when absent"),
         ("resume_token" = Option<String>, Query, description = "Resume a dropped connection: the token from its welcome"),
         ("last_seq" = Option<u64>, Query, description = "With resume_token: the last seq received"),
+        ("party_token" = Option<String>, Query, description = "A room created with party tokens: the token of the slot to take (required there)"),
     ),
     responses(
         (status = 101, description = "Switching Protocols: the room's WebSocket"),
         (status = 400, description = "Malformed room ID, query or handshake", body = relay_proto::ErrorBody),
-        (status = 403, description = "Bad resume token (query or relay.resume.<base64url> subprotocol), or a browser Origin not on --cors-allowed-origins", body = relay_proto::ErrorBody),
+        (status = 403, description = "Bad resume token (query or relay.resume.<base64url> subprotocol), a missing or wrong party token, or a browser Origin not on --cors-allowed-origins", body = relay_proto::ErrorBody),
         (status = 404, description = "No such room", body = relay_proto::ErrorBody),
         (status = 409, description = "Room full, slot taken, or resume gap", body = relay_proto::ErrorBody),
         (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
@@ -130,7 +136,11 @@ pub(crate) async fn join(
         .parse()
         .map_err(|e: relay_core::id::RoomIdError| ApiError::new(ErrorCode::BadRoomId, e.to_string()))?;
     let accept_key = validate_handshake(&req, state.config())?;
-    let request = join_request(req.uri().query(), offered_credential(&req, SUBPROTOCOL_RESUME))?;
+    let offered = Offered {
+        resume_token: offered_credential(&req, SUBPROTOCOL_RESUME),
+        party_token: offered_credential(&req, SUBPROTOCOL_PARTY_TOKEN),
+    };
+    let request = join_request(req.uri().query(), offered)?;
     let guard = state
         .drain_guard()
         .ok_or_else(|| ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down"))?;
@@ -159,9 +169,38 @@ fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<Roo
     Ok(room)
 }
 
-/// Reads `slot`, `resume_token` and `last_seq` from the query string; a resume token
-/// offered as the subprotocol `relay.resume.<base64url>` wins over the query's.
-fn join_request(query: Option<&str>, offered_token: Option<String>) -> Result<JoinRequest, ApiError> {
+/// Creates a room, binding its slots to party tokens when asked; returns the tokens.
+fn create_room_maybe_tokens(
+    state: &AppState,
+    size: u64,
+    ttl_secs: Option<u64>,
+    party_tokens: bool,
+) -> Result<(RoomInfo, Option<Vec<String>>), ApiError> {
+    if !party_tokens {
+        return Ok((create_room(state, size, ttl_secs)?, None));
+    }
+    let max = state.rooms().limits().max_room_size;
+    let size = u16::try_from(size).map_err(|_| core_error(&CoreError::BadRoomSize { got: size, max }))?;
+    let (room, tokens) = state
+        .rooms()
+        .create_with_party_tokens(size, ttl_secs.map(Duration::from_secs), relay_keystore::unix_now())
+        .map_err(|e| core_error(&e))?;
+    tracing::debug!(room = %room.id, size, "room created with party tokens");
+    state.metrics().room_created();
+    Ok((room, Some(tokens)))
+}
+
+/// Credentials offered in `Sec-WebSocket-Protocol` (`relay.resume.<enc>`,
+/// `relay.party-token.<enc>`), which win over the query string's.
+struct Offered {
+    resume_token: Option<String>,
+    party_token: Option<String>,
+}
+
+/// Reads `slot`, `resume_token`, `last_seq` and `party_token` from the query string; a
+/// token offered as a subprotocol wins over the query's (a room created with party
+/// tokens needs its party token; others ignore it).
+fn join_request(query: Option<&str>, offered: Offered) -> Result<JoinRequest, ApiError> {
     let slot = match query_param(query, "slot") {
         Some(s) => Some(s.parse::<u16>().map_err(|_| {
             ApiError::new(ErrorCode::BadRequest, format!("slot must be a slot number, got {s:?}"))
@@ -177,7 +216,7 @@ fn join_request(query: Option<&str>, offered_token: Option<String>) -> Result<Jo
         })?),
         None => None,
     };
-    let token = offered_token.or_else(|| query_param(query, "resume_token").filter(|t| !t.is_empty()));
+    let token = offered.resume_token.or_else(|| query_param(query, "resume_token").filter(|t| !t.is_empty()));
     let resume = match (token, last_seq) {
         (Some(token), last_seq) => Some(Resume { token, last_seq }),
         (None, Some(_)) => {
@@ -185,5 +224,7 @@ fn join_request(query: Option<&str>, offered_token: Option<String>) -> Result<Jo
         }
         (None, None) => None,
     };
-    Ok(JoinRequest { slot, resume })
+    let party_token =
+        offered.party_token.or_else(|| query_param(query, "party_token").filter(|t| !t.is_empty()));
+    Ok(JoinRequest { slot, resume, party_token })
 }

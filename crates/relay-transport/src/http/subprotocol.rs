@@ -14,6 +14,9 @@ pub(crate) const SUBPROTOCOL: &str = "relay.v1";
 /// Offered subprotocol carrying an API key: this prefix, then the key's UTF-8 bytes in
 /// base64url without padding (docs/protocol.md section 1).
 pub(crate) const SUBPROTOCOL_API_KEY: &str = "relay.api-key.";
+/// Offered subprotocol carrying a party token of a room created with party tokens,
+/// encoded as an API key is.
+pub(crate) const SUBPROTOCOL_PARTY_TOKEN: &str = "relay.party-token.";
 /// Offered subprotocol carrying a room's resume token, encoded as an API key is.
 pub(crate) const SUBPROTOCOL_RESUME: &str = "relay.resume.";
 

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use relay_proto::room::{
-    CLIENT_HEADER_LEN, ClientControl, RELAY_HEADER_LEN, RelayHeader, ServerEvent, Welcome, parse_client_frame,
+    CLIENT_HEADER_LEN, ClientControl, RELAY_HEADER_LEN, RelayHeader, RoomStatus, ServerEvent, Welcome,
+    parse_client_frame,
 };
 use relay_proto::{CloseCode, ErrorCode};
 
@@ -57,7 +58,7 @@ impl Session for PartySession {
     }
 
     fn on_binary(&mut self, frame: Bytes, _now: Instant) -> Result<Option<usize>, Flow> {
-        send_data(&mut self.party, frame).map_err(|(code, message)| refused(code, &message))
+        send_data(&mut self.party, frame).map_err(|(code, message, frame)| refused(code, &message, frame))
     }
 
     fn on_text(&mut self, text: Utf8Bytes) -> Result<(), Flow> {
@@ -70,9 +71,18 @@ impl Session for PartySession {
                 self.left = true;
                 Err(Flow::End(End::Close(CloseCode::Normal, "left")))
             }
+            Some(ClientControl::Abort { reason }) => {
+                // The room's events take it from here: `Closed(Aborted)` ends this
+                // connection (and every other) with 4002.
+                self.party.abort(&reason);
+                Ok(())
+            }
+            Some(ClientControl::Status) => Err(Flow::Reply(Message::text(status_json(&self.party)))),
             None => Err(refused(
                 ErrorCode::BadControl,
-                "text frames must be {\"type\":\"ack\",\"seq\":N} or {\"type\":\"leave\"}",
+                "text frames must be {\"type\":\"ack\",\"seq\":N}, {\"type\":\"leave\"}, \
+                 {\"type\":\"abort\",\"reason\":\"...\"} or {\"type\":\"status\"}",
+                None,
             )),
         }
     }
@@ -115,9 +125,10 @@ impl Session for PartySession {
     }
 }
 
-/// The `error` event answering a refused frame; the connection goes on.
-fn refused(code: ErrorCode, message: &str) -> Flow {
-    let event = ServerEvent::Error { code, message: message.to_owned() };
+/// The `error` event answering a refused frame (a data frame by its number); the
+/// connection goes on.
+fn refused(code: ErrorCode, message: &str, frame: Option<u64>) -> Flow {
+    let event = ServerEvent::Error { code, message: message.to_owned(), frame };
     Flow::Reply(Message::text(event.to_json()))
 }
 
@@ -137,19 +148,21 @@ pub(crate) async fn run_party(
 
 /// Sends a client data frame `[to u16 LE][payload]`, waking its receivers after the
 /// burst; returns its payload size (`None` when the party's connection is already
-/// over), or the error event to answer with when it is refused.
-fn send_data(party: &mut Party, frame: Bytes) -> Result<Option<usize>, (ErrorCode, String)> {
+/// over), or the error event to answer with when it is refused (with the refused
+/// frame's number, the party's own count of its data frames).
+fn send_data(party: &mut Party, frame: Bytes) -> Result<Option<usize>, (ErrorCode, String, Option<u64>)> {
     let Some((to, payload)) = parse_data_frame(&frame) else {
         return Err((
             ErrorCode::MalformedFrame,
             "a data frame starts with a 2-byte destination slot".to_owned(),
+            party.refuse_frame(),
         ));
     };
     let len = payload.len();
     match party.send_deferred(to, payload) {
         Ok(()) => Ok(Some(len)),
         Err(CoreError::PartyClosed) => Ok(None),
-        Err(e) => Err((core_error(&e).code, e.to_string())),
+        Err(e) => Err((core_error(&e).code, e.to_string(), Some(party.last_frame()))),
     }
 }
 
@@ -196,6 +209,9 @@ async fn write_events(
             }
             PartyEvent::Ready { room_size } => {
                 write_control(ws, data, torn, ServerEvent::Ready { room_size }).await?;
+            }
+            PartyEvent::Aborted { slot, reason } => {
+                write_control(ws, data, torn, ServerEvent::Aborted { slot, reason }).await?;
             }
         }
         taken += 1;
@@ -246,6 +262,18 @@ fn welcome_json(party: &Party) -> String {
         present: w.present.clone(),
         resumed: w.resumed,
         next_seq: w.next_seq,
+        received: w.received,
+    })
+    .to_json()
+}
+
+/// The `status` event answering a party's `status` request.
+fn status_json(party: &Party) -> String {
+    let status = party.status();
+    ServerEvent::Status(RoomStatus {
+        present: status.present,
+        sent: status.sent,
+        idle_ms: status.idle.iter().map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).collect(),
     })
     .to_json()
 }
