@@ -8,6 +8,7 @@ import { Mailbox } from "./mailbox.js";
 import {
   SUBPROTOCOL,
   SUBPROTOCOL_API_KEY,
+  SUBPROTOCOL_PARTY_TOKEN,
   SUBPROTOCOL_RESUME,
   encodeCredential,
   errorCode,
@@ -46,8 +47,10 @@ export interface CreateRoomOptions {
   /** Lifetime in seconds; the relay's default when absent. */
   ttlSecs?: number;
   /**
-   * Ask for one party token per slot. Reserved for the relay's party tokens (the
-   * MPC-rooms issue); relays without them ignore it and answer no `partyTokens`.
+   * Ask for one party token per slot (`"party_tokens": true`): the room can then be
+   * joined only with a token, which takes the slot bound to it. Hand `partyTokens[i]`
+   * to the party meant for slot `i`. Relays that predate party tokens ignore it and
+   * answer no `partyTokens`.
    */
   partyTokens?: boolean;
 }
@@ -60,7 +63,7 @@ export interface RoomInfo {
   size: number;
   /** When the room closes, Unix seconds. */
   expiresAt: number;
-  /** One token per slot, when asked for and the relay issues them. */
+  /** One token per slot (`partyTokens[i]` is slot `i`'s), when asked for and the relay issues them. */
   partyTokens?: string[];
 }
 
@@ -68,7 +71,13 @@ export interface RoomInfo {
 export interface JoinRoomOptions {
   /** Ask for this slot; the lowest free one when absent. */
   slot?: number;
-  /** This party's token, when the room was created with party tokens (offered as `relay.party-token.<base64url>`). */
+  /**
+   * This party's token, when the room was created with party tokens: it takes the slot
+   * bound to it. Offered as `relay.party-token.<base64url>` (or `?party_token=` with
+   * `credentials: "query"`). Joining such a room without it, or with another room's,
+   * is refused (`403 bad_party_token`; a {@link RelayConnectError} here, as the
+   * platform WebSocket hides the status). Resumes use the resume token instead.
+   */
   partyToken?: string;
   /** Take back a slot an earlier connection held (e.g. before a page reload). */
   resume?: { resumeToken: string; lastSeq: number };
@@ -78,6 +87,12 @@ export interface JoinRoomOptions {
   ackEvery?: number;
   /** Ack at least this often while messages are taken, in ms (default 1000). */
   ackIntervalMs?: number;
+  /**
+   * Past this many sent frames not yet confirmed by the relay, the client asks the
+   * relay's `status` (its own request; the answer is hidden) to confirm and forget
+   * them (default 1024, the Rust client's send queue).
+   */
+  sendQueue?: number;
 }
 
 /** Options of {@link RelayClient.mailbox}. */
@@ -85,9 +100,6 @@ export interface MailboxOptions {
   /** The room's mailbox (no key needed); the API key's tenant mailbox when absent. */
   roomId?: string;
 }
-
-/** Subprotocol prefix of a party token (reserved, see {@link JoinRoomOptions.partyToken}). */
-const SUBPROTOCOL_PARTY_TOKEN = "relay.party-token.";
 
 /** A client of one relay. */
 export class RelayClient {
@@ -151,17 +163,23 @@ export class RelayClient {
    */
   async joinRoom(roomId: string, options: JoinRoomOptions = {}): Promise<RoomConnection> {
     const path = `v1/rooms/${encodeURIComponent(roomId)}`;
-    const extra = options.partyToken !== undefined ? [SUBPROTOCOL_PARTY_TOKEN + encodeCredential(options.partyToken)] : [];
     const dialer: RoomDialer = {
       open: async (resume) => {
         const query = new URLSearchParams();
-        const protocols = [SUBPROTOCOL, ...extra];
+        const protocols = [SUBPROTOCOL];
         if (resume) {
           if (this.#credentials === "subprotocol") protocols.push(SUBPROTOCOL_RESUME + encodeCredential(resume.token));
           else query.set("resume_token", resume.token);
           query.set("last_seq", String(resume.lastSeq));
-        } else if (options.slot !== undefined) {
-          query.set("slot", String(options.slot));
+        } else {
+          if (options.slot !== undefined) query.set("slot", String(options.slot));
+          if (options.partyToken !== undefined) {
+            if (this.#credentials === "subprotocol") {
+              protocols.push(SUBPROTOCOL_PARTY_TOKEN + encodeCredential(options.partyToken));
+            } else {
+              query.set("party_token", options.partyToken);
+            }
+          }
         }
         const socket = await this.#open(path, query, protocols);
         const welcome = await readWelcome(socket, this.#connectTimeoutMs);
@@ -178,6 +196,7 @@ export class RelayClient {
       ackEvery: Math.max(1, Math.min(options.ackEvery ?? 64, 64)),
       ackIntervalMs: options.ackIntervalMs ?? 1000,
       closeTimeoutMs: 5000,
+      sendQueue: Math.max(1, options.sendQueue ?? 1024),
     });
   }
 

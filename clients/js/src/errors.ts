@@ -63,12 +63,36 @@ export class RelayEventError extends RelayError {
   readonly code: ErrorCode;
   /** The HTTP status the code would have. */
   readonly status: number;
+  /**
+   * The refused data frame, by this party's own count of its data frames in the room
+   * (1, 2, 3... across reconnects); `undefined` when a text frame was refused.
+   */
+  readonly frame: number | undefined;
 
-  constructor(code: ErrorCode, message: string) {
-    super(`${code}: ${message}`);
+  constructor(code: ErrorCode, message: string, frame?: number) {
+    super(`${code}: ${message}${frame !== undefined ? ` (data frame ${frame})` : ""}`);
     this.name = "RelayEventError";
     this.code = code;
     this.status = errorStatus(code);
+    this.frame = frame;
+  }
+}
+
+/**
+ * A party aborted the room (`abort`, close code 4002): the room is over for everyone.
+ * Distinct from a connection that failed ({@link RelayCloseError}, {@link RelayReconnectError}).
+ */
+export class RelayAbortedError extends RelayError {
+  /** The slot that aborted (this party's own when it called `abort`); `undefined` if the relay did not say. */
+  readonly slot: number | undefined;
+  /** Its reason. */
+  readonly reason: string;
+
+  constructor(slot: number | undefined, reason: string) {
+    super(`the room was aborted${slot !== undefined ? ` by slot ${slot}` : ""}${reason ? `: ${reason}` : ""}`);
+    this.name = "RelayAbortedError";
+    this.slot = slot;
+    this.reason = reason;
   }
 }
 

@@ -14,10 +14,11 @@ export type {
   RoomInfo,
 } from "./client.js";
 export { DEFAULT_RECONNECT, RoomConnection } from "./room.js";
-export type { ReconnectPolicy, RoomEvents, RoomMessage } from "./room.js";
+export type { AbortInfo, ReconnectPolicy, RoomEvents, RoomMessage, RoomStatus } from "./room.js";
 export { DEFAULT_ASK_TTL_SECS, Mailbox } from "./mailbox.js";
 export type { AskOptions, PublishOptions } from "./mailbox.js";
 export {
+  RelayAbortedError,
   RelayCloseError,
   RelayClosedError,
   RelayConnectError,

@@ -27,6 +27,23 @@ export const SUBPROTOCOL = "relay.v1";
 export const SUBPROTOCOL_API_KEY = "relay.api-key.";
 /** Prefix of the subprotocol carrying a room's resume token (same encoding). */
 export const SUBPROTOCOL_RESUME = "relay.resume.";
+/** Prefix of the subprotocol carrying a party token (same encoding). */
+export const SUBPROTOCOL_PARTY_TOKEN = "relay.party-token.";
+/**
+ * The longest `reason` of an `abort` the relay passes on, in UTF-8 bytes
+ * (relay_proto::room::MAX_ABORT_REASON_BYTES): a longer one is cut at a character boundary.
+ */
+export const MAX_ABORT_REASON_BYTES = 256;
+
+/** `reason` cut to at most {@link MAX_ABORT_REASON_BYTES} UTF-8 bytes, at a character boundary. */
+export function boundAbortReason(reason: string): string {
+  const bytes = new TextEncoder().encode(reason);
+  if (bytes.length <= MAX_ABORT_REASON_BYTES) return reason;
+  let end = MAX_ABORT_REASON_BYTES;
+  // Back off continuation bytes (10xxxxxx) to land on a character boundary.
+  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--;
+  return new TextDecoder().decode(bytes.subarray(0, end));
+}
 
 /**
  * Every error code the relay sends, with its HTTP status (relay_proto::ErrorCode). In-room
@@ -56,6 +73,7 @@ export const ERROR_CODES = {
   not_owner: 403,
   registry_closed: 403,
   origin_not_allowed: 403,
+  bad_party_token: 403,
   not_found: 404,
   room_not_found: 404,
   group_not_found: 404,
@@ -118,6 +136,7 @@ export const CLOSE_CODES = {
   try_again_later: 1013,
   room_expired: 4000,
   replaced: 4001,
+  aborted: 4002,
 } as const;
 
 /** A close code's name. */
@@ -201,6 +220,22 @@ export interface Welcome {
   present: number[];
   resumed: boolean;
   next_seq: number;
+  /**
+   * Data frames the relay has taken from this slot over all its connections (0 from
+   * relays that predate it): a resuming party sends again exactly its frames after it.
+   */
+  received: number;
+}
+
+/** The answer to a `status` request, each list indexed by slot. */
+export interface StatusEvent {
+  type: "status";
+  /** Slots connected now. */
+  present: number[];
+  /** Data frames the relay has taken from each slot. */
+  sent: number[];
+  /** Milliseconds since each slot last sent a data frame (since the room's creation if never). */
+  idle_ms: number[];
 }
 
 /** A JSON control event from the relay (docs/protocol.md 3.3). */
@@ -209,11 +244,17 @@ export type ServerEvent =
   | { type: "ready"; room_size: number }
   | { type: "joined"; slot: number }
   | { type: "left"; slot: number }
-  | { type: "error"; code: ErrorCode; message: string }
+  | { type: "error"; code: ErrorCode; message: string; frame?: number }
+  | { type: "aborted"; slot: number; reason: string }
+  | StatusEvent
   | { type: "closing"; code: number; reason: string };
 
 /** A JSON control message to the relay (docs/protocol.md 3.4). */
-export type ClientControl = { type: "ack"; seq: number } | { type: "leave" };
+export type ClientControl =
+  | { type: "ack"; seq: number }
+  | { type: "leave" }
+  | { type: "abort"; reason: string }
+  | { type: "status" };
 
 function isUint(v: unknown, max: number): v is number {
   return typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= max;
@@ -239,6 +280,7 @@ export function parseServerEvent(text: string): ServerEvent | undefined {
   switch (o.type) {
     case "welcome": {
       const { room_uuid, slot, room_size, resume_token, expires_at, present, resumed, next_seq } = o;
+      const received = o.received ?? 0;
       if (
         typeof room_uuid !== "string" ||
         !isUint(slot, U16) ||
@@ -248,7 +290,8 @@ export function parseServerEvent(text: string): ServerEvent | undefined {
         !Array.isArray(present) ||
         !present.every((p) => isUint(p, U16)) ||
         typeof resumed !== "boolean" ||
-        !isUint(next_seq, U64_SAFE)
+        !isUint(next_seq, U64_SAFE) ||
+        !isUint(received, U64_SAFE)
       ) {
         return undefined;
       }
@@ -262,6 +305,7 @@ export function parseServerEvent(text: string): ServerEvent | undefined {
         present: present as number[],
         resumed,
         next_seq,
+        received,
       };
     }
     case "ready":
@@ -272,7 +316,22 @@ export function parseServerEvent(text: string): ServerEvent | undefined {
     case "error":
       if (typeof o.code !== "string") return undefined;
       if (o.message !== undefined && typeof o.message !== "string") return undefined;
-      return { type: "error", code: errorCode(o.code), message: (o.message as string | undefined) ?? "" };
+      if (o.frame !== undefined && o.frame !== null && !isUint(o.frame, U64_SAFE)) return undefined;
+      {
+        const e: ServerEvent = { type: "error", code: errorCode(o.code), message: (o.message as string | undefined) ?? "" };
+        if (typeof o.frame === "number") e.frame = o.frame;
+        return e;
+      }
+    case "aborted":
+      if (!isUint(o.slot, U16)) return undefined;
+      if (o.reason !== undefined && typeof o.reason !== "string") return undefined;
+      return { type: "aborted", slot: o.slot, reason: (o.reason as string | undefined) ?? "" };
+    case "status": {
+      const { present, sent, idle_ms } = o;
+      const list = (v: unknown, max: number): v is number[] => Array.isArray(v) && v.every((x) => isUint(x, max));
+      if (!list(present, U16) || !list(sent, U64_SAFE) || !list(idle_ms, U64_SAFE)) return undefined;
+      return { type: "status", present, sent, idle_ms };
+    }
     case "closing":
       if (!isUint(o.code, U16)) return undefined;
       if (o.reason !== undefined && typeof o.reason !== "string") return undefined;
@@ -296,6 +355,7 @@ export function encodeServerEvent(e: ServerEvent): string {
         present: e.present,
         resumed: e.resumed,
         next_seq: e.next_seq,
+        received: e.received,
       });
     case "ready":
       return JSON.stringify({ type: e.type, room_size: e.room_size });
@@ -303,7 +363,15 @@ export function encodeServerEvent(e: ServerEvent): string {
     case "left":
       return JSON.stringify({ type: e.type, slot: e.slot });
     case "error":
-      return JSON.stringify({ type: e.type, code: e.code, message: e.message });
+      return JSON.stringify(
+        e.frame === undefined
+          ? { type: e.type, code: e.code, message: e.message }
+          : { type: e.type, code: e.code, message: e.message, frame: e.frame },
+      );
+    case "aborted":
+      return JSON.stringify({ type: e.type, slot: e.slot, reason: e.reason });
+    case "status":
+      return JSON.stringify({ type: e.type, present: e.present, sent: e.sent, idle_ms: e.idle_ms });
     case "closing":
       return JSON.stringify({ type: e.type, code: e.code, reason: e.reason });
   }
@@ -311,7 +379,14 @@ export function encodeServerEvent(e: ServerEvent): string {
 
 /** The exact JSON of a client control message. */
 export function encodeClientControl(c: ClientControl): string {
-  return c.type === "ack" ? JSON.stringify({ type: "ack", seq: c.seq }) : JSON.stringify({ type: "leave" });
+  switch (c.type) {
+    case "ack":
+      return JSON.stringify({ type: "ack", seq: c.seq });
+    case "abort":
+      return JSON.stringify({ type: "abort", reason: c.reason });
+    default:
+      return JSON.stringify({ type: c.type });
+  }
 }
 
 /** Parses a client control message as the relay does; `undefined` when it is not one. */
@@ -319,7 +394,12 @@ export function parseClientControl(text: string): ClientControl | undefined {
   const o = parseObject(text);
   if (!o) return undefined;
   if (o.type === "leave") return { type: "leave" };
+  if (o.type === "status") return { type: "status" };
   if (o.type === "ack" && isUint(o.seq, U64_SAFE)) return { type: "ack", seq: o.seq };
+  if (o.type === "abort") {
+    if (o.reason !== undefined && typeof o.reason !== "string") return undefined;
+    return { type: "abort", reason: (o.reason as string | undefined) ?? "" };
+  }
   return undefined;
 }
 

@@ -6,12 +6,20 @@
  * into a queue read through {@link RoomConnection.messages}; the client acks only what
  * the application has taken from it (every 64 messages, or each second), and after a
  * drop it resumes with the resume token and the highest seq it queued, so the relay
- * replays exactly what comes after. Sends made while the connection is being resumed
- * wait and go out after the resume; a frame that was in flight when the connection
- * dropped may be lost (the protocol acks only the receive side).
+ * replays exactly what comes after.
+ *
+ * Sends are exactly-once too (docs/protocol.md 3.5): the client numbers its data frames
+ * 1, 2, 3... for the room's life and keeps those the relay has not confirmed taking;
+ * after a resume it sends again exactly the ones numbered above the `welcome`'s
+ * `received`. Sends made while the link is down are kept the same way and go out, in
+ * order, after the resume. Confirmations come from `welcome.received`, an `error`
+ * naming a frame, and `status` answers: past `sendQueue` kept frames the client asks
+ * the relay for its `status` itself (once at a time) and hides the answer from the
+ * application.
  */
 
 import {
+  RelayAbortedError,
   RelayClosedError,
   RelayCloseError,
   RelayError,
@@ -21,9 +29,11 @@ import {
   RelayTimeoutError,
 } from "./errors.js";
 import {
+  CLOSE_CODES,
   type Destination,
   type ServerEvent,
   type Welcome,
+  boundAbortReason,
   decodeRelayFrame,
   encodeClientControl,
   encodeClientFrame,
@@ -63,23 +73,54 @@ export const DEFAULT_RECONNECT: ReconnectPolicy = {
   deadlineMs: 25_000,
 };
 
+/** The answer to {@link RoomConnection.status}, each list indexed by slot. */
+export interface RoomStatus {
+  /** Slots connected now. */
+  present: number[];
+  /** Data frames the relay has taken from each slot, over all its connections. */
+  sent: number[];
+  /** Milliseconds since each slot last sent a data frame (since the room's creation for a slot that never sent). */
+  idleMs: number[];
+}
+
+/** Who aborted the room, and why (the relay's `aborted` event). */
+export interface AbortInfo {
+  /** The slot that aborted, stamped by the relay. */
+  slot: number;
+  /** Its reason (at most 256 UTF-8 bytes: the relay cuts longer ones). */
+  reason: string;
+}
+
 /** Events of a room connection and what their handlers receive. */
 export interface RoomEvents {
   /** Another party connected (first time or reconnect). */
   joined: (slot: number) => void;
   /** Another party's connection dropped (its slot is held for a reconnect), or it left. */
   left: (slot: number) => void;
-  /** This connection ended for good with an error (room expired, replaced, resume failed...). */
-  aborted: (error: RelayError) => void;
+  /**
+   * Another party aborted the room (`party.abort(reason)` there): the relay names its
+   * slot and reason, then closes every connection with 4002 and the room is over
+   * (`failed` follows with a {@link RelayAbortedError}).
+   */
+  aborted: (info: AbortInfo) => void;
+  /**
+   * This connection ended for good with an error: a {@link RelayAbortedError} when a
+   * party aborted the room, else why it failed (room expired, replaced, resume failed:
+   * {@link RelayCloseError}, {@link RelayReconnectError}...). `messages()` throws the same error.
+   */
+  failed: (error: RelayError) => void;
   /** Every slot has joined at least once. */
   ready: (roomSize: number) => void;
-  /** The connection dropped and was resumed; nothing was lost or repeated on the receive side. */
+  /** The connection dropped and was resumed; nothing was lost or repeated, in either direction. */
   reconnected: (info: { attempts: number }) => void;
-  /** The relay refused something this party sent (`bad_destination`, `room_buffer_full`...). */
+  /**
+   * The relay refused something this party sent (`bad_destination`, `room_buffer_full`...);
+   * `error.frame` names the refused data frame by this party's count (1, 2, 3... in the room).
+   */
   error: (error: RelayEventError) => void;
   /** The relay is about to close the connection with this code. */
   closing: (info: { code: number; reason: string }) => void;
-  /** The connection is over (after `close()`, the room closing, or `aborted`). */
+  /** The connection is over (after `close()`, `abort()`, the room closing, or `failed`). */
   closed: () => void;
 }
 
@@ -98,6 +139,8 @@ export interface RoomTuning {
   ackIntervalMs: number;
   /** How long `close()` waits for the relay's close after `leave`. */
   closeTimeoutMs: number;
+  /** Past this many unconfirmed sent frames, ask the relay's `status` to confirm them (default 1024). */
+  sendQueue: number;
 }
 
 type Handlers = { [K in keyof RoomEvents]: Set<RoomEvents[K]> };
@@ -154,8 +197,18 @@ export class RoomConnection {
   #acked = 0;
   #queue: RoomMessage[] = [];
   #waiters: Array<{ resolve: (r: IteratorResult<RoomMessage>) => void; reject: (e: unknown) => void }> = [];
-  /** Frames to send once (re)connected. */
-  #outbox: Uint8Array[] = [];
+  /**
+   * Data frames not known to be taken by the relay, with their numbers (this party's
+   * count of its data frames in the room). All were sent on the current socket when
+   * open; after a resume those above `welcome.received` are sent again.
+   */
+  #retained: Array<{ n: number; frame: Uint8Array }> = [];
+  /** The number the next data frame gets. */
+  #nextFrame = 1;
+  /** `status` requests awaiting their answer, oldest first: the application's have a waiter. */
+  #statusRequests: Array<{ resolve: (s: RoomStatus) => void; reject: (e: unknown) => void } | undefined> = [];
+  /** Who aborted the room, from the `aborted` event or this party's own `abort`. */
+  #abortedBy: AbortInfo | undefined;
   #state: "open" | "reconnecting" | "leaving" | "closed" = "open";
   #error: RelayError | undefined;
   #isReady = false;
@@ -167,6 +220,7 @@ export class RoomConnection {
     joined: new Set(),
     left: new Set(),
     aborted: new Set(),
+    failed: new Set(),
     ready: new Set(),
     reconnected: new Set(),
     error: new Set(),
@@ -186,6 +240,7 @@ export class RoomConnection {
     this.#lastSeq = welcome.next_seq - 1;
     this.#consumed = this.#lastSeq;
     this.#acked = this.#lastSeq;
+    this.#nextFrame = welcome.received + 1;
     this.#attach(socket);
     this.#ackTimer = setInterval(() => this.#ack(true), tuning.ackIntervalMs);
     // Never keep a Node process alive for the timer alone.
@@ -199,7 +254,11 @@ export class RoomConnection {
     return new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
   }
 
-  /** Sends `payload` to the party in slot `toSlot`. Queued while the connection is being resumed. */
+  /**
+   * Sends `payload` to the party in slot `toSlot`, exactly once: kept until the relay
+   * confirms it, sent again after a resume if the relay had not taken it, and queued
+   * while the connection is being resumed.
+   */
   send(toSlot: number, payload: Uint8Array): void {
     this.#enqueue(toSlot, payload);
   }
@@ -254,6 +313,57 @@ export class RoomConnection {
     clearTimeout(timer);
   }
 
+  /**
+   * Aborts the room for everyone (e.g. this party caught a cheater): the others get the
+   * `aborted` event naming this slot and `reason` (cut to 256 UTF-8 bytes), the relay
+   * closes every connection with 4002 and the room is over. Resolves once this
+   * connection is closed; `messages()` then throws a {@link RelayAbortedError} naming
+   * this slot. While the link is down the abort goes out after the resume.
+   */
+  async abort(reason = ""): Promise<void> {
+    if (this.#state === "closed") return;
+    if (this.#state === "leaving") return new Promise((resolve) => this.#closeWaiters.push(resolve));
+    const cut = boundAbortReason(reason);
+    this.#abortedBy = { slot: this.slot, reason: cut };
+    const done = new Promise<void>((resolve) => this.#closeWaiters.push(resolve));
+    if (this.#state === "reconnecting") {
+      this.#pendingAbort = cut;
+      return done;
+    }
+    this.#sendAbort(cut);
+    return done;
+  }
+
+  #pendingAbort: string | undefined;
+
+  #sendAbort(reason: string): void {
+    const socket = this.#socket;
+    this.#state = "leaving";
+    if (!socket?.send(encodeClientControl({ type: "abort", reason }))) {
+      return this.#finish(new RelayAbortedError(this.slot, reason));
+    }
+    const timer = setTimeout(() => {
+      socket.close(1000, "aborted");
+      this.#finish(new RelayAbortedError(this.slot, reason));
+    }, this.#tuning.closeTimeoutMs);
+    this.#closeWaiters.push(() => clearTimeout(timer));
+  }
+
+  /**
+   * Asks the relay for the room's status: the slots connected now, the data frames it
+   * has taken from each slot, and how long each has been idle. Asked on the next
+   * connection when the link is down.
+   */
+  status(): Promise<RoomStatus> {
+    if (this.#state === "closed" || this.#state === "leaving") {
+      return Promise.reject(this.#error ?? new RelayClosedError("room connection"));
+    }
+    return new Promise((resolve, reject) => {
+      this.#statusRequests.push({ resolve, reject });
+      if (this.#state === "open") this.#socket?.send(encodeClientControl({ type: "status" }));
+    });
+  }
+
   /** The resume token, to take this slot back from another process (keep it secret). */
   get resumeToken(): string {
     return this.#resumeToken;
@@ -269,8 +379,29 @@ export class RoomConnection {
       throw this.#error ?? new RelayClosedError("room connection");
     }
     const frame = encodeClientFrame(to, payload);
-    if (this.#state === "open" && this.#outbox.length === 0 && this.#socket?.send(frame)) return;
-    this.#outbox.push(frame);
+    this.#retained.push({ n: this.#nextFrame++, frame });
+    if (this.#state !== "open" || !this.#socket) return; // sent after the resume
+    this.#socket.send(frame); // a failed send is the drop's: the frame is kept
+    this.#boundRetained();
+  }
+
+  /** Forgets the kept frames the relay has taken (numbered up to `received`). */
+  #takenThrough(received: number): void {
+    let i = 0;
+    while (i < this.#retained.length && this.#retained[i]!.n <= received) i++;
+    if (i > 0) this.#retained.splice(0, i);
+  }
+
+  /** Past `sendQueue` kept frames, asks the relay (once at a time) how many it has taken. */
+  #boundRetained(): void {
+    if (this.#retained.length <= Math.max(1, this.#tuning.sendQueue)) return;
+    if (this.#statusRequests.includes(undefined)) return;
+    if (this.#socket?.send(encodeClientControl({ type: "status" }))) this.#statusRequests.push(undefined);
+  }
+
+  /** Unconfirmed sent frames this client keeps (for tests and diagnostics). */
+  get unconfirmedSends(): number {
+    return this.#retained.length;
   }
 
   #next(): Promise<IteratorResult<RoomMessage>> {
@@ -345,7 +476,20 @@ export class RoomConnection {
         for (const w of this.#readyWaiters.splice(0)) w.resolve();
         return this.#emit("ready", event.room_size);
       case "error":
-        return this.#emit("error", new RelayEventError(event.code, event.message));
+        // The relay takes frames in order: everything up to a refused one was taken.
+        if (event.frame !== undefined) this.#takenThrough(event.frame);
+        return this.#emit("error", new RelayEventError(event.code, event.message, event.frame));
+      case "aborted":
+        this.#abortedBy = { slot: event.slot, reason: event.reason };
+        return this.#emit("aborted", { slot: event.slot, reason: event.reason });
+      case "status": {
+        const sent = event.sent[this.slot];
+        if (sent !== undefined) this.#takenThrough(sent);
+        const waiter = this.#statusRequests.shift();
+        // The client's own request (bounding kept frames) stays out of the app's view.
+        waiter?.resolve({ present: event.present, sent: event.sent, idleMs: event.idle_ms });
+        return;
+      }
       case "closing":
         this.#closing = { code: event.code, reason: event.reason };
         return this.#emit("closing", { code: event.code, reason: event.reason });
@@ -359,6 +503,13 @@ export class RoomConnection {
     if (this.#state === "closed") return;
     if (!reason && this.#closing?.code === code) reason = this.#closing.reason;
     this.#closing = undefined;
+    if (code === CLOSE_CODES.aborted) {
+      const by = this.#abortedBy;
+      return this.#finish(new RelayAbortedError(by?.slot, by?.reason ?? reason));
+    }
+    if (this.#state === "leaving" && this.#abortedBy?.slot === this.slot) {
+      return this.#finish(new RelayAbortedError(this.slot, this.#abortedBy.reason));
+    }
     if (this.#state === "leaving" || code === 1000) return this.#finish(undefined);
     // A dropped link (no close frame: 1005, 1006) or "reconnect" (1011, 1013): resume.
     const dropped = code === 1005 || code === 1006 || code === 1011 || code === 1013;
@@ -385,14 +536,27 @@ export class RoomConnection {
           return;
         }
         this.#resumeToken = welcome.resume_token;
+        this.#takenThrough(welcome.received);
+        this.#nextFrame = Math.max(this.#nextFrame, welcome.received + 1);
+        // Answers to the client's own requests on the old connection will not come;
+        // the application's are asked again below.
+        this.#statusRequests = this.#statusRequests.filter((r) => r !== undefined);
         this.#state = "open";
+        this.#socket = socket;
+        // Exactly the frames the relay has not taken, in order, before anything new.
+        for (const { frame } of this.#retained) socket.send(frame);
+        for (let i = 0; i < this.#statusRequests.length; i++) socket.send(encodeClientControl({ type: "status" }));
         this.#attach(socket);
-        while (this.#outbox.length > 0 && this.#state === "open") {
-          if (!socket.send(this.#outbox[0]!)) break;
-          this.#outbox.shift();
-        }
+        if (this.#state !== "open") return; // the new socket closed at once: handled there
         this.#ack(true);
         this.#emit("reconnected", { attempts });
+        if (this.#pendingAbort !== undefined) {
+          const reason = this.#pendingAbort;
+          this.#pendingAbort = undefined;
+          this.#sendAbort(reason);
+        } else {
+          this.#boundRetained();
+        }
         return;
       } catch (e) {
         last = e;
@@ -424,11 +588,12 @@ export class RoomConnection {
     if (this.#ackTimer !== undefined) clearInterval(this.#ackTimer);
     const closed = error ?? new RelayClosedError("room connection");
     for (const w of this.#readyWaiters.splice(0)) w.reject(closed);
+    for (const w of this.#statusRequests.splice(0)) w?.reject(closed);
     for (const w of this.#waiters.splice(0)) {
       if (error) w.reject(error);
       else w.resolve({ done: true, value: undefined });
     }
-    if (error) this.#emit("aborted", error);
+    if (error) this.#emit("failed", error);
     this.#emit("closed");
     for (const w of this.#closeWaiters.splice(0)) w();
   }

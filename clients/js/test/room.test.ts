@@ -7,6 +7,7 @@
 import { describe, expect, test } from "vitest";
 
 import {
+  RelayAbortedError,
   RelayClient,
   RelayCloseError,
   RelayProtocolError,
@@ -82,7 +83,7 @@ class FakeSocket {
   }
 }
 
-function welcome(next_seq: number, resumed = false): string {
+function welcome(next_seq: number, resumed = false, received = 0): string {
   return encodeServerEvent({
     type: "welcome",
     room_uuid: "1a2b3c4d-9f0e-4c1b-8a7d-2e5f6a7b8c9d",
@@ -93,6 +94,7 @@ function welcome(next_seq: number, resumed = false): string {
     present: [0],
     resumed,
     next_seq,
+    received,
   });
 }
 
@@ -177,12 +179,15 @@ describe("room connection", () => {
 
   test("a seq gap aborts with a protocol error", async () => {
     const { party, ws } = await join();
+    const failed: unknown[] = [];
     const aborted: unknown[] = [];
+    party.on("failed", (e) => failed.push(e));
     party.on("aborted", (e) => aborted.push(e));
     ws.data(1);
     ws.data(3);
     await expect(take(party, 2)).rejects.toBeInstanceOf(RelayProtocolError);
-    expect(aborted[0]).toBeInstanceOf(RelayProtocolError);
+    expect(failed[0]).toBeInstanceOf(RelayProtocolError);
+    expect(aborted).toEqual([]);
   });
 
   test("a close the relay means (room expired) aborts with the close code, without resuming", async () => {
@@ -203,6 +208,77 @@ describe("room connection", () => {
     const err = await party.ready().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RelayReconnectError);
     expect((err as RelayReconnectError).attempts).toBe(2);
+  });
+
+  test("after a resume sends again exactly the frames past welcome.received, in order", async () => {
+    const { party, ws } = await join();
+    for (let i = 1; i <= 5; i++) party.send(1, new Uint8Array([i]));
+    expect(ws.frames().length).toBe(5);
+    expect(party.unconfirmedSends).toBe(5);
+    ws.drop();
+    party.send(1, new Uint8Array([6])); // while down
+    await until(() => FakeSocket.instances.length === 2 && FakeSocket.instances[1]!.readyState === 1);
+    const again = FakeSocket.instances[1]!;
+    again.text(welcome(1, true, 3)); // the relay took frames 1..3
+    await until(() => again.frames().length === 3);
+    expect(again.frames().map((f) => [...f])).toEqual([
+      [1, 0, 4],
+      [1, 0, 5],
+      [1, 0, 6],
+    ]);
+    expect(party.unconfirmedSends).toBe(3);
+    // An error naming frame 5 confirms everything up to it.
+    const errors: Array<number | undefined> = [];
+    party.on("error", (e) => errors.push(e.frame));
+    again.text('{"type":"error","code":"bad_destination","message":"m","frame":5}');
+    expect(errors).toEqual([5]);
+    expect(party.unconfirmedSends).toBe(1);
+  });
+
+  test("past sendQueue kept frames it asks status itself and hides the answer", async () => {
+    const { party, ws } = await join({ sendQueue: 2 });
+    for (let i = 1; i <= 3; i++) party.send(1, new Uint8Array([i]));
+    expect(ws.texts()).toEqual(['{"type":"status"}']);
+    const asked = party.status();
+    expect(ws.texts()).toEqual(['{"type":"status"}', '{"type":"status"}']);
+    ws.text('{"type":"status","present":[0,1],"sent":[3,0],"idle_ms":[1,2]}'); // the client's own
+    expect(party.unconfirmedSends).toBe(0);
+    ws.text('{"type":"status","present":[0,1],"sent":[3,0],"idle_ms":[5,6]}');
+    expect(await asked).toEqual({ present: [0, 1], sent: [3, 0], idleMs: [5, 6] });
+  });
+
+  test("aborted: the event names slot and reason, the 4002 close ends with RelayAbortedError", async () => {
+    const { party, ws } = await join();
+    const aborted: unknown[] = [];
+    party.on("aborted", (info) => aborted.push(info));
+    ws.text('{"type":"aborted","slot":1,"reason":"cheater"}');
+    ws.drop(4002);
+    const err = await take(party, 1).catch((e: unknown) => e);
+    expect(aborted).toEqual([{ slot: 1, reason: "cheater" }]);
+    expect(err).toBeInstanceOf(RelayAbortedError);
+    expect((err as RelayAbortedError).slot).toBe(1);
+    expect((err as RelayAbortedError).reason).toBe("cheater");
+    expect(FakeSocket.instances.length).toBe(1);
+  });
+
+  test("abort sends the reason, cut to 256 bytes", async () => {
+    const { party, ws } = await join();
+    const done = party.abort("é".repeat(200));
+    const sent = JSON.parse(ws.texts()[0]!) as { type: string; reason: string };
+    expect(sent.type).toBe("abort");
+    expect(new TextEncoder().encode(sent.reason).length).toBe(256);
+    ws.drop(4002);
+    await done;
+    const err = await take(party, 1).catch((e: unknown) => e);
+    expect((err as RelayAbortedError).slot).toBe(0);
+  });
+
+  test("a party token is offered as relay.party-token.<base64url> on the first join only", async () => {
+    const { ws } = await join({ partyToken: "q3Jx8Vd0nT1bC2rQ7mZ9aw" });
+    expect(ws.protocols).toEqual(["relay.v1", "relay.party-token.cTNKeDhWZDBuVDFiQzJyUTdtWjlhdw"]);
+    ws.drop();
+    await until(() => FakeSocket.instances.length === 2);
+    expect(FakeSocket.instances[1]!.protocols).toEqual(["relay.v1", "relay.resume.dG9rZW4tMQ"]);
   });
 
   test("close acks what was taken, sends leave and ends the stream", async () => {
