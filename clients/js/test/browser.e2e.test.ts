@@ -3,7 +3,8 @@
  * download): a page served on http://localhost:PORT loads the built dist/index.js and
  * talks to the real relay on http://127.0.0.1:RPORT, a different origin, so CORS and the
  * Origin check are real. The same page served as http://127.0.0.1:PORT is an origin the
- * relay does not list.
+ * relay does not list. Resume is checked exactly-once in both directions across a cut
+ * TCP connection (frames in flight and frames sent while the link is down).
  */
 
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -156,7 +157,7 @@ describe.skipIf(skip)("headless chromium", () => {
     expect(result).toEqual({ isHttp: true, code: "missing_api_key", status: 401 });
   });
 
-  test("a room in the page resumes after its TCP connection is cut, losing and repeating nothing", async () => {
+  test("a room in the page resumes after its TCP connection is cut: exactly-once, in order, both directions", async () => {
     const room = await fetch(`${relay.url}/v1/rooms`, {
       method: "POST",
       headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
@@ -170,15 +171,27 @@ describe.skipIf(skip)("headless chromium", () => {
         const sender = await new w.Relay.RelayClient({ url: direct }).joinRoom(roomId);
         const receiver = await new w.Relay.RelayClient({ url: proxied }).joinRoom(roomId, { ackEvery: 16 });
         await receiver.ready();
-        w.resume = { got: [] as number[], texts: [] as string[], reconnects: 0, done: false, error: "" };
+        w.resume = { got: [] as number[], texts: [] as string[], back: [] as number[], backTexts: [] as string[] };
+        Object.assign(w.resume, { reconnects: 0, done: false, error: "", sent: [] as number[] });
         receiver.on("reconnected", () => w.resume.reconnects++);
+        const reading = (async () => {
+          for await (const m of receiver.messages()) {
+            w.resume.got.push(m.seq);
+            w.resume.texts.push(new TextDecoder().decode(m.payload));
+            if (w.resume.got.length === total) break;
+          }
+        })();
+        const readingBack = (async () => {
+          for await (const m of sender.messages()) {
+            w.resume.back.push(m.seq);
+            w.resume.backTexts.push(new TextDecoder().decode(m.payload));
+            if (w.resume.back.length === total) break;
+          }
+        })();
         (async () => {
           try {
-            for await (const m of receiver.messages()) {
-              w.resume.got.push(m.seq);
-              w.resume.texts.push(new TextDecoder().decode(m.payload));
-              if (w.resume.got.length === total) break;
-            }
+            await Promise.all([reading, readingBack]);
+            w.resume.sent = (await sender.status()).sent;
             w.resume.done = true;
             await receiver.close();
             await sender.close();
@@ -186,18 +199,28 @@ describe.skipIf(skip)("headless chromium", () => {
             w.resume.error = String(e);
           }
         })();
+        // Both directions: the proxied party's own frames are the ones cut in flight.
         w.sendBatch = (from: number, to: number) => {
-          for (let i = from; i < to; i++) sender.send(receiver.slot, new TextEncoder().encode(`m${i}`));
+          for (let i = from; i < to; i++) {
+            sender.send(receiver.slot, new TextEncoder().encode(`m${i}`));
+            receiver.send(sender.slot, new TextEncoder().encode(`r${i}`));
+          }
         };
       },
       { direct: relay.url, proxied: proxy.url, roomId: room.room_uuid, total },
     );
-    const got = () => page.evaluate(() => (window as unknown as { resume: { got: number[] } }).resume.got.length);
-    await page.evaluate(() => (window as unknown as { sendBatch: (a: number, b: number) => void }).sendBatch(0, 200));
+    const sendBatch = (a: number, b: number) =>
+      page.evaluate(([a, b]) => (window as unknown as { sendBatch: (a: number, b: number) => void }).sendBatch(a, b), [
+        a,
+        b,
+      ] as const);
+    await sendBatch(0, 150);
     await page.waitForFunction(() => (window as unknown as { resume: { got: number[] } }).resume.got.length >= 50);
+    // Written by the page just now, then the link is reset: some of it is in flight.
+    await sendBatch(150, 250);
     expect(proxy.cut()).toBeGreaterThan(0);
-    expect(await got()).toBeLessThanOrEqual(total);
-    await page.evaluate(() => (window as unknown as { sendBatch: (a: number, b: number) => void }).sendBatch(200, 400));
+    // Sent while the link is down (or before the page has noticed the reset).
+    await sendBatch(250, 400);
     await page.waitForFunction(
       () => {
         const r = (window as unknown as { resume: { done: boolean; error: string } }).resume;
@@ -207,12 +230,72 @@ describe.skipIf(skip)("headless chromium", () => {
       { timeout: 30_000 },
     );
     const r = await page.evaluate(
-      () => (window as unknown as { resume: { got: number[]; texts: string[]; reconnects: number; error: string } }).resume,
+      () =>
+        (
+          window as unknown as {
+            resume: {
+              got: number[];
+              texts: string[];
+              back: number[];
+              backTexts: string[];
+              sent: number[];
+              reconnects: number;
+              error: string;
+            };
+          }
+        ).resume,
     );
     expect(r.error).toBe("");
     expect(r.reconnects).toBe(1);
     expect(r.got).toEqual(Array.from({ length: total }, (_, i) => i + 1));
     expect(r.texts).toEqual(Array.from({ length: total }, (_, i) => `m${i}`));
+    expect(r.back).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+    expect(r.backTexts).toEqual(Array.from({ length: total }, (_, i) => `r${i}`));
+    // The relay took each frame exactly once from each side.
+    expect(r.sent).toEqual([total, total]);
+  });
+
+  test("party tokens, abort and status in the page", async () => {
+    const result = await page.evaluate(
+      async ({ url, key }) => {
+        // biome-ignore lint: the module the page loaded
+        const { RelayClient, RelayAbortedError } = (window as any).Relay;
+        const room = await new RelayClient({ url, apiKey: key }).createRoom({ size: 2, partyTokens: true });
+        const client = new RelayClient({ url });
+        // The browser hides the 403 bad_party_token: a typed connect error.
+        const without = await client
+          .joinRoom(room.roomId)
+          .then(() => "joined")
+          .catch((e: Error) => e.name);
+        const b = await client.joinRoom(room.roomId, { partyToken: room.partyTokens[1] });
+        const a = await client.joinRoom(room.roomId, { partyToken: room.partyTokens[0] });
+        await Promise.all([a.ready(), b.ready()]);
+        a.send(1, new TextEncoder().encode("x"));
+        const status = await a.status();
+        const seen: unknown[] = [];
+        b.on("aborted", (info: unknown) => seen.push(info));
+        const atB = (async () => {
+          try {
+            for await (const _ of b.messages()) {
+              // the one message from a
+            }
+            return "ended";
+          } catch (e: any) {
+            return e instanceof RelayAbortedError ? `aborted by ${e.slot}: ${e.reason}` : String(e);
+          }
+        })();
+        await a.abort("caught slot 1 cheating");
+        return { without, slots: [a.slot, b.slot], sent: status.sent, seen, atB: await atB };
+      },
+      { url: relay.url, key: KEY },
+    );
+    expect(result).toEqual({
+      without: "RelayConnectError",
+      slots: [0, 1],
+      sent: [1, 0],
+      seen: [{ slot: 0, reason: "caught slot 1 cheating" }],
+      atB: "aborted by 0: caught slot 1 cheating",
+    });
   });
 
   test("a page on an origin the relay does not list can neither call the API nor open a socket", async () => {
