@@ -273,6 +273,30 @@ describe("room connection", () => {
     expect((err as RelayAbortedError).slot).toBe(0);
   });
 
+  test("status and abort asked while the link is down go out on the resumed connection, after kept frames", async () => {
+    const { party, ws } = await join();
+    party.send(1, new Uint8Array([1]));
+    ws.drop();
+    const asked = party.status();
+    const aborting = party.abort("late");
+    await until(() => FakeSocket.instances.length === 2 && FakeSocket.instances[1]!.readyState === 1);
+    const again = FakeSocket.instances[1]!;
+    again.text(welcome(1, true, 0));
+    await until(() => again.texts().includes('{"type":"abort","reason":"late"}'));
+    expect(again.sent.map((m) => (typeof m === "string" ? m : [...m]))).toEqual([
+      [1, 0, 1],
+      '{"type":"status"}',
+      '{"type":"abort","reason":"late"}',
+    ]);
+    again.text('{"type":"status","present":[0],"sent":[1,0],"idle_ms":[0,9]}');
+    expect(await asked).toEqual({ present: [0], sent: [1, 0], idleMs: [0, 9] });
+    again.drop(4002);
+    await aborting;
+    const err = await take(party, 1).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RelayAbortedError);
+    expect((err as RelayAbortedError).reason).toBe("late");
+  });
+
   test("a party token is offered as relay.party-token.<base64url> on the first join only", async () => {
     const { ws } = await join({ partyToken: "q3Jx8Vd0nT1bC2rQ7mZ9aw" });
     expect(ws.protocols).toEqual(["relay.v1", "relay.party-token.cTNKeDhWZDBuVDFiQzJyUTdtWjlhdw"]);
