@@ -9,6 +9,7 @@ mod config_file;
 mod discovery;
 mod keys;
 mod notify;
+mod turn;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,6 +112,11 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyho
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(listener);
     }
+    // STUN/TURN, when --turn-listen is set: bound before "listening" is printed.
+    let turn = relay_transport::TurnServer::start(&state).await?;
+    if let Some(turn) = &turn {
+        eprintln!("relay-server STUN/TURN on {} (udp, tcp)", turn.local_addr());
+    }
     let addrs: Vec<String> =
         listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -149,6 +155,9 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyho
     }
     notify::notify(notify::STOPPING);
     state.begin_shutdown();
+    if let Some(turn) = turn {
+        turn.close().await;
+    }
     while let Some(res) = servers.join_next().await {
         res.context("server task panicked")?.context("server stopped with an error")?;
     }

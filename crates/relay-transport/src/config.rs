@@ -7,6 +7,7 @@ use relay_core::{Limits, RoomIdPrefix};
 
 use crate::http::ratelimit::RateLimits;
 use crate::net::tls::TlsHandle;
+use crate::turn::TurnConfig;
 use relay_discovery::DiscoveryConfig;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
@@ -72,6 +73,8 @@ pub struct ServerConfig {
     /// threads and back off when it is wanted (docs/operations.md, "Busy polling").
     /// Zero (the default) turns it off; capped at [`crate::MAX_BUSY_POLL`].
     pub busy_poll: Duration,
+    /// The embedded STUN/TURN server (docs/turn.md); off unless `turn.listen` is set.
+    pub turn: TurnConfig,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             rate_limits: RateLimits::default(),
             busy_poll: Duration::ZERO,
+            turn: TurnConfig::default(),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health |
 //! | `router` | the one route table (axum + utoipa-axum), its middleware, `/openapi.json` |
 //! | `net` | the accept loop, connection caps, TLS, the burst reader, busy polling |
+//! | `turn` | the embedded STUN/TURN server (UDP and TCP), its auth, limits and accounting |
 
 pub mod admin {
     //! Helpers of the admin API that the binary reuses (redaction for logs, key JSON).
@@ -28,6 +29,7 @@ mod net;
 mod openapi;
 mod router;
 mod state;
+mod turn;
 pub mod ws;
 
 pub use config::ServerConfig;
@@ -39,6 +41,7 @@ pub use net::busy_poll::MAX_BUSY_POLL;
 pub use net::tls::{TlsError, TlsHandle};
 pub use relay_discovery::{Discovery, DiscoveryConfig};
 pub use state::AppState;
+pub use turn::{PeerPolicy, TurnConfig, TurnServer};
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

@@ -81,7 +81,13 @@ impl AppState {
         self.inner.keystore.as_ref()
     }
 
-    fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+    fn build(mut config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+        if config.turn.listen.is_some() && config.turn.secret.is_none() {
+            // Documented in docs/turn.md: without --turn-secret, credentials last one run.
+            let secret = crate::turn::credentials::generate_secret()
+                .map_err(|_| TransportError::Config("cannot generate a TURN secret".to_owned()))?;
+            config.turn.secret = Some(secret);
+        }
         let discovery = Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
             let dir = config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
             TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))

@@ -6,3 +6,4 @@ pub(crate) mod discovery;
 pub(crate) mod health;
 pub(crate) mod mailbox;
 pub(crate) mod rooms;
+pub(crate) mod turn;
