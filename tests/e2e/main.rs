@@ -27,3 +27,4 @@ mod ratelimit;
 mod rooms;
 mod timeouts;
 mod tls;
+mod turn;
