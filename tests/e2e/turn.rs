@@ -111,6 +111,28 @@ async fn uclient(
     peer_port: u16,
     tcp: bool,
 ) -> UclientRun {
+    uclient_with(tools, turn, (user, pass), peer_port, Traffic { tcp, packets: PACKETS, interval_ms: 20 })
+        .await
+}
+
+/// What a uclient run sends.
+#[derive(Debug, Clone, Copy)]
+struct Traffic {
+    /// TURN over TCP rather than UDP.
+    tcp: bool,
+    packets: u32,
+    /// Milliseconds between packets.
+    interval_ms: u32,
+}
+
+/// As [`uclient`], with the traffic given.
+async fn uclient_with(
+    tools: &Tools,
+    turn: SocketAddr,
+    (user, pass): (&str, &str),
+    peer_port: u16,
+    Traffic { tcp, packets, interval_ms }: Traffic,
+) -> UclientRun {
     let mut cmd = Command::new(&tools.uclient);
     if tcp {
         cmd.arg("-t");
@@ -118,7 +140,7 @@ async fn uclient(
     cmd.args(["-u", user, "-w", pass, "-p", &turn.port().to_string()])
         .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
         // One client, no RTCP companion session (-c): exactly PACKETS packets.
-        .args(["-n", &PACKETS.to_string(), "-m", "1", "-l", "120", "-c"])
+        .args(["-n", &packets.to_string(), "-m", "1", "-l", "120", "-c", "-z", &interval_ms.to_string()])
         .arg("127.0.0.1")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -228,6 +250,93 @@ async fn a_revoked_key_s_credentials_are_refused() {
     assert!(run.received.unwrap_or(0) == 0, "{}", run.output);
     assert_eq!(metric(&relay, "relay_turn_allocations_total").await, 0);
     assert!(metric(&relay, "relay_turn_auth_refused_total").await >= 1);
+}
+
+#[tokio::test]
+async fn revoking_a_key_ends_its_live_allocation_within_seconds() {
+    let Some(tools) = tools() else { return skip_without("coturn", INSTALL) };
+    let (relay, turn) =
+        relay_with_turn(&["--turn-allow-loopback-peers", "--turn-key-check-interval", "1s"]).await;
+    let peer_port = free_port().await;
+    let _peer = start_peer(&tools, peer_port);
+    let (user, pass) = credentials(&relay).await;
+    // 250 packets 20 ms apart: five seconds of traffic; the key is revoked as soon as
+    // the first relayed bytes show on /metrics.
+    let traffic = Traffic { tcp: false, packets: 250, interval_ms: 20 };
+    let run = uclient_with(&tools, turn, (&user, &pass), peer_port, traffic);
+    let revoke = async {
+        let flowing = async {
+            while metric(&relay, "relay_turn_relayed_bytes_total").await == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(CLIENT_TIMEOUT, flowing).await.expect("no traffic through TURN");
+        let admin = format!("Bearer {ADMIN_TOKEN}");
+        let resp =
+            http_request(relay.addr, "DELETE", "/v1/admin/keys/backend", &[("authorization", &admin)], b"")
+                .await
+                .unwrap();
+        assert!(resp.status.is_success(), "{} {}", resp.status, resp.text());
+    };
+    let (run, ()) = tokio::join!(run, revoke);
+    let received = run.received.unwrap_or(0);
+    eprintln!("after revocation mid-run: {received} of 250 packets came back");
+    // Some packets made it before the revocation; those sent more than the key check
+    // interval (1 s, 50 packets) after it did not.
+    assert!(received > 0, "{}", run.output);
+    assert!(received < 200, "the allocation outlived its key: {received} of 250 came back\n{}", run.output);
+}
+
+#[tokio::test]
+async fn disco_s_static_user_relays() {
+    let Some(tools) = tools() else { return skip_without("coturn", INSTALL) };
+    let (_relay, turn) = relay_with_turn(&[
+        "--turn-allow-loopback-peers",
+        "--ice-username",
+        "babble",
+        "--ice-password",
+        "static-pass",
+    ])
+    .await;
+    let peer_port = free_port().await;
+    let _peer = start_peer(&tools, peer_port);
+    let run = uclient(&tools, turn, "babble", "static-pass", peer_port, false).await;
+    assert_eq!(run.received, Some(PACKETS), "{}", run.output);
+    assert_eq!(run.lost, Some(0), "{}", run.output);
+    let run = uclient(&tools, turn, "babble", "wrong", peer_port, false).await;
+    assert!(!run.success && run.received.unwrap_or(0) == 0, "{}", run.output);
+}
+
+#[tokio::test]
+async fn disco_s_flags_are_accepted_as_aliases() {
+    let out = crate::support::run_binary(&[
+        "--ice-port",
+        "3478",
+        "--address",
+        "203.0.113.7",
+        "--realm",
+        "main",
+        "--ttl",
+        "10m",
+        "--ttl-hearbeat",
+        "30s",
+        "--ice-username",
+        "test",
+        "--ice-password",
+        "test",
+        "--print-config",
+    ])
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let table: toml::Table = stdout.parse().unwrap();
+    assert_eq!(table["turn_listen"].as_str(), Some("3478"));
+    assert_eq!(table["turn_public_ip"].as_str(), Some("203.0.113.7"));
+    assert_eq!(table["turn_realm"].as_str(), Some("main"));
+    assert_eq!(table["group_ttl"].as_str(), Some("10m"));
+    assert_eq!(table["group_ttl_heartbeat"].as_str(), Some("30s"));
+    assert_eq!(table["ice_password"].as_str(), Some("***"));
 }
 
 #[tokio::test]
