@@ -95,3 +95,44 @@ pub(crate) fn key_still_allowed(state: &AppState, username: &str) -> bool {
 pub(crate) fn key_of(username: &str) -> Option<String> {
     credentials::parse_username(username, 0).ok()?.key_name.map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use relay_keystore::{CreateOptions, KeyStore, unix_now};
+
+    use super::*;
+    use crate::{ServerConfig, TurnConfig};
+
+    #[tokio::test]
+    async fn only_unexpired_usernames_of_active_keys_and_the_static_user_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(KeyStore::open(dir.path()).unwrap());
+        let now = unix_now();
+        store.create("backend", CreateOptions { tenant: None, expires_at: 0 }, now).unwrap();
+        let turn = TurnConfig {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            secret: Some("north".to_owned()),
+            static_user: Some(("babble".to_owned(), "static".to_owned())),
+            ..TurnConfig::default()
+        };
+        let state =
+            AppState::with_keystore(ServerConfig { turn, ..ServerConfig::default() }, store.clone()).unwrap();
+        let auth = Auth::new(&state, LastUser::default());
+        let live = format!("{}:backend", now + 60);
+        assert_eq!(auth.password_of(&live), Some(credentials::password("north", &live)));
+        assert_eq!(auth.password_of("babble").as_deref(), Some("static"));
+        assert_eq!(auth.password_of(&format!("{}:backend", now - 1)), None, "expired username");
+        assert_eq!(auth.password_of(&format!("{}:nobody", now + 60)), None, "unknown key");
+        assert_eq!(auth.password_of(&(now + 60).to_string()), None, "no key with keys enforced");
+        assert!(key_still_allowed(&state, &live));
+
+        store.revoke("backend", now).unwrap();
+        assert_eq!(auth.password_of(&live), None, "revoked key");
+        assert!(!key_still_allowed(&state, &live));
+        assert!(key_still_allowed(&state, "babble"));
+        assert_eq!(key_of(&live).as_deref(), Some("backend"));
+        assert_eq!(key_of("babble"), None);
+    }
+}

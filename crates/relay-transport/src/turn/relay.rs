@@ -260,3 +260,47 @@ fn rand_u32() -> u32 {
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
     u32::from_le_bytes(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServerConfig;
+
+    fn state(turn: TurnConfig) -> AppState {
+        AppState::new(ServerConfig { turn, ..ServerConfig::default() }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_holds_at_most_its_allocations_and_gets_them_back() {
+        let shared = Shared::new(&state(TurnConfig { max_allocations_per_key: 2, ..TurnConfig::default() }));
+        let first = shared.take_slot("1:k").unwrap();
+        let _second = shared.take_slot("1:k").unwrap();
+        assert!(shared.take_slot("1:k").is_none());
+        assert!(shared.take_slot("1:other").is_some(), "limits are per key");
+        drop(first);
+        assert!(shared.take_slot("1:k").is_some());
+    }
+
+    #[tokio::test]
+    async fn datagrams_over_the_bandwidth_or_to_refused_peers_are_dropped() {
+        let state = state(TurnConfig::default());
+        let socket = RelayedSocket {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            policy: PeerPolicy::default(),
+            meter: UsageMeter::default(),
+            counters: state.metrics().turn().clone(),
+            bucket: Mutex::new(Bucket { tokens: 1000.0, at: Instant::now() }),
+            rate: 1000,
+            _slot: Shared::new(&state).take_slot("1:k").unwrap(),
+        };
+        let public: SocketAddr = "8.8.8.8:5000".parse().unwrap();
+        assert!(socket.admit(public, 600));
+        assert!(!socket.admit(public, 600), "over 1000 bytes in the same second");
+        assert!(!socket.admit("127.0.0.1:5000".parse().unwrap(), 1));
+        assert!(!socket.admit("10.0.0.1:5000".parse().unwrap(), 1));
+        let counters = state.metrics().turn();
+        assert_eq!(counters.relayed_bytes.get(), 600);
+        assert_eq!(counters.over_bandwidth.get(), 1);
+        assert_eq!(counters.peers_refused.get(), 2);
+    }
+}
