@@ -111,8 +111,14 @@ async fn uclient(
     peer_port: u16,
     tcp: bool,
 ) -> UclientRun {
-    uclient_with(tools, turn, (user, pass), peer_port, Traffic { tcp, packets: PACKETS, interval_ms: 20 })
-        .await
+    uclient_with(
+        tools,
+        turn,
+        (user, pass),
+        peer_port,
+        Traffic { tcp, clients: 1, packets: PACKETS, interval_ms: 20 },
+    )
+    .await
 }
 
 /// What a uclient run sends.
@@ -120,6 +126,8 @@ async fn uclient(
 struct Traffic {
     /// TURN over TCP rather than UDP.
     tcp: bool,
+    /// Clients, each with its own allocation.
+    clients: u32,
     packets: u32,
     /// Milliseconds between packets.
     interval_ms: u32,
@@ -131,7 +139,7 @@ async fn uclient_with(
     turn: SocketAddr,
     (user, pass): (&str, &str),
     peer_port: u16,
-    Traffic { tcp, packets, interval_ms }: Traffic,
+    Traffic { tcp, clients, packets, interval_ms }: Traffic,
 ) -> UclientRun {
     let mut cmd = Command::new(&tools.uclient);
     if tcp {
@@ -140,7 +148,8 @@ async fn uclient_with(
     cmd.args(["-u", user, "-w", pass, "-p", &turn.port().to_string()])
         .args(["-e", "127.0.0.1", "-r", &peer_port.to_string()])
         // One client, no RTCP companion session (-c): exactly PACKETS packets.
-        .args(["-n", &packets.to_string(), "-m", "1", "-l", "120", "-c", "-z", &interval_ms.to_string()])
+        .args(["-n", &packets.to_string(), "-m", &clients.to_string(), "-l", "120", "-c"])
+        .args(["-z", &interval_ms.to_string()])
         .arg("127.0.0.1")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -262,7 +271,7 @@ async fn revoking_a_key_ends_its_live_allocation_within_seconds() {
     let (user, pass) = credentials(&relay).await;
     // 250 packets 20 ms apart: five seconds of traffic; the key is revoked as soon as
     // the first relayed bytes show on /metrics.
-    let traffic = Traffic { tcp: false, packets: 250, interval_ms: 20 };
+    let traffic = Traffic { tcp: false, clients: 1, packets: 250, interval_ms: 20 };
     let run = uclient_with(&tools, turn, (&user, &pass), peer_port, traffic);
     let revoke = async {
         let flowing = async {
@@ -285,6 +294,26 @@ async fn revoking_a_key_ends_its_live_allocation_within_seconds() {
     // interval (1 s, 50 packets) after it did not.
     assert!(received > 0, "{}", run.output);
     assert!(received < 200, "the allocation outlived its key: {received} of 250 came back\n{}", run.output);
+}
+
+#[tokio::test]
+async fn a_key_over_its_allocations_is_refused() {
+    let Some(tools) = tools() else { return skip_without("coturn", INSTALL) };
+    let (relay, turn) =
+        relay_with_turn(&["--turn-allow-loopback-peers", "--turn-max-allocations-per-key", "1"]).await;
+    let peer_port = free_port().await;
+    let _peer = start_peer(&tools, peer_port);
+    let (user, pass) = credentials(&relay).await;
+    // Two clients at once, each wanting an allocation: the key may hold one.
+    let traffic = Traffic { tcp: false, clients: 2, packets: 5, interval_ms: 20 };
+    let run = uclient_with(&tools, turn, (&user, &pass), peer_port, traffic).await;
+    assert!(!run.success, "{}", run.output);
+    // uclient may try again after a 508: each try is refused.
+    assert!(metric(&relay, "relay_turn_allocations_refused_total").await >= 1, "{}", run.output);
+    assert!(run.output.contains("error 508"), "{}", run.output);
+    // (uclient may release its allocation after the refusal and make another: the
+    // limit is on allocations held at once, which the unit tests of turn::relay pin.)
+    assert!(metric(&relay, "relay_turn_allocations_total").await >= 1, "{}", run.output);
 }
 
 #[tokio::test]

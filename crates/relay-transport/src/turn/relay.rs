@@ -48,7 +48,8 @@ impl Shared {
         &self.state.config().turn
     }
 
-    /// Takes one of `user`'s allocation slots, or `None` when it holds its maximum.
+    /// Takes one of `user`'s allocation slots (a key name, or the static user's name),
+    /// or `None` when it holds its maximum.
     fn take_slot(&self, user: &str) -> Option<AllocationSlot> {
         let mut counts = self.allocations.lock().unwrap_or_else(PoisonError::into_inner);
         let held = counts.entry(user.to_owned()).or_default();
@@ -122,7 +123,9 @@ impl ::turn::relay::RelayAddressGenerator for Generator {
         let config = self.shared.config();
         let user = self.last_user.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default();
         let counters = self.shared.state.metrics().turn().clone();
-        let Some(slot) = self.shared.take_slot(&user) else {
+        // Counted per key, not per username: minting new credentials does not buy more.
+        let key = key_of(&user);
+        let Some(slot) = self.shared.take_slot(key.as_deref().unwrap_or(&user)) else {
             counters.allocations_refused.inc();
             tracing::info!(
                 max = config.max_allocations_per_key,
@@ -139,7 +142,7 @@ impl ::turn::relay::RelayAddressGenerator for Generator {
         if let Some(public) = config.advertised_ip() {
             relayed.set_ip(public);
         }
-        let meter = UsageMeter(self.shared.state.keystore().cloned().zip(key_of(&user)));
+        let meter = UsageMeter(self.shared.state.keystore().cloned().zip(key));
         counters.allocations.inc();
         let rate = config.allocation_bytes_per_sec;
         let conn = RelayedSocket {
@@ -273,12 +276,12 @@ mod tests {
     #[tokio::test]
     async fn a_key_holds_at_most_its_allocations_and_gets_them_back() {
         let shared = Shared::new(&state(TurnConfig { max_allocations_per_key: 2, ..TurnConfig::default() }));
-        let first = shared.take_slot("1:k").unwrap();
-        let _second = shared.take_slot("1:k").unwrap();
-        assert!(shared.take_slot("1:k").is_none());
-        assert!(shared.take_slot("1:other").is_some(), "limits are per key");
+        let first = shared.take_slot("k").unwrap();
+        let _second = shared.take_slot("k").unwrap();
+        assert!(shared.take_slot("k").is_none());
+        assert!(shared.take_slot("other").is_some(), "limits are per key");
         drop(first);
-        assert!(shared.take_slot("1:k").is_some());
+        assert!(shared.take_slot("k").is_some());
     }
 
     #[tokio::test]
