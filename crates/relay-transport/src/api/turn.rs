@@ -23,6 +23,7 @@ use crate::turn::credentials;
         (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
         (status = 403, description = "The API key is revoked or expired", body = relay_proto::ErrorBody),
         (status = 404, description = "This relay runs no TURN server", body = relay_proto::ErrorBody),
+        (status = 429, description = "Over the per-key rate limit", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -31,6 +32,7 @@ pub(crate) async fn credentials(
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     let caller = authenticate(&state, &req)?;
+    state.check_key_rate(&caller)?;
     let config = &state.config().turn;
     let Some(secret) = config.secret.as_deref().filter(|_| config.listen.is_some()) else {
         return Err(ApiError::new(
