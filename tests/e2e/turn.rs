@@ -436,3 +436,36 @@ async fn sigterm_stops_turn_and_frees_its_ports() {
     UdpSocket::bind(turn).await.expect("TURN's UDP port is free after exit");
     TcpListener::bind(turn).await.expect("TURN's TCP port is free after exit");
 }
+
+#[tokio::test]
+async fn sigterm_with_a_live_allocation_exits_promptly() {
+    let Some(tools) = tools() else { return skip_without("coturn", INSTALL) };
+    let (mut relay, turn) = relay_with_turn(&["--turn-allow-loopback-peers"]).await;
+    let peer_port = free_port().await;
+    let _peer = start_peer(&tools, peer_port);
+    let (user, pass) = credentials(&relay).await;
+    let traffic = Traffic { tcp: true, clients: 1, packets: 250, interval_ms: 20 };
+    let run = uclient_with(&tools, turn, (&user, &pass), peer_port, traffic);
+    let stop = async {
+        let flowing = async {
+            while metric(&relay, "relay_turn_relayed_bytes_total").await == 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(CLIENT_TIMEOUT, flowing).await.expect("no traffic through TURN");
+        relay.signal(15);
+        let started = std::time::Instant::now();
+        let status = relay.wait_exit(Duration::from_secs(15)).await.unwrap();
+        (status, started.elapsed())
+    };
+    // The client outlives the server (it waits for answers that never come): once the
+    // server has exited, the client is dropped, which kills it.
+    let (status, took) = tokio::select! {
+        run = run => panic!("uclient finished before the server stopped: {}", run.output),
+        stopped = stop => stopped,
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
+    UdpSocket::bind(turn).await.expect("TURN's UDP port is free after exit");
+    TcpListener::bind(turn).await.expect("TURN's TCP port is free after exit");
+}
