@@ -182,8 +182,14 @@ fn reload_tls(tls: Option<&TlsHandle>) {
     }
 }
 
+/// The log filter without `RUST_LOG`. webrtc-rs's TURN server logs every refused or
+/// malformed datagram as an error, so anyone could flood the log with UDP packets: its
+/// lines are off unless `RUST_LOG` asks for them (`RUST_LOG=info,turn=debug`); Relay's
+/// own TURN lines (`relay_transport::turn`) and counters stay.
+const DEFAULT_LOG_FILTER: &str = "info,turn=off";
+
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
