@@ -469,3 +469,20 @@ async fn sigterm_with_a_live_allocation_exits_promptly() {
     UdpSocket::bind(turn).await.expect("TURN's UDP port is free after exit");
     TcpListener::bind(turn).await.expect("TURN's TCP port is free after exit");
 }
+
+#[tokio::test]
+async fn a_silent_or_half_sent_turn_tcp_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_relay, turn) = relay_with_turn(&["--turn-tcp-idle-timeout", "1s"]).await;
+    for first_bytes in [&b""[..], &[0x00, 0x01][..], &[0x00, 0x01, 0x00, 0x08, 0x21][..]] {
+        let mut stream = tokio::net::TcpStream::connect(turn).await.unwrap();
+        stream.write_all(first_bytes).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("not closed after {first_bytes:?}"));
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "closed after {:?}", started.elapsed());
+    }
+}

@@ -90,6 +90,11 @@ pub(crate) struct TurnArgs {
           default_value_t = TurnConfig::default().max_tcp_connections,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) turn_max_tcp_connections: usize,
+
+    /// A TURN-over-TCP connection that sends nothing for this long is closed (a live
+    /// client refreshes its allocation sooner).
+    #[arg(long, env = "RELAY_TURN_TCP_IDLE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub(crate) turn_tcp_idle_timeout: Duration,
 }
 
 impl TurnArgs {
@@ -97,6 +102,9 @@ impl TurnArgs {
     pub(crate) fn config(&self) -> anyhow::Result<TurnConfig> {
         if self.turn_key_check_interval.is_zero() {
             bail!("--turn-key-check-interval must be more than zero");
+        }
+        if self.turn_tcp_idle_timeout < Duration::from_secs(1) {
+            bail!("--turn-tcp-idle-timeout must be at least 1s");
         }
         if self.turn_credential_ttl < Duration::from_secs(60) {
             bail!("--turn-credential-ttl must be at least 60s");
@@ -118,6 +126,7 @@ impl TurnArgs {
             },
             key_check_interval: self.turn_key_check_interval,
             max_tcp_connections: self.turn_max_tcp_connections,
+            tcp_idle_timeout: self.turn_tcp_idle_timeout,
         };
         config.validate()?;
         Ok(config)

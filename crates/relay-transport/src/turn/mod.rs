@@ -80,6 +80,9 @@ pub struct TurnConfig {
     /// TURN-over-TCP connections served at once (default 1,000); past it, new ones are
     /// closed at once.
     pub max_tcp_connections: usize,
+    /// A TURN-over-TCP connection that sends nothing for this long is closed (default
+    /// 10 minutes, an allocation's default lifetime: a live client refreshes sooner).
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for TurnConfig {
@@ -98,6 +101,7 @@ impl Default for TurnConfig {
             peers: PeerPolicy::default(),
             key_check_interval: Duration::from_secs(2),
             max_tcp_connections: 1_000,
+            tcp_idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -173,7 +177,7 @@ impl TurnServer {
         let udp = UdpSocket::bind(listen).await.map_err(|e| bind_err("udp", e))?;
         let local_addr = udp.local_addr().map_err(|e| bind_err("udp", e))?;
         let tcp_listener = TcpListener::bind(local_addr).await.map_err(|e| bind_err("tcp", e))?;
-        let tcp = tcp::TcpMux::start(tcp_listener, config.max_tcp_connections);
+        let tcp = tcp::TcpMux::start(tcp_listener, config.max_tcp_connections, config.tcp_idle_timeout);
         let shared = relay::Shared::new(state);
         let mut servers = Vec::new();
         let conns: [Arc<dyn webrtc_util::Conn + Send + Sync>; 2] = [Arc::new(udp), tcp.clone()];

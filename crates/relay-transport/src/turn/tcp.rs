@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,15 +35,22 @@ pub(crate) struct TcpMux {
 }
 
 impl TcpMux {
-    /// Starts accepting on `listener`, serving at most `max_connections` at once.
-    pub(crate) fn start(listener: TcpListener, max_connections: usize) -> Arc<TcpMux> {
+    /// Starts accepting on `listener`, serving at most `max_connections` at once and
+    /// closing a connection silent for `idle_timeout`.
+    pub(crate) fn start(
+        listener: TcpListener,
+        max_connections: usize,
+        idle_timeout: Duration,
+    ) -> Arc<TcpMux> {
         let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let (stop, _) = watch::channel(false);
         let mux =
             Arc::new(TcpMux { local, inbound: tokio::sync::Mutex::new(rx), writers: Mutex::default(), stop });
         let slots = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
-        tokio::spawn(accept_loop(Arc::downgrade(&mux), listener, tx, slots, mux.stop.subscribe()));
+        let accept =
+            accept_loop(Arc::downgrade(&mux), listener, tx, slots, idle_timeout, mux.stop.subscribe());
+        tokio::spawn(accept);
         mux
     }
 
@@ -58,6 +66,7 @@ async fn accept_loop(
     listener: TcpListener,
     inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     slots: Arc<Semaphore>,
+    idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -81,7 +90,7 @@ async fn accept_loop(
         let (inbound, stop) = (inbound.clone(), stop.clone());
         let weak = Arc::downgrade(&mux);
         tokio::spawn(async move {
-            serve_connection(stream, peer, inbound, out_rx, stop).await;
+            serve_connection(stream, peer, inbound, out_rx, idle_timeout, stop).await;
             if let Some(mux) = weak.upgrade() {
                 mux.writers.lock().unwrap_or_else(PoisonError::into_inner).remove(&peer);
             }
@@ -96,17 +105,22 @@ async fn serve_connection(
     peer: SocketAddr,
     inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     mut outbound: mpsc::Receiver<Vec<u8>>,
+    idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let read = async {
         loop {
             let mut header = [0u8; 4];
-            reader.read_exact(&mut header).await?;
+            tokio::time::timeout(idle_timeout, reader.read_exact(&mut header))
+                .await
+                .map_err(|_| std::io::ErrorKind::TimedOut)??;
             let len = frame_len(header).ok_or(std::io::ErrorKind::InvalidData)?;
             let mut frame = vec![0u8; len];
             frame[..4].copy_from_slice(&header);
-            reader.read_exact(&mut frame[4..]).await?;
+            tokio::time::timeout(idle_timeout, reader.read_exact(&mut frame[4..]))
+                .await
+                .map_err(|_| std::io::ErrorKind::TimedOut)??;
             if inbound.send((frame, peer)).await.is_err() {
                 return Ok::<(), std::io::Error>(());
             }
