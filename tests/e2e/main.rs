@@ -29,3 +29,4 @@ mod ratelimit;
 mod rooms;
 mod timeouts;
 mod tls;
+mod turn;

@@ -47,6 +47,9 @@ pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) rate_limits: RateLimitArgs,
 
+    #[command(flatten)]
+    pub(crate) turn: crate::turn::TurnArgs,
+
     /// Manage API keys offline (the server must be stopped); without a subcommand the
     /// server runs.
     #[command(subcommand)]
@@ -201,6 +204,7 @@ impl Cli {
             console: self.ops.console,
             cors_allowed_origins: self.ops.cors_allowed_origins.clone(),
             rate_limits: self.rate_limits.to_rate_limits(),
+            turn: self.turn.config()?,
             ..ServerConfig::default()
         })
     }
@@ -223,12 +227,24 @@ pub(crate) struct OpsArgs {
 
     /// PEM certificate chain, end-entity certificate first (e.g. Let's Encrypt's
     /// fullchain.pem). With --key-path, serve HTTPS/WSS; SIGHUP reloads both files.
-    #[arg(long, env = "RELAY_CHAIN_PATH", value_name = "FILE", requires = "key_path")]
+    #[arg(
+        long,
+        env = "RELAY_CHAIN_PATH",
+        value_name = "FILE",
+        requires = "key_path",
+        visible_alias = "cert-file"
+    )]
     pub(crate) chain_path: Option<PathBuf>,
 
     /// PEM private key matching the first certificate of --chain-path (PKCS#8,
     /// PKCS#1 or SEC1).
-    #[arg(long, env = "RELAY_KEY_PATH", value_name = "FILE", requires = "chain_path")]
+    #[arg(
+        long,
+        env = "RELAY_KEY_PATH",
+        value_name = "FILE",
+        requires = "chain_path",
+        visible_alias = "key-file"
+    )]
     pub(crate) key_path: Option<PathBuf>,
 
     /// Seconds a client has to send a complete HTTP/1 request head (and, on any

@@ -14,10 +14,12 @@ use relay_discovery::{DiscoveryConfig, GroupTtl, RegistryConfig, RegistryToken};
 pub(crate) struct DiscoveryArgs {
     /// Group time to live after its last update (Go-style duration: 90s, 5m, 1h30m; a
     /// bare number is seconds). A group may ask for its own with the `TTL` field.
-    #[arg(long, env = "RELAY_GROUP_TTL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "RELAY_GROUP_TTL", default_value = "5m", value_parser = parse_duration, visible_alias = "ttl")]
     pub(crate) group_ttl: Duration,
     /// How often expired groups are purged from storage (they are hidden at once).
-    #[arg(long, env = "RELAY_GROUP_TTL_HEARTBEAT", default_value = "1m", value_parser = parse_duration)]
+    /// Disco's spelling `--ttl-hearbeat` is accepted.
+    #[arg(long, env = "RELAY_GROUP_TTL_HEARTBEAT", default_value = "1m", value_parser = parse_duration,
+          visible_alias = "ttl-hearbeat")]
     pub(crate) group_ttl_heartbeat: Duration,
     /// Largest per-group `TTL` a client may ask for.
     #[arg(long, env = "RELAY_MAX_GROUP_TTL", default_value = "168h", value_parser = parse_duration)]

@@ -9,6 +9,7 @@ mod config_file;
 mod discovery;
 mod keys;
 mod notify;
+mod turn;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -111,6 +112,11 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyho
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(listener);
     }
+    // STUN/TURN, when --turn-listen is set: bound before "listening" is printed.
+    let turn = relay_transport::TurnServer::start(&state).await?;
+    if let Some(turn) = &turn {
+        eprintln!("relay-server STUN/TURN on {} (udp, tcp)", turn.local_addr());
+    }
     let addrs: Vec<String> =
         listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -149,6 +155,9 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyho
     }
     notify::notify(notify::STOPPING);
     state.begin_shutdown();
+    if let Some(turn) = turn {
+        turn.close().await;
+    }
     while let Some(res) = servers.join_next().await {
         res.context("server task panicked")?.context("server stopped with an error")?;
     }
@@ -173,8 +182,14 @@ fn reload_tls(tls: Option<&TlsHandle>) {
     }
 }
 
+/// The log filter without `RUST_LOG`. webrtc-rs's TURN server logs every refused or
+/// malformed datagram as an error, so anyone could flood the log with UDP packets: its
+/// lines are off unless `RUST_LOG` asks for them (`RUST_LOG=info,turn=debug`); Relay's
+/// own TURN lines (`relay_transport::turn`) and counters stay.
+const DEFAULT_LOG_FILTER: &str = "info,turn=off";
+
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -120,6 +120,8 @@ error_codes! {
     GroupNotFound = ("group_not_found", 404),
     /// 404: no key of that name.
     KeyNotFound = ("key_not_found", 404),
+    /// 404: this relay runs no TURN server, so it mints no TURN credentials.
+    TurnDisabled = ("turn_disabled", 404),
     /// 405: a known path with the wrong method.
     MethodNotAllowed = ("method_not_allowed", 405),
     /// 408: the request (its body included) took longer than the request timeout.

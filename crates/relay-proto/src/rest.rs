@@ -458,6 +458,25 @@ pub struct Stats {
     pub coarse: StatsSeries,
 }
 
+// ---- STUN and TURN ----
+
+/// Short-lived TURN credentials (`200` to `GET /v1/turn/credentials`), in the TURN REST
+/// scheme of coturn's `use-auth-secret`: hand `username` and `password` with `uris` to
+/// `RTCPeerConnection`'s `iceServers` (as `urls`, `username`, `credential`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TurnCredentials {
+    /// `<unix expiry>:<key name>`.
+    pub username: String,
+    /// Standard base64 of HMAC-SHA1(the server's TURN secret, `username`).
+    pub password: String,
+    /// Seconds from now until the username expires.
+    pub ttl: u64,
+    /// The relay's STUN and TURN URIs (`turn:host:port?transport=udp`, `...=tcp`,
+    /// `stun:host:port`).
+    pub uris: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,5 +497,15 @@ mod tests {
         assert_eq!(entry.room_id_prefix, None);
         let status: KeyStatus = serde_json::from_str("\"not_configured\"").unwrap();
         assert_eq!(status, KeyStatus::NotConfigured);
+        let turn = TurnCredentials {
+            username: "1700000000:backend".into(),
+            password: "p".into(),
+            ttl: 86400,
+            uris: vec!["stun:h:3478".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&turn).unwrap(),
+            r#"{"username":"1700000000:backend","password":"p","ttl":86400,"uris":["stun:h:3478"]}"#
+        );
     }
 }

@@ -8,6 +8,7 @@ use relay_core::{Limits, RoomIdPrefix};
 use crate::net::tls::TlsHandle;
 use crate::ratelimit::RateLimits;
 use crate::stats::StatsConfig;
+use crate::turn::TurnConfig;
 use relay_discovery::DiscoveryConfig;
 
 /// Everything the server needs besides a listener. Build it from the CLI or in a test.
@@ -78,6 +79,8 @@ pub struct ServerConfig {
     pub console: bool,
     /// How often `GET /v1/admin/stats` samples the counters and how many it keeps.
     pub stats: StatsConfig,
+    /// The embedded STUN/TURN server (docs/turn.md); off unless `turn.listen` is set.
+    pub turn: TurnConfig,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             busy_poll: Duration::ZERO,
             console: true,
             stats: StatsConfig::default(),
+            turn: TurnConfig::default(),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! | `api` | the routes of each feature: rooms, mailbox, discovery, admin, health, the console's files |
 //! | `router`, `openapi` | the one route table (axum + utoipa-axum) and its middleware; the document's frame |
 //! | `server` | `serve`: the accept loop, connection caps, graceful shutdown |
+//! | `turn` | the embedded STUN/TURN server (UDP and TCP), its auth, limits and accounting |
 
 pub mod admin {
     //! Helpers of the admin API that the binary reuses (redaction for logs, key JSON).
@@ -32,6 +33,7 @@ mod router;
 mod server;
 mod state;
 mod stats;
+mod turn;
 pub mod ws;
 
 pub use config::ServerConfig;
@@ -44,6 +46,7 @@ pub use relay_discovery::{Discovery, DiscoveryConfig};
 pub use server::serve;
 pub use state::AppState;
 pub use stats::StatsConfig;
+pub use turn::{PeerPolicy, TurnConfig, TurnServer};
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

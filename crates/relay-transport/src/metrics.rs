@@ -229,6 +229,62 @@ pub(crate) struct Metrics {
     asks_expired: Counter,
     /// Set once by whoever owns the key store; unset, no per-key series are served.
     key_usage: Arc<OnceLock<KeyUsageSource>>,
+    /// The TURN server's counters, handed to its relayed sockets.
+    turn: TurnCounters,
+}
+
+/// The TURN server's counters (`relay_turn_*`), registered once; clones share them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TurnCounters {
+    /// Bytes relayed between TURN clients and their peers, both ways.
+    pub(crate) relayed_bytes: Counter,
+    /// Allocations (relayed addresses) created.
+    pub(crate) allocations: Counter,
+    /// Allocations refused because their key held `max_allocations_per_key`.
+    pub(crate) allocations_refused: Counter,
+    /// Datagrams dropped because their peer address is in a refused range.
+    pub(crate) peers_refused: Counter,
+    /// Datagrams dropped because their allocation was over its bandwidth.
+    pub(crate) over_bandwidth: Counter,
+    /// TURN requests whose username was refused (unknown, expired, revoked key).
+    pub(crate) auth_refused: Counter,
+}
+
+impl TurnCounters {
+    fn register(registry: &mut Registry) -> TurnCounters {
+        let turn = TurnCounters::default();
+        for (name, help, counter) in [
+            (
+                "relay_turn_relayed_bytes",
+                "Bytes relayed by TURN between clients and peers",
+                &turn.relayed_bytes,
+            ),
+            ("relay_turn_allocations", "TURN allocations created", &turn.allocations),
+            (
+                "relay_turn_allocations_refused",
+                "TURN allocations refused because the key held max_allocations_per_key",
+                &turn.allocations_refused,
+            ),
+            (
+                "relay_turn_peers_refused",
+                "TURN datagrams dropped because the peer is on a refused (loopback, private) range",
+                &turn.peers_refused,
+            ),
+            (
+                "relay_turn_over_bandwidth",
+                "TURN datagrams dropped because the allocation was over its bandwidth",
+                &turn.over_bandwidth,
+            ),
+            (
+                "relay_turn_auth_refused",
+                "TURN requests refused for their username (unknown, expired or revoked key)",
+                &turn.auth_refused,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        turn
+    }
 }
 
 impl Metrics {
@@ -315,6 +371,7 @@ impl Metrics {
             ask_wait.clone(),
         );
 
+        let turn = TurnCounters::register(&mut registry);
         registry.register_collector(Box::new(LiveCollector(live)));
         let key_usage = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(KeyUsageCollector(key_usage.clone())));
@@ -337,8 +394,14 @@ impl Metrics {
             ask_wait,
             asks_expired,
             key_usage,
+            turn,
             registry,
         }
+    }
+
+    /// The TURN server's counters.
+    pub(crate) fn turn(&self) -> &TurnCounters {
+        &self.turn
     }
 
     /// The scrape body, in the Prometheus text format 0.0.4.

@@ -35,6 +35,7 @@ use crate::http::body::Body;
         (name = "discovery", description = "Disco-compatible groups, at Disco's paths and under /v1/"),
         (name = "registry", description = "The relay registry"),
         (name = "admin", description = "API keys and usage: Sodot paths (token in the path) and REST (Bearer admin token)"),
+        (name = "turn", description = "Short-lived STUN/TURN credentials minted from an API key"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
 )]

@@ -41,7 +41,7 @@ use utoipa_axum::routes;
 
 use relay_proto::ErrorCode;
 
-use crate::api::{admin, console, discovery, health, mailbox, rooms};
+use crate::api::{admin, console, discovery, health, mailbox, rooms, turn};
 use crate::error::{ApiError, ErrorCodeSent};
 use crate::openapi;
 use crate::ratelimit::ClientAddr;
@@ -122,6 +122,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::usage))
         .routes(routes!(admin::whoami))
         .routes(routes!(discovery::announce, discovery::list_relays))
+        .routes(routes!(turn::credentials))
         // Disco's paths, and the same routes under /v1/.
         .merge(group_routes())
         .nest("/v1", group_routes())

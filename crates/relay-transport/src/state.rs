@@ -86,7 +86,13 @@ impl AppState {
         self.inner.keystore.as_ref()
     }
 
-    fn build(config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+    fn build(mut config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+        if config.turn.listen.is_some() && config.turn.secret.is_none() {
+            // Documented in docs/turn.md: without --turn-secret, credentials last one run.
+            let secret = crate::turn::credentials::generate_secret()
+                .map_err(|_| TransportError::Config("cannot generate a TURN secret".to_owned()))?;
+            config.turn.secret = Some(secret);
+        }
         if cfg!(not(feature = "busy-poll")) && !config.busy_poll.is_zero() {
             return Err(TransportError::Config(format!(
                 "busy polling ({:?}) needs relay-transport built with its `busy-poll` cargo feature",

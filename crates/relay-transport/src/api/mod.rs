@@ -7,3 +7,4 @@ pub(crate) mod discovery;
 pub(crate) mod health;
 pub(crate) mod mailbox;
 pub(crate) mod rooms;
+pub(crate) mod turn;
