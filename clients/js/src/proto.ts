@@ -78,6 +78,7 @@ export const ERROR_CODES = {
   room_not_found: 404,
   group_not_found: 404,
   key_not_found: 404,
+  turn_disabled: 404,
   method_not_allowed: 405,
   request_timeout: 408,
   room_full: 409,
