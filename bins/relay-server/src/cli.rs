@@ -144,6 +144,12 @@ pub(crate) struct LimitArgs {
     /// Bytes of stored messages one mailbox namespace may hold.
     #[arg(long, env = "RELAY_MAX_NAMESPACE_HELD_BYTES", default_value_t = Limits::default().max_namespace_held_bytes)]
     pub(crate) max_namespace_held_bytes: usize,
+    /// Shards of one mailbox namespace, each with its own lock, chosen by message ID
+    /// (at least 1).
+    #[arg(long, env = "RELAY_MAILBOX_NAMESPACE_SHARDS",
+          default_value_t = Limits::default().mailbox_namespace_shards,
+          value_parser = parse_shards)]
+    pub(crate) mailbox_namespace_shards: usize,
     /// Asks one mailbox connection may have waiting at once.
     #[arg(long, env = "RELAY_MAX_PENDING_ASKS", default_value_t = Limits::default().max_pending_asks)]
     pub(crate) max_pending_asks: usize,
@@ -164,6 +170,14 @@ pub(crate) struct LimitArgs {
     pub(crate) send_queue_frames: usize,
 }
 
+fn parse_shards(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("a namespace needs at least one shard".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_prefix(s: &str) -> Result<RoomIdPrefix, String> {
     s.parse().map_err(|e: relay_core::id::RoomIdError| e.to_string())
 }
@@ -176,6 +190,7 @@ impl LimitArgs {
             max_message_bytes: self.max_message_bytes,
             max_room_held_bytes: self.max_room_held_bytes,
             max_namespace_held_bytes: self.max_namespace_held_bytes,
+            mailbox_namespace_shards: self.mailbox_namespace_shards,
             max_pending_asks: self.max_pending_asks,
             max_mailbox_ttl: Duration::from_secs(self.max_mailbox_ttl_secs),
             room_ttl_default: Duration::from_secs(self.room_ttl_secs),

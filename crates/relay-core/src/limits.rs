@@ -16,6 +16,11 @@ pub struct Limits {
     pub max_room_held_bytes: usize,
     /// Bytes of stored messages one mailbox namespace may hold (default 64 MiB).
     pub max_namespace_held_bytes: usize,
+    /// Shards of one mailbox namespace, each with its own lock, chosen by message ID
+    /// (default 16): asks and publishes of IDs in different shards never contend. More
+    /// shards spread a busy namespace over more cores; each costs about 200 bytes per
+    /// live namespace.
+    pub mailbox_namespace_shards: usize,
     /// Asks one mailbox connection may have waiting at once (default 10,000).
     pub max_pending_asks: usize,
     /// Cap on a mailbox message's TTL and on an ask's wait (default 1 h).
@@ -40,6 +45,7 @@ impl Default for Limits {
             max_message_bytes: 1 << 20,
             max_room_held_bytes: 16 << 20,
             max_namespace_held_bytes: 64 << 20,
+            mailbox_namespace_shards: 16,
             max_pending_asks: 10_000,
             max_mailbox_ttl: Duration::from_secs(3600),
             room_ttl_default: Duration::from_secs(600),

@@ -13,9 +13,10 @@
 //! Bounds: a frame is at most `max_message_bytes`; a namespace stores at most
 //! `max_namespace_held_bytes`; a connection has at most `max_pending_asks` waiting asks
 //! and `send_queue_frames` frames queued towards it, past which it is a slow consumer.
-//! Expiry is a per-namespace min-heap of deadlines popped by whoever next touches the
-//! namespace, plus one sweeper task per [`Mailbox`] ([`Mailbox::start`]) that also
-//! forgets idle namespaces.
+//! A namespace is split into `mailbox_namespace_shards` shards by message ID, each with
+//! its own lock, so frames of different IDs never contend. Expiry is a per-shard
+//! min-heap of deadlines popped by whoever next touches the shard, plus one sweeper task
+//! per [`Mailbox`] ([`Mailbox::start`]) that also forgets idle namespaces.
 //!
 //! The frame layout itself lives in `relay_proto::mailbox`; the items a transport needs
 //! ([`HEADER_LEN`], [`FLAG_ONE_RECEIVER`], [`MessageId`]) are re-exported here.
@@ -37,7 +38,7 @@ pub use relay_proto::mailbox::{FLAG_ONE_RECEIVER, FrameKind, HEADER_LEN, Mailbox
 
 use crate::{CoreError, Limits, RoomId};
 use queue::ConnQueue;
-use space::Space;
+use space::{Member, Space};
 
 /// How often the background sweeper forgets expired messages and asks in namespaces
 /// nobody touches, and removes idle namespaces. Active namespaces expire lazily on every
@@ -159,7 +160,7 @@ pub enum AskEnd {
     Expired,
 }
 
-/// Called for each ask that is answered or expires. Runs under a namespace lock.
+/// Called for each ask that is answered or expires. Runs under a shard's lock.
 type AskHook = Box<dyn Fn(AskEnd) + Send + Sync>;
 
 /// The mailbox hub: every namespace of one server. Cheap to clone; clones share state.
@@ -181,8 +182,8 @@ struct Hub {
 pub struct MailboxConn {
     hub: Arc<Hub>,
     space: Arc<Space>,
-    id: u64,
-    queue: Arc<ConnQueue>,
+    /// This connection's ID, queue and count of waiting asks, shared with its waiters.
+    member: Arc<Member>,
     /// Receivers owed a wake-up for frames queued by [`MailboxConn::handle_frame_deferred`].
     deferred: Vec<Waker>,
 }
@@ -222,19 +223,22 @@ impl Mailbox {
     pub fn connect(&self, namespace: impl Into<Namespace>) -> MailboxConn {
         let namespace = namespace.into();
         let id = self.hub.next_conn.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(ConnQueue::new(self.hub.limits.send_queue_frames));
+        let member = Arc::new(Member::new(id, ConnQueue::new(self.hub.limits.send_queue_frames)));
+        let shards = self.hub.limits.mailbox_namespace_shards;
         let mut namespaces = self.hub.lock_namespaces();
-        let space =
-            namespaces.entry(namespace.clone()).or_insert_with(|| Arc::new(Space::new(namespace))).clone();
-        // Registered under the registry lock, so an idle check cannot remove it meanwhile.
-        space.lock().add_conn(id, queue.clone());
+        let space = namespaces
+            .entry(namespace.clone())
+            .or_insert_with(|| Arc::new(Space::new(namespace, shards)))
+            .clone();
+        // Counted under the registry lock, so an idle check cannot remove it meanwhile.
+        space.add_conn();
         drop(namespaces);
-        MailboxConn { hub: self.hub.clone(), space, id, queue, deferred: Vec::new() }
+        MailboxConn { hub: self.hub.clone(), space, member, deferred: Vec::new() }
     }
 
     /// Calls `hook` for every ask from now on that is answered (with how long it waited)
     /// or expires unanswered; asks withdrawn by a disconnect are not reported. It runs
-    /// under the namespace's lock, on the task handling the frame or the sweep: keep it
+    /// under the lock of the ask's shard, on the task handling the frame or the sweep: keep it
     /// to a few atomic operations, and never call into the mailbox from it. Only the
     /// first call has an effect; returns whether this one did.
     pub fn set_on_ask(&self, hook: impl Fn(AskEnd) + Send + Sync + 'static) -> bool {
@@ -254,11 +258,11 @@ impl Mailbox {
         let spaces: Vec<Arc<Space>> = self.hub.lock_namespaces().values().cloned().collect();
         let mut stats = MailboxStats { namespaces: spaces.len(), ..MailboxStats::default() };
         for space in spaces {
-            let state = space.lock();
-            stats.entries += state.stored_messages();
-            stats.bytes += state.held_bytes;
-            stats.pending_asks += state.pending_asks;
-            stats.connections += state.connections();
+            let held = space.stats();
+            stats.entries += held.stored_messages;
+            stats.bytes += held.held_bytes;
+            stats.pending_asks += held.pending_asks;
+            stats.connections += held.connections;
         }
         stats
     }
@@ -278,12 +282,8 @@ impl Hub {
     fn sweep(&self, now: Instant) {
         let spaces: Vec<Arc<Space>> = self.lock_namespaces().values().cloned().collect();
         for space in spaces {
-            let idle = {
-                let mut state = space.lock();
-                state.expire(now, self.on_ask.get());
-                state.is_idle()
-            };
-            if idle {
+            space.expire(now, self.on_ask.get());
+            if space.is_idle() {
                 self.remove_if_idle(&space);
             }
         }
@@ -294,7 +294,7 @@ impl Hub {
         let mut namespaces = self.lock_namespaces();
         if let Some(current) = namespaces.get(&space.namespace)
             && Arc::ptr_eq(current, space)
-            && space.lock().is_idle()
+            && space.is_idle()
         {
             namespaces.remove(&space.namespace);
         }
@@ -355,12 +355,11 @@ impl MailboxConn {
             return Err(MailboxError::FrameTooBig { len: frame.len(), max });
         }
         let header = MailboxHeader::parse(&frame).ok_or(MailboxError::FrameTooShort { len: frame.len() })?;
-        if self.queue.is_slow() {
+        if self.member.queue.is_slow() {
             return Err(MailboxError::SlowConsumer);
         }
-        let from = space::Sender { conn: self.id, queue: &self.queue };
         let on_ask = self.hub.on_ask.get();
-        self.space.lock().handle(from, frame, &header, &self.hub.limits, now, wakes, on_ask)
+        self.space.handle(&self.member, frame, &header, &self.hub.limits, now, wakes, on_ask)
     }
 
     /// Waits for the next frame to send to the client. Cancel-safe. Fails only when the
@@ -374,7 +373,7 @@ impl MailboxConn {
     /// Waits until a frame is ready, then moves up to `max` ready frames into `out` in
     /// one go; returns how many. Cancel-safe. Fails only for a slow consumer.
     pub async fn recv_many(&mut self, out: &mut Vec<Bytes>, max: usize) -> Result<usize, MailboxError> {
-        std::future::poll_fn(|cx| self.queue.poll_recv_many(cx, out, max)).await
+        std::future::poll_fn(|cx| self.member.queue.poll_recv_many(cx, out, max)).await
     }
 
     /// Moves up to `max` (at least one) ready frames into `out` and returns how many, or
@@ -386,30 +385,26 @@ impl MailboxConn {
         out: &mut Vec<Bytes>,
         max: usize,
     ) -> Poll<Result<usize, MailboxError>> {
-        self.queue.poll_recv_many(cx, out, max)
+        self.member.queue.poll_recv_many(cx, out, max)
     }
 
     /// Resolves once this connection has become a slow consumer: lets a writer blocked
     /// on a stalled socket give up without waiting for its write to time out.
     pub async fn slow_consumer(&self) {
-        self.queue.wait_slow().await;
+        self.member.queue.wait_slow().await;
     }
 
     /// Moves up to `max` ready frames into `out` without waiting; returns how many.
     pub fn try_recv_many(&self, out: &mut Vec<Bytes>, max: usize) -> Result<usize, MailboxError> {
-        self.queue.try_recv_many(out, max)
+        self.member.queue.try_recv_many(out, max)
     }
 }
 
 impl Drop for MailboxConn {
     fn drop(&mut self) {
         self.wake_receivers();
-        let idle = {
-            let mut state = self.space.lock();
-            state.remove_conn(self.id);
-            state.is_idle()
-        };
-        if idle {
+        self.space.remove_conn(&self.member);
+        if self.space.is_idle() {
             self.hub.remove_if_idle(&self.space);
         }
     }
@@ -417,7 +412,10 @@ impl Drop for MailboxConn {
 
 impl fmt::Debug for MailboxConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MailboxConn").field("namespace", &self.space.namespace).field("id", &self.id).finish()
+        f.debug_struct("MailboxConn")
+            .field("namespace", &self.space.namespace)
+            .field("id", &self.member.id)
+            .finish()
     }
 }
 

@@ -1,11 +1,11 @@
 //! The bounded queue of frames waiting to go out on one connection. Producers are other
-//! connections publishing (under their namespace lock); the consumer is the connection's
+//! connections publishing (under a namespace shard's lock); the consumer is the connection's
 //! own task. A producer that finds the queue full marks the connection as a slow
 //! consumer and drops what it held, so a reader that stalls never grows memory.
 //!
 //! The consumer's waker sits under the queue's own lock. A producer that turns the queue
 //! from empty to non-empty takes it out and hands it back to its caller instead of waking
-//! it there: the caller wakes it after releasing the namespace lock, or, for a burst of
+//! it there: the caller wakes it after releasing the shard lock, or, for a burst of
 //! frames, once after the whole burst ([`super::MailboxConn::handle_frame_deferred`]), so
 //! the receiver wakes to many frames and writes them with one system call.
 

@@ -236,7 +236,7 @@ async fn a_full_send_queue_makes_a_slow_consumer() {
     for n in 0..2 {
         writer.handle_frame(publish_frame(&id(n), 10, 0, b"x")).unwrap();
     }
-    assert!(!reader.queue.is_slow(), "two frames fit");
+    assert!(!reader.member.queue.is_slow(), "two frames fit");
     // The waiter is polled first, so it is woken by the overflow rather than finding it.
     let ((), ()) = tokio::join!(
         async { tokio::time::timeout(Duration::from_secs(1), stalled_writer).await.unwrap() },
@@ -309,7 +309,137 @@ async fn the_deadline_heap_stays_proportional_to_what_lives() {
         a.handle_frame(ask_frame(&mid, 100)).unwrap();
         drain(&mut a);
     }
-    assert!(a.space.lock().heap_len() <= 2 * 64 + 2, "{}", a.space.lock().heap_len());
+    let lens = a.space.heap_lens();
+    assert!(lens.iter().all(|&len| len <= 2 * 64 + 2), "{lens:?}");
+}
+
+/// Two IDs the namespace keeps in different shards.
+fn ids_in_two_shards(conn: &MailboxConn) -> (MessageId, MessageId) {
+    let first = id(1);
+    let other =
+        (2..=255).map(id).find(|other| conn.space.shard_index(other) != conn.space.shard_index(&first));
+    (first, other.expect("a namespace has more than one shard by default"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_byte_budget_holds_across_shards() {
+    let mb = Mailbox::start(Limits { max_namespace_held_bytes: 300, ..limits() }).unwrap();
+    let c = mb.connect("ns");
+    // 100-byte frames: three fit in the namespace whatever shards their IDs land in.
+    for n in 0..3 {
+        let flags = if n == 0 { FLAG_ONE_RECEIVER } else { 0 };
+        c.handle_frame(publish_frame(&id(n), 10, flags, &[0; 64])).unwrap();
+    }
+    for n in 3..40 {
+        assert_eq!(
+            c.handle_frame(publish_frame(&id(n), 10, 0, &[0; 64])),
+            Err(MailboxError::NamespaceFull { max: 300 }),
+            "id {n} went over the namespace's budget"
+        );
+    }
+    assert_eq!((mb.stats().entries, mb.stats().bytes), (3, 300));
+    // The one-receiver message, once taken, frees its bytes for any shard.
+    let mut taker = mb.connect("ns");
+    taker.handle_frame(ask_frame(&id(0), 10)).unwrap();
+    c.handle_frame(publish_frame(&id(50), 10, FLAG_ONE_RECEIVER, &[0; 64])).unwrap();
+    taker.handle_frame(ask_frame(&id(50), 10)).unwrap();
+    assert_eq!(drain(&mut taker).len(), 2);
+    // Expired messages in other shards are forgotten to make room, without a sweep.
+    advance(Duration::from_secs(10)).await;
+    for n in 100..103 {
+        c.handle_frame(publish_frame(&id(n), 10, 0, &[0; 64])).unwrap();
+    }
+    assert_eq!((mb.stats().entries, mb.stats().bytes), (3, 300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_asks_in_other_shards_do_not_count_against_the_limit() {
+    let mb = Mailbox::start(Limits { max_pending_asks: 1, ..limits() }).unwrap();
+    let a = mb.connect("ns");
+    let (x, y) = ids_in_two_shards(&a);
+    a.handle_frame(ask_frame(&x, 1)).unwrap();
+    assert_eq!(a.handle_frame(ask_frame(&y, 10)), Err(MailboxError::TooManyAsks { max: 1 }));
+    // x's ask is due but its shard was not touched since: y's shard asks anyway.
+    advance(Duration::from_secs(1)).await;
+    a.handle_frame(ask_frame(&y, 10)).unwrap();
+    assert_eq!(mb.stats().pending_asks, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ids_in_different_shards_do_not_interfere() {
+    let mb = Mailbox::start(limits()).unwrap();
+    let mut a = mb.connect("ns");
+    let mut b = mb.connect("ns");
+    let publisher = mb.connect("ns");
+    let (x, y) = ids_in_two_shards(&a);
+    a.handle_frame(ask_frame(&x, 10)).unwrap();
+    b.handle_frame(ask_frame(&y, 10)).unwrap();
+    let to_b = publish_frame(&y, 10, FLAG_ONE_RECEIVER, b"for b");
+    publisher.handle_frame(to_b.clone()).unwrap();
+    assert!(drain(&mut a).is_empty(), "a waits for another shard's ID");
+    assert_eq!(drain(&mut b), vec![to_b]);
+    assert_eq!(mb.stats().pending_asks, 1);
+    // Disconnecting b touches no other shard's asks; expiry of x leaves y's storage.
+    drop(b);
+    let stored = publish_frame(&y, 50, 0, b"stored");
+    publisher.handle_frame(stored.clone()).unwrap();
+    advance(Duration::from_secs(10)).await;
+    mb.sweep(Instant::now());
+    assert_eq!(mb.stats().pending_asks, 0);
+    let to_a = publish_frame(&x, 10, 0, b"late for a");
+    publisher.handle_frame(to_a).unwrap();
+    assert!(drain(&mut a).is_empty(), "a's ask expired");
+    a.handle_frame(ask_frame(&y, 10)).unwrap();
+    assert_eq!(drain(&mut a), vec![stored]);
+}
+
+#[test]
+fn many_threads_on_one_namespace_each_get_every_message_once() {
+    const THREADS: usize = 8;
+    const PER_THREAD: u32 = 500;
+    let mb = Mailbox::with_manual_sweep(limits());
+    let now = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let mb = &mb;
+            scope.spawn(move || {
+                // Each thread is a pair: the asker asks for every message before or after
+                // its publisher publishes it, half and half, and one-receiver every third.
+                let asker = mb.connect("ns");
+                let publisher = mb.connect("ns");
+                let mut got = Vec::new();
+                for n in 0..PER_THREAD {
+                    let mut mid = [0u8; 32];
+                    mid[..4].copy_from_slice(&n.to_le_bytes());
+                    mid[4] = t as u8;
+                    mid[8..12].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_le_bytes());
+                    let flags = if n % 3 == 0 { FLAG_ONE_RECEIVER } else { 0 };
+                    let msg = publish_frame(&mid, 30, flags, &n.to_le_bytes());
+                    if n % 2 == 0 {
+                        asker.handle_frame_at(ask_frame(&mid, 30), now).unwrap();
+                        publisher.handle_frame_at(msg, now).unwrap();
+                    } else {
+                        publisher.handle_frame_at(msg, now).unwrap();
+                        asker.handle_frame_at(ask_frame(&mid, 30), now).unwrap();
+                    }
+                    if n % 64 == 63 {
+                        asker.try_recv_many(&mut got, usize::MAX).unwrap();
+                    }
+                }
+                asker.try_recv_many(&mut got, usize::MAX).unwrap();
+                let mut seen: Vec<u32> = got
+                    .iter()
+                    .map(|frame| u32::from_le_bytes(frame[HEADER_LEN..].try_into().unwrap()))
+                    .collect();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..PER_THREAD).collect::<Vec<_>>(), "thread {t}");
+            });
+        }
+    });
+    let stats = mb.stats();
+    assert_eq!(stats.pending_asks, 0);
+    let one_receiver = (0..PER_THREAD).filter(|n| n % 3 == 0).count();
+    assert_eq!(stats.entries, THREADS * (PER_THREAD as usize - one_receiver));
 }
 
 /// A waker that counts its wake-ups.
