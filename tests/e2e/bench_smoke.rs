@@ -15,7 +15,7 @@ async fn every_workload_runs_with_tiny_counts() {
             .args(["--smoke", "--target", &relay.addr.to_string(), "--pid", &relay.pid().to_string()])
             .args([
                 "--workloads",
-                "push-latency,throughput,throughput-64k,fanout,p2p-latency,handshakes,joins,idle,stalled",
+                "push-latency,throughput,throughput-64k,scaling,fanout,p2p-latency,handshakes,joins,idle,stalled",
             ])
             .output(),
     )
@@ -28,6 +28,9 @@ async fn every_workload_runs_with_tiny_counts() {
         "== PushLatency",
         "== Throughput ",
         "== Throughput64k",
+        "== Scaling",
+        "one / separate namespaces",
+        "CPU per message (us)",
         "== Fanout",
         "== P2pLatency",
         "== Handshakes",

@@ -1,6 +1,7 @@
-//! Mailbox workloads: push latency, throughput, handshakes, idle connections and a
-//! stalled consumer. They speak only the Silence Labs wire format at `/v1/msg-relay`,
-//! so they run unchanged against the seed relay.
+//! Mailbox workloads: push latency, throughput, scaling across namespaces, handshakes,
+//! idle connections and a stalled consumer. All but `scaling` speak only the Silence
+//! Labs wire format at `/v1/msg-relay`, so they run unchanged against the seed relay;
+//! `scaling` also uses Relay's room-scoped mailboxes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Better, Goal, Metric};
 use crate::util::{
-    Target, histogram, latency_metrics, mailbox_frame, message_id, next_binary, record, rss_kib,
+    Target, cpu_secs, histogram, latency_metrics, mailbox_frame, message_id, next_binary, record, rss_kib,
     run_concurrently, run_tag, send_binary, ws_connect,
 };
 
@@ -112,14 +113,87 @@ pub(crate) async fn throughput(
     window: u64,
     goal: Goal,
 ) -> anyhow::Result<Vec<Metric>> {
+    let paths = vec![t.mailbox_path(); pairs as usize];
+    let elapsed = pairs_relay(t, &paths, per_pair, payload, window).await?;
+    let msgs = (pairs * per_pair) as f64;
+    let per_sec = msgs / elapsed;
+    let mbps = msgs * payload as f64 / elapsed / 1e6;
+    let (msg_goal, mb_goal) = if payload >= 4096 { (Goal::None, goal) } else { (goal, Goal::None) };
+    Ok(vec![
+        Metric::new(format!("messages/s, {pairs} pairs x {payload} B"), per_sec, Better::Higher, msg_goal),
+        Metric::new(format!("MB/s, {pairs} pairs x {payload} B"), mbps, Better::Higher, mb_goal),
+    ])
+}
+
+/// Workload 2b: `pairs` one-pair clients (256 B, as `throughput`) all in one namespace
+/// (`/v1/msg-relay`, the open tenant of a relay that does not enforce keys), then the
+/// same pairs each in a room-scoped namespace of its own (`/v1/rooms/{id}/msg-relay`,
+/// rooms created with `POST /v1/rooms`). Reports both rates, the ratio one/separate
+/// (target at least 0.95x) and, with the pid, the relay's CPU per message in each.
+pub(crate) async fn scaling(
+    t: &Target,
+    pairs: u64,
+    per_pair: u64,
+    window: u64,
+) -> anyhow::Result<Vec<Metric>> {
+    const PAYLOAD: usize = 256;
+    let one = vec![t.mailbox_path(); pairs as usize];
+    let mut separate = Vec::with_capacity(pairs as usize);
+    for _ in 0..pairs {
+        separate.push(t.room_mailbox_path(&crate::rooms::create_room(t, 2).await?));
+    }
+    let msgs = (pairs * per_pair) as f64;
+    let mut metrics = Vec::new();
+    let mut rates = Vec::new();
+    for (layout, paths) in [("one namespace", &one), ("separate namespaces", &separate)] {
+        let cpu_before = t.pid.map(cpu_secs).transpose()?;
+        let elapsed = pairs_relay(t, paths, per_pair, PAYLOAD, window).await?;
+        let rate = msgs / elapsed;
+        rates.push(rate);
+        metrics.push(Metric::new(
+            format!("messages/s, {layout}, {pairs} pairs"),
+            rate,
+            Better::Higher,
+            Goal::None,
+        ));
+        if let (Some(before), Some(pid)) = (cpu_before, t.pid) {
+            let per_msg = (cpu_secs(pid)? - before) * 1e6 / msgs;
+            metrics.push(Metric::new(
+                format!("CPU per message (us), {layout}"),
+                per_msg,
+                Better::Lower,
+                Goal::None,
+            ));
+        }
+    }
+    metrics.push(Metric::new(
+        "one / separate namespaces",
+        rates[0] / rates[1],
+        Better::Higher,
+        Goal::Absolute(0.95),
+    ));
+    Ok(metrics)
+}
+
+/// Runs one sender/receiver pair per entry of `paths` (both ends of pair `p` on
+/// `paths[p]`); each receiver keeps `window` asks outstanding and each sender publishes
+/// `per_pair` messages of `payload` bytes, never more than two windows ahead of its
+/// receiver. Returns the seconds from the start until every receiver had everything.
+async fn pairs_relay(
+    t: &Target,
+    paths: &[String],
+    per_pair: u64,
+    payload: usize,
+    window: u64,
+) -> anyhow::Result<f64> {
     let run = run_tag();
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
-    let start_gate = Arc::new(tokio::sync::Barrier::new(2 * pairs as usize + 1));
-    for p in 0..pairs {
+    let start_gate = Arc::new(tokio::sync::Barrier::new(2 * paths.len() + 1));
+    for (p, path) in (0u64..).zip(paths) {
         let progress = Arc::new((AtomicU64::new(0), Notify::new()));
-        let mut rx = ws_connect(t.addr, &t.mailbox_path()).await?;
-        let mut tx = ws_connect(t.addr, &t.mailbox_path()).await?;
+        let mut rx = ws_connect(t.addr, path).await?;
+        let mut tx = ws_connect(t.addr, path).await?;
         let gate = start_gate.clone();
         let prog = progress.clone();
         receivers.push(tokio::spawn(async move {
@@ -202,14 +276,7 @@ pub(crate) async fn throughput(
     for s in senders {
         drop(s.await??);
     }
-    let msgs = (pairs * per_pair) as f64;
-    let per_sec = msgs / elapsed;
-    let mbps = msgs * payload as f64 / elapsed / 1e6;
-    let (msg_goal, mb_goal) = if payload >= 4096 { (Goal::None, goal) } else { (goal, Goal::None) };
-    Ok(vec![
-        Metric::new(format!("messages/s, {pairs} pairs x {payload} B"), per_sec, Better::Higher, msg_goal),
-        Metric::new(format!("MB/s, {pairs} pairs x {payload} B"), mbps, Better::Higher, mb_goal),
-    ])
+    Ok(elapsed)
 }
 
 /// Workload 5a: WebSocket handshakes per second over plain HTTP, `concurrency` at a time.

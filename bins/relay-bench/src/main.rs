@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
-use crate::report::{Goal, Metric, medians, table};
+use crate::report::{Better, Goal, Metric, medians, table};
 use crate::util::Target;
 
 /// Load generator and benchmark for Relay and the peer relays it is measured against.
@@ -26,6 +26,9 @@ use crate::util::Target;
 ///                  target) and after an idle pause of about 1 ms (reported: adds waking idle threads and CPUs).
 ///   throughput     P pairs (default 8), receivers ask ahead within a window, senders publish 256 B; msg/s, MB/s.
 ///   throughput-64k the same with 64 KiB payloads and 4 pairs; MB/s.
+///   scaling        P pairs (default 16) of 256 B as in throughput, all in one namespace (/v1/msg-relay), then
+///                  each in a room-scoped namespace of its own (/v1/rooms/{id}/msg-relay); msg/s of both and the
+///                  ratio one/separate (target >= 0.95x). Relay only (the peer has no rooms).
 ///   fanout         a room of N (default 16), every party broadcasts M messages; deliveries/s, p99. Relay only.
 ///   p2p-latency    a 2-party room, one message at a time, pipelined and after idle; p50/p99 us. Relay only.
 ///   handshakes     WebSocket upgrades per second over plain HTTP.
@@ -36,13 +39,17 @@ use crate::util::Target;
 ///
 /// With --peer, every mailbox workload also runs against the peer in the same session, interleaved
 /// run by run, and the table shows the ratio relay/peer. Figures are medians of --runs runs.
+///
+/// With --pid (and --peer-pid), the message workloads (push-latency, throughput, throughput-64k, scaling)
+/// and handshakes also report the process's CPU time (utime + stime from /proc/PID/stat, read before and
+/// after each run) per message, or per handshake: microseconds of CPU, beside the wall-clock figures.
 #[derive(Debug, Parser)]
 #[command(name = "relay-bench", version, verbatim_doc_comment)]
 struct Args {
     /// The relay under test (host:port of its plain-HTTP listener).
     #[arg(long, default_value = "127.0.0.1:8080")]
     target: SocketAddr,
-    /// The relay's pid, for the idle and stalled workloads.
+    /// The relay's pid, for the idle and stalled workloads and CPU per message.
     #[arg(long)]
     pid: Option<u32>,
     /// API key for the relay (sent as Authorization: Bearer, or ?api_key= on WebSockets).
@@ -51,7 +58,7 @@ struct Args {
     /// The peer relay to compare with (host:port), e.g. the seed Silence Labs relay.
     #[arg(long)]
     peer: Option<SocketAddr>,
-    /// The peer's pid, for the idle and stalled workloads.
+    /// The peer's pid, for the idle and stalled workloads and CPU per message.
     #[arg(long)]
     peer_pid: Option<u32>,
     /// Workloads to run, comma-separated.
@@ -59,7 +66,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "push-latency,throughput,throughput-64k,fanout,p2p-latency,handshakes,joins"
+        default_value = "push-latency,throughput,throughput-64k,scaling,fanout,p2p-latency,handshakes,joins"
     )]
     workloads: Vec<Workload>,
     /// Runs per workload; figures are medians.
@@ -83,6 +90,12 @@ struct Args {
     /// Messages per pair for `throughput-64k`.
     #[arg(long, default_value_t = 1500)]
     big_messages_per_pair: u64,
+    /// One-pair clients in `scaling`.
+    #[arg(long, default_value_t = 16)]
+    scaling_pairs: u64,
+    /// Messages per pair in `scaling` (each layout).
+    #[arg(long, default_value_t = 10_000)]
+    scaling_messages_per_pair: u64,
     /// Asks a receiver keeps outstanding.
     #[arg(long, default_value_t = 256)]
     window: u64,
@@ -116,6 +129,7 @@ enum Workload {
     Throughput,
     #[value(name = "throughput-64k")]
     Throughput64k,
+    Scaling,
     Fanout,
     P2pLatency,
     Handshakes,
@@ -127,7 +141,23 @@ enum Workload {
 impl Workload {
     /// Whether the peer speaks it (the seed relay has only the mailbox).
     fn peer_speaks(self) -> bool {
-        !matches!(self, Workload::Fanout | Workload::P2pLatency | Workload::Joins)
+        !matches!(self, Workload::Scaling | Workload::Fanout | Workload::P2pLatency | Workload::Joins)
+    }
+
+    /// What one unit of the workload is and how many it relays, for CPU per unit; `None`
+    /// for workloads that measure something else (or, like `scaling`, do it themselves).
+    fn units(self, a: &Args) -> Option<(&'static str, u64)> {
+        match self {
+            // Warm-up, pipelined and after-idle messages.
+            Workload::PushLatency => {
+                let n = a.latency_iterations;
+                Some(("message", n + n / 10 + (n / 10).max(1)))
+            }
+            Workload::Throughput => Some(("message", a.pairs * a.messages_per_pair)),
+            Workload::Throughput64k => Some(("message", a.big_pairs * a.big_messages_per_pair)),
+            Workload::Handshakes => Some(("handshake", a.handshakes)),
+            _ => None,
+        }
     }
 }
 
@@ -140,6 +170,8 @@ fn main() -> anyhow::Result<()> {
         args.messages_per_pair = 200;
         args.big_pairs = 2;
         args.big_messages_per_pair = 20;
+        args.scaling_pairs = 2;
+        args.scaling_messages_per_pair = 100;
         args.window = 16;
         args.room_size = 4;
         args.fanout_messages = 20;
@@ -196,7 +228,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `w` once against `t`; with its pid, adds the CPU it used per unit relayed.
 async fn run_one(w: Workload, t: &Target, a: &Args) -> anyhow::Result<Vec<Metric>> {
+    let units = w.units(a);
+    let cpu_before = t.pid.filter(|_| units.is_some()).map(util::cpu_secs).transpose()?;
+    let mut metrics = run_workload(w, t, a).await?;
+    if let (Some(before), Some(pid), Some((unit, count))) = (cpu_before, t.pid, units) {
+        let per_unit = (util::cpu_secs(pid)? - before) * 1e6 / count as f64;
+        metrics.push(Metric::new(format!("CPU per {unit} (us)"), per_unit, Better::Lower, cpu_goal(w)));
+    }
+    Ok(metrics)
+}
+
+/// Issue 16's targets for CPU per message, relay/peer.
+fn cpu_goal(w: Workload) -> Goal {
+    match w {
+        Workload::Throughput => Goal::Ratio(0.45),
+        Workload::Throughput64k => Goal::Ratio(0.55),
+        _ => Goal::None,
+    }
+}
+
+async fn run_workload(w: Workload, t: &Target, a: &Args) -> anyhow::Result<Vec<Metric>> {
     let _ = t.label;
     match w {
         Workload::PushLatency => {
@@ -216,6 +269,9 @@ async fn run_one(w: Workload, t: &Target, a: &Args) -> anyhow::Result<Vec<Metric
                 Goal::Ratio(1.5),
             )
             .await
+        }
+        Workload::Scaling => {
+            mailbox::scaling(t, a.scaling_pairs, a.scaling_messages_per_pair, a.window).await
         }
         Workload::Fanout => rooms::fanout(t, a.room_size, a.fanout_messages, 256).await,
         Workload::P2pLatency => {

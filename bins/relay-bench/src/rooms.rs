@@ -25,7 +25,7 @@ fn ack(seq: u64) -> Message {
 }
 
 /// Creates a room of `size` and returns its ID.
-async fn create_room(t: &Target, size: u16) -> anyhow::Result<String> {
+pub(crate) async fn create_room(t: &Target, size: u16) -> anyhow::Result<String> {
     let (status, body) = post_json(t, "/v1/rooms", &serde_json::json!({"room_size": size})).await?;
     if status != 201 {
         bail!("creating a room answered {status}: {body}");

@@ -36,9 +36,18 @@ pub(crate) struct Target {
 impl Target {
     /// The mailbox path with the API key in the query when there is one.
     pub(crate) fn mailbox_path(&self) -> String {
+        self.with_key("/v1/msg-relay")
+    }
+
+    /// The room-scoped mailbox of `room`, with the API key in the query when there is one.
+    pub(crate) fn room_mailbox_path(&self, room: &str) -> String {
+        self.with_key(&format!("/v1/rooms/{room}/msg-relay"))
+    }
+
+    fn with_key(&self, path: &str) -> String {
         match &self.api_key {
-            Some(k) => format!("/v1/msg-relay?api_key={}", percent_encode(k)),
-            None => "/v1/msg-relay".to_owned(),
+            Some(k) => format!("{path}?api_key={}", percent_encode(k)),
+            None => path.to_owned(),
         }
     }
 }
@@ -155,6 +164,23 @@ pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS line")
+}
+
+/// CPU time (user plus system) `pid` has used so far, in seconds, from the utime and
+/// stime fields of /proc/PID/stat (in USER_HZ ticks, 100 per second on Linux: a
+/// reading is good to 10 ms, so a run should last seconds).
+pub(crate) fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("no command name in stat")?;
+    // Fields from the state (field 3) on; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields.get(i).and_then(|f| f.parse().ok()).context("malformed /proc stat")
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / USER_HZ)
 }
 
 /// A microsecond histogram (1 µs .. 60 s, 3 significant figures).
