@@ -93,8 +93,9 @@ struct Args {
     /// One-pair clients in `scaling`.
     #[arg(long, default_value_t = 16)]
     scaling_pairs: u64,
-    /// Messages per pair in `scaling` (each layout).
-    #[arg(long, default_value_t = 10_000)]
+    /// Messages per pair in `scaling` (each layout; enough for a run of a second or more,
+    /// so the CPU reading's 10 ms ticks do not matter).
+    #[arg(long, default_value_t = 50_000)]
     scaling_messages_per_pair: u64,
     /// Asks a receiver keeps outstanding.
     #[arg(long, default_value_t = 256)]
