@@ -58,14 +58,24 @@ async fn free_port() -> u16 {
 }
 
 /// A relay with keys enforced, the key `backend`, and TURN on a free loopback port.
+/// The port is free when chosen but may be taken before the relay binds it (tests run in
+/// parallel, and relayed sockets come from the ephemeral range): a relay that could not
+/// bind it is started again on another port, a few times at most.
 async fn relay_with_turn(extra: &[&str]) -> (RelayProcess, SocketAddr) {
-    let turn: SocketAddr = ([127, 0, 0, 1], free_port().await).into();
-    let (listen, key) = (turn.to_string(), format!("{KEY},{KEY_NAME}"));
-    let mut args = vec!["--api-key", &key, "--secret-auth", ADMIN_TOKEN, "--turn-listen", &listen];
-    args.extend_from_slice(extra);
-    let relay = RelayProcess::start(&args).await.unwrap();
-    assert!(relay.output().contains(&format!("STUN/TURN on {turn}")), "{}", relay.output());
-    (relay, turn)
+    let key = format!("{KEY},{KEY_NAME}");
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        let turn: SocketAddr = ([127, 0, 0, 1], free_port().await).into();
+        let listen = turn.to_string();
+        let mut args = vec!["--api-key", &key, "--secret-auth", ADMIN_TOKEN, "--turn-listen", &listen];
+        args.extend_from_slice(extra);
+        match RelayProcess::start(&args).await {
+            Ok(relay) if relay.output().contains(&format!("STUN/TURN on {turn}")) => return (relay, turn),
+            Ok(relay) => failures.push(relay.output()),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    panic!("no relay with TURN started in 5 tries: {failures:#?}");
 }
 
 /// Credentials for `KEY` from the relay's REST API.
