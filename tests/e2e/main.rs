@@ -26,6 +26,7 @@ mod metrics;
 mod nginx;
 mod openapi;
 mod ratelimit;
+mod revocation;
 mod rooms;
 mod timeouts;
 mod tls;

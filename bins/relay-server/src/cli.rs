@@ -201,6 +201,7 @@ impl Cli {
             max_body_bytes: self.ops.max_body_bytes,
             max_connections: self.ops.max_connections,
             busy_poll: Duration::from_micros(self.ops.busy_poll_us),
+            lease_check_interval: Duration::from_millis(self.ops.lease_check_interval_ms),
             console: self.ops.console,
             cors_allowed_origins: self.ops.cors_allowed_origins.clone(),
             rate_limits: self.rate_limits.to_rate_limits(),
@@ -280,6 +281,14 @@ pub(crate) struct OpsArgs {
           default_value_t = ServerConfig::default().max_connections,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) max_connections: usize,
+
+    /// Milliseconds between a WebSocket's checks of its API key (revoked or expired:
+    /// closed with 1008) and, for a room's mailbox, of its room (closed: the socket
+    /// ends). From 50 to 4000, so a revocation reaches live sockets within 5 s.
+    #[arg(long, env = "RELAY_LEASE_CHECK_INTERVAL_MS",
+          default_value_t = ServerConfig::default().lease_check_interval.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(50..=4000))]
+    pub(crate) lease_check_interval_ms: u64,
 
     /// Microseconds the runtime's workers keep polling for the next WebSocket frame,
     /// after one arrives, instead of sleeping (busy polling). Lowers message latency by

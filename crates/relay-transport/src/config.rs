@@ -42,6 +42,13 @@ pub struct ServerConfig {
     pub ws_ping_interval: Duration,
     /// A WebSocket that sends nothing (not even a pong) for this long is closed (default 60 s).
     pub ws_idle_timeout: Duration,
+    /// How often a WebSocket checks what it was opened on: its API key (revoked or
+    /// expired: closed with 1008 `api key revoked` / `api key expired`) or, for a
+    /// room-scoped mailbox, its room (closed: 1001 `room closed`). A read lock on the
+    /// key store per connection per interval, never per frame (default 1 s; a socket
+    /// ends within this long of the revocation or expiry, plus a second of clock
+    /// granularity for expiry).
+    pub lease_check_interval: Duration,
     /// On shutdown, how long open connections get to close before the server gives up
     /// on them (default 5 s).
     pub shutdown_grace: Duration,
@@ -97,6 +104,7 @@ impl Default for ServerConfig {
             ws_write_buffer_bytes: 4 << 10,
             ws_ping_interval: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
+            lease_check_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
             data_dir: None,
             discovery: DiscoveryConfig::default(),

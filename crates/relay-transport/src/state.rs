@@ -10,7 +10,7 @@ use relay_discovery::Discovery;
 use relay_keystore::KeyStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::caller::{Caller, UsageMeter};
+use crate::caller::{Caller, Lease, UsageMeter};
 use crate::config::ServerConfig;
 use crate::error::TransportError;
 use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
@@ -314,6 +314,42 @@ impl AppState {
     pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
         let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
         UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
+    }
+
+    /// Why a connection holding `lease` must end now, if it must: its key revoked or
+    /// expired (1008), its room closed. A read lock on the key store, no allocation.
+    pub(crate) fn lease_lapsed(&self, lease: &Lease) -> Option<(relay_proto::CloseCode, &'static str)> {
+        use relay_keystore::KeyStatus;
+        use relay_proto::CloseCode;
+        match lease {
+            Lease::Unbound => None,
+            Lease::Key(name) => {
+                let store = self.keystore()?;
+                match store.status(name, relay_keystore::unix_now()) {
+                    Some(KeyStatus::Active) => None,
+                    Some(KeyStatus::Expired) => Some((CloseCode::Policy, "api key expired")),
+                    // Revoked, disabled (its --api-key flag dropped) or unknown.
+                    _ => Some((CloseCode::Policy, "api key revoked")),
+                }
+            }
+            Lease::Room(room) => {
+                self.rooms().info(room).is_none().then_some((CloseCode::GoingAway, "room closed"))
+            }
+        }
+    }
+
+    /// Closes every live room key `name` created (its key was revoked): their parties
+    /// get the operator's close (1008), their room-scoped mailboxes end. Returns how
+    /// many rooms it closed.
+    pub(crate) fn close_rooms_of_key(&self, name: &str) -> usize {
+        let owned: Vec<RoomId> = {
+            let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
+            owners.iter().filter(|(_, owner)| owner.as_str() == name).map(|(id, _)| *id).collect()
+        };
+        owned
+            .iter()
+            .filter(|id| self.rooms().close(id, relay_core::rooms::CloseReason::ClosedByOperator))
+            .count()
     }
 }
 
