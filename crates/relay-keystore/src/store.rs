@@ -247,11 +247,11 @@ impl KeyStore {
         Ok(keys.iter().filter_map(|pk| state.get(&pk.name).map(Entry::info)).collect())
     }
 
-    /// Checks a presented key (standard base64 text) at `now` (unix seconds) and returns
+    /// Checks a presented key (standard base64 text, or 32 hexadecimal characters) at `now` (unix seconds) and returns
     /// its name and tenant. In memory, constant-time digest comparison; call it per
     /// request or per connection.
     pub fn verify(&self, presented: &str, now: u64) -> Result<VerifiedKey, VerifyError> {
-        let key = ApiKey::parse(presented).ok_or(VerifyError::Malformed)?;
+        let key = ApiKey::parse_base64_or_hex(presented).ok_or(VerifyError::Malformed)?;
         let digest = key.digest();
         let state = self.read_state();
         let entry = state.find(&digest).ok_or(VerifyError::Unknown)?;
