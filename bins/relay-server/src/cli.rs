@@ -217,6 +217,7 @@ impl Cli {
             request_timeout: Duration::from_secs(self.ops.request_timeout_secs),
             max_body_bytes: self.ops.max_body_bytes,
             max_connections: self.ops.max_connections,
+            max_connections_per_ip: self.ops.max_connections_per_ip,
             busy_poll: Duration::from_micros(self.ops.busy_poll_us),
             lease_check_interval: Duration::from_millis(self.ops.lease_check_interval_ms),
             console: self.ops.console,
@@ -298,6 +299,14 @@ pub(crate) struct OpsArgs {
           default_value_t = ServerConfig::default().max_connections,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) max_connections: usize,
+
+    /// Connections one client address (IPv6: one /64) may hold open at once,
+    /// WebSockets included. Past it, a new connection from that address is accepted
+    /// and closed at once, while other addresses are served.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_IP",
+          default_value_t = ServerConfig::default().max_connections_per_ip,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) max_connections_per_ip: usize,
 
     /// Milliseconds between a WebSocket's checks of its API key (revoked or expired:
     /// closed with 1008) and, for a room's mailbox, of its room (closed: the socket

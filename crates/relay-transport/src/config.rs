@@ -71,6 +71,11 @@ pub struct ServerConfig {
     /// the TLS handshake and upgraded WebSockets. Past it, a new connection is accepted
     /// and closed at once without a response (default 10,000).
     pub max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold open at once, counted
+    /// like `max_connections` (from the accept to the socket's close, WebSockets
+    /// included). Past it, a new connection from that address is accepted and closed at
+    /// once, counted in `relay_connections_refused_total` (default 256).
+    pub max_connections_per_ip: usize,
     /// Rate limits per client address, per API key and per WebSocket (see
     /// [`RateLimits`] for each limit, its default and what happens over it).
     pub rate_limits: RateLimits,
@@ -112,6 +117,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             rate_limits: RateLimits::default(),
             busy_poll: Duration::ZERO,
             console: true,
