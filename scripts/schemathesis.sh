@@ -27,7 +27,7 @@ fi
 WORK=$(mktemp -d)
 LOG=$WORK/relay.log
 KEY='ABEiM0RVZneImaq7zN3u/w=='
-ADMIN_TOKEN='schemathesis-admin-token'
+ADMIN_TOKEN='schemathesis-admin-token-0123456789abcdef'
 if "$BIN" --help | grep -q -- '--api-key'; then
     AUTH_ARGS=(--api-key "$KEY,schemathesis" --secret-auth "$ADMIN_TOKEN")
     AUTH_HEADER=(-H "Authorization: Bearer $KEY")

@@ -12,7 +12,7 @@ import { chromium } from 'playwright-core';
 
 import { chromiumArgs, chromiumBin, joinRoom, missing, rest, root, sendData, startRelay } from './support.js';
 
-const TOKEN = 'console-browser-token-5d1X';
+const TOKEN = 'console-browser-token-5d1X-0123456789abcdef';
 const shots = join(root, 'screenshots');
 const skip = missing();
 if (skip) console.log(`SKIPPED: console browser tests: ${skip}; RELAY_REQUIRE_SERVICES=1 makes this a failure`);

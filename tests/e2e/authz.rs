@@ -16,7 +16,7 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-const TOKEN: &str = "authz-admin-token-7Hq2";
+const TOKEN: &str = "authz-admin-token-7Hq2-0123456789abcdef";
 /// Well-formed (base64 of 16 bytes) and known to no relay here.
 const UNKNOWN_KEY: &str = "/+7dzLuqmYh3ZlVEMyIRAA==";
 

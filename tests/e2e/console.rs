@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::{HttpResponse, RelayProcess, STEP_TIMEOUT, Ws, http_request, post_json, ws_connect};
 
 /// The admin token every test here passes with `--secret-auth`.
-const TOKEN: &str = "console-admin-token-7Hq2";
+const TOKEN: &str = "console-admin-token-7Hq2-0123456789abcdef";
 
 /// The CSP docs/console.md promises.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \

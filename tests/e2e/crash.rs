@@ -238,7 +238,7 @@ struct KeysAcked {
     recent: BTreeSet<String>,
 }
 
-const ADMIN_TOKEN: &str = "crash-admin-token-Q1";
+const ADMIN_TOKEN: &str = "crash-admin-token-Q1-0123456789abcdef";
 
 async fn start_keyed(data_dir: &Path) -> RelayProcess {
     RelayProcess::start(&["--data-dir", data_dir.to_str().unwrap(), "--secret-auth", ADMIN_TOKEN])

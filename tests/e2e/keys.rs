@@ -20,7 +20,7 @@ const PRE_KEY: &str = "ABEiM0RVZneImaq7zN3u/w==";
 /// A second well-formed key that no server here knows.
 const STRANGER_KEY: &str = "/+7dzLuqmYh3ZlVEMyIRAA==";
 /// The admin token most tests pass with `--secret-auth`.
-const TOKEN: &str = "test-admin-token-Zq8v";
+const TOKEN: &str = "test-admin-token-Zq8v-0123456789abcdef";
 
 /// Starts the binary with keys enforced, a data dir and the test admin token.
 async fn start(dir: &Path, extra: &[&str]) -> anyhow::Result<RelayProcess> {

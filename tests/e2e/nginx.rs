@@ -319,7 +319,7 @@ async fn console_and_admin_paths_are_served_only_to_the_allow_list() {
     let Some(binary) = nginx_binary() else {
         return skip_without("nginx", "apt-get install nginx; .ci/run installs it");
     };
-    const TOKEN: &str = "nginx-admin-token";
+    const TOKEN: &str = "nginx-admin-token-0123456789abcdefghij";
     let mut relays = Vec::new();
     for (prefix, _) in INSTANCES {
         relays

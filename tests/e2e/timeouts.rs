@@ -1,6 +1,6 @@
 //! Protection of the accept path against the real binary: a client that sends a
 //! partial request head, one that sends nothing, one that never starts its TLS
-//! handshake, and connections past `--max-connections`.
+//! handshake, and connections past `--max-connections` and `--max-connections-per-ip`.
 
 use std::time::Duration;
 
@@ -103,5 +103,57 @@ async fn connections_past_the_cap_are_closed_while_open_ones_keep_working() {
     })
     .await
     .expect("a slot frees up after a connection closes");
+    assert_eq!(served, StatusCode::OK);
+}
+
+/// A connection to the relay from `source` (another loopback address is another client).
+async fn connect_from(source: &str, relay: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().map_err(std::io::Error::other)?)?;
+    socket.connect(relay).await
+}
+
+#[tokio::test]
+async fn one_address_over_its_connection_cap_is_refused_while_others_are_served() {
+    let relay = RelayProcess::start(&["--insecure-api-keys-not-enforced", "--max-connections-per-ip", "3"])
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn =
+            Http1Conn::handshake(connect_from("127.0.0.1", relay.addr).await.unwrap()).await.unwrap();
+        assert_eq!(conn.get("/healthz").await.unwrap().status, StatusCode::OK);
+        held.push(conn);
+    }
+    // The fourth from the same address is accepted and closed without a byte.
+    for _ in 0..3 {
+        let mut fourth = connect_from("127.0.0.1", relay.addr).await.unwrap();
+        let _ = fourth.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let received = read_until_closed(&mut fourth, CUT_OFF_WITHIN).await.unwrap();
+        assert!(received.is_empty(), "refused connection got {:?}", String::from_utf8_lossy(&received));
+    }
+    // Another address is served meanwhile, and so are the held connections; /metrics
+    // counts the refusals.
+    let mut other = Http1Conn::handshake(connect_from("127.0.0.2", relay.addr).await.unwrap()).await.unwrap();
+    assert_eq!(other.get("/healthz").await.unwrap().status, StatusCode::OK);
+    let metrics = other.get("/metrics").await.unwrap();
+    assert!(metrics.text().lines().any(|l| l == "relay_connections_refused_total 3"), "{}", metrics.text());
+    for conn in &mut held {
+        assert_eq!(conn.get("/healthz").await.unwrap().status, StatusCode::OK);
+    }
+
+    // Once its connections close, the address is served again (the server notices a
+    // close asynchronously: retry within a bounded wait).
+    drop(held);
+    let served = tokio::time::timeout(STEP_TIMEOUT, async {
+        loop {
+            if let Ok(resp) = http_request(relay.addr, "GET", "/healthz", &[], b"").await {
+                return resp.status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the address is served again after its connections close");
     assert_eq!(served, StatusCode::OK);
 }

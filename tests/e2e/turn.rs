@@ -19,7 +19,7 @@ use crate::support::{RelayProcess, http_request, skip_without};
 
 const KEY: &str = "ABEiM0RVZneImaq7zN3u/w==";
 const KEY_NAME: &str = "backend";
-const ADMIN_TOKEN: &str = "turn-e2e-admin-token-0123456789";
+const ADMIN_TOKEN: &str = "turn-e2e-admin-token-0123456789abcdef";
 /// Packets uclient sends per run.
 const PACKETS: u32 = 20;
 /// A coturn client run may take this long before the test fails.

@@ -72,8 +72,9 @@ pub(crate) struct KeyArgs {
     )]
     pub(crate) api_keys: Vec<String>,
 
-    /// The admin token for the admin API. Without it, one is generated at first start
-    /// and printed once; only its hash is kept.
+    /// The admin token for the admin API, at least 32 characters (shorter: exit 2).
+    /// Without it, one is generated at first start and printed once; only its hash is
+    /// kept.
     #[arg(
         long = "secret-auth",
         alias = "secret_auth",
@@ -82,6 +83,13 @@ pub(crate) struct KeyArgs {
         hide_env_values = true
     )]
     pub(crate) secret_auth: Option<String>,
+
+    /// Write the admin token generated at first start to this new file (mode 0600)
+    /// instead of printing it. An existing file is never overwritten: the relay exits 2
+    /// when it would have to. Later starts, with a token already kept, and starts with
+    /// --secret-auth (nothing generated) leave it alone.
+    #[arg(long, env = "RELAY_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub(crate) admin_token_file: Option<PathBuf>,
 }
 
 /// Subcommands: offline tools that run instead of the server.
@@ -154,16 +162,20 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "RELAY_MAX_PENDING_ASKS", default_value_t = Limits::default().max_pending_asks)]
     pub(crate) max_pending_asks: usize,
     /// Cap on a mailbox message's TTL, in seconds.
-    #[arg(long, env = "RELAY_MAX_MAILBOX_TTL_SECS", default_value_t = Limits::default().max_mailbox_ttl.as_secs())]
+    #[arg(long, env = "RELAY_MAX_MAILBOX_TTL_SECS", default_value_t = Limits::default().max_mailbox_ttl.as_secs(),
+          value_parser = clap::value_parser!(u64).range(..=MAX_DURATION_SECS))]
     pub(crate) max_mailbox_ttl_secs: u64,
     /// Room lifetime when the creator gives none, in seconds.
-    #[arg(long, env = "RELAY_ROOM_TTL_SECS", default_value_t = Limits::default().room_ttl_default.as_secs())]
+    #[arg(long, env = "RELAY_ROOM_TTL_SECS", default_value_t = Limits::default().room_ttl_default.as_secs(),
+          value_parser = clap::value_parser!(u64).range(..=MAX_DURATION_SECS))]
     pub(crate) room_ttl_secs: u64,
     /// Longest room lifetime a creator may ask for, in seconds.
-    #[arg(long, env = "RELAY_MAX_ROOM_TTL_SECS", default_value_t = Limits::default().room_ttl_max.as_secs())]
+    #[arg(long, env = "RELAY_MAX_ROOM_TTL_SECS", default_value_t = Limits::default().room_ttl_max.as_secs(),
+          value_parser = clap::value_parser!(u64).range(..=MAX_DURATION_SECS))]
     pub(crate) max_room_ttl_secs: u64,
     /// How long a room waits for a reconnect after its last party dropped, in seconds.
-    #[arg(long, env = "RELAY_RECONNECT_GRACE_SECS", default_value_t = Limits::default().reconnect_grace.as_secs())]
+    #[arg(long, env = "RELAY_RECONNECT_GRACE_SECS", default_value_t = Limits::default().reconnect_grace.as_secs(),
+          value_parser = clap::value_parser!(u64).range(..=MAX_DURATION_SECS))]
     pub(crate) reconnect_grace_secs: u64,
     /// Frames queued towards one connection before it is closed as a slow consumer.
     #[arg(long, env = "RELAY_SEND_QUEUE_FRAMES", default_value_t = Limits::default().send_queue_frames)]
@@ -177,6 +189,11 @@ fn parse_shards(s: &str) -> Result<usize, String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// Longest TTL, lifetime or grace any flag accepts, in seconds (ten years): far past
+/// any use, and far from overflowing the clock arithmetic that adds it to now. Over it
+/// the relay exits 2 naming the flag.
+pub(crate) const MAX_DURATION_SECS: u64 = 10 * 365 * 24 * 60 * 60;
 
 fn parse_prefix(s: &str) -> Result<RoomIdPrefix, String> {
     s.parse().map_err(|e: relay_core::id::RoomIdError| e.to_string())
@@ -215,7 +232,9 @@ impl Cli {
             request_timeout: Duration::from_secs(self.ops.request_timeout_secs),
             max_body_bytes: self.ops.max_body_bytes,
             max_connections: self.ops.max_connections,
+            max_connections_per_ip: self.ops.max_connections_per_ip,
             busy_poll: Duration::from_micros(self.ops.busy_poll_us),
+            lease_check_interval: Duration::from_millis(self.ops.lease_check_interval_ms),
             console: self.ops.console,
             cors_allowed_origins: self.ops.cors_allowed_origins.clone(),
             rate_limits: self.rate_limits.to_rate_limits(),
@@ -295,6 +314,22 @@ pub(crate) struct OpsArgs {
           default_value_t = ServerConfig::default().max_connections,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub(crate) max_connections: usize,
+
+    /// Connections one client address (IPv6: one /64) may hold open at once,
+    /// WebSockets included. Past it, a new connection from that address is accepted
+    /// and closed at once, while other addresses are served.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_IP",
+          default_value_t = ServerConfig::default().max_connections_per_ip,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub(crate) max_connections_per_ip: usize,
+
+    /// Milliseconds between a WebSocket's checks of its API key (revoked or expired:
+    /// closed with 1008) and, for a room's mailbox, of its room (closed: the socket
+    /// ends). From 50 to 4000, so a revocation reaches live sockets within 5 s.
+    #[arg(long, env = "RELAY_LEASE_CHECK_INTERVAL_MS",
+          default_value_t = ServerConfig::default().lease_check_interval.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(50..=4000))]
+    pub(crate) lease_check_interval_ms: u64,
 
     /// Microseconds the runtime's workers keep polling for the next WebSocket frame,
     /// after one arrives, instead of sleeping (busy polling). Lowers message latency by

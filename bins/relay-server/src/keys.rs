@@ -19,6 +19,10 @@ pub(crate) const KEYS_SUBDIR: &str = "keys";
 /// How often counted usage is written to disk while the server runs.
 pub(crate) const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Shortest admin token `--secret-auth` accepts: the token guards every key, and the
+/// Sodot routes let anyone try it (a generated one has 43 characters).
+pub(crate) const MIN_SECRET_AUTH_CHARS: usize = 32;
+
 /// Why the key store could not be opened at start, and the exit code that says so.
 #[derive(Debug)]
 pub(crate) struct StartError {
@@ -47,6 +51,19 @@ impl StartError {
 /// A token generated now is printed once on stdout. Opened also when keys are not
 /// enforced, so the admin API and `relay-server keys` keep working in development.
 pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<KeyStore>, StartError> {
+    if let Some(token) = &args.secret_auth
+        && token.chars().count() < MIN_SECRET_AUTH_CHARS
+    {
+        // Says how long it is, never what it is.
+        return Err(StartError {
+            exit_code: 2,
+            message: format!(
+                "--secret-auth must be at least {MIN_SECRET_AUTH_CHARS} characters (the one given has {}); \
+                 leave it out to have a random one generated",
+                token.chars().count()
+            ),
+        });
+    }
     let preconfigured =
         PreconfiguredKey::parse_all(&args.api_keys).map_err(|e| StartError::from_store(&e))?;
     let admin_token = args.secret_auth.clone().map(AdminToken::new).transpose();
@@ -54,9 +71,27 @@ pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<Key
     let dir = data_dir.join(KEYS_SUBDIR);
     let store = KeyStore::open(&dir).map_err(|e| StartError::from_store(&e))?;
     store.preconfigure(&preconfigured, unix_now()).map_err(|e| StartError::from_store(&e))?;
+    if let Some(path) = &args.admin_token_file
+        && admin_token.is_none()
+        && !store.has_admin_token()
+        && std::fs::symlink_metadata(path).is_ok()
+    {
+        // Checked before a token is generated: one is never lost to a refused write.
+        return Err(StartError {
+            exit_code: 2,
+            message: format!(
+                "--admin-token-file {}: the file already exists; the relay never overwrites it \
+                 (remove it, or choose another path)",
+                path.display()
+            ),
+        });
+    }
     if let Some(token) =
         store.ensure_admin_token(admin_token.as_ref()).map_err(|e| StartError::from_store(&e))?
     {
+        if let Some(path) = &args.admin_token_file {
+            return write_admin_token_file(path, &token).map(|()| Arc::new(store));
+        }
         let mut out = std::io::stdout().lock();
         let printed = writeln!(out, "admin token (shown once, only its hash is kept): {}", token.as_str())
             .and_then(|()| out.flush());
@@ -69,6 +104,32 @@ pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<Key
     }
     tracing::info!(dir = %dir.display(), keys = store.list().len(), "key store open");
     Ok(Arc::new(store))
+}
+
+/// Writes a generated admin token to `path` (`--admin-token-file`): a new file, mode
+/// 0600 from its creation, the token and a newline. Never overwrites a file.
+fn write_admin_token_file(path: &Path, token: &AdminToken) -> Result<(), StartError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let written = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).and_then(
+        |mut file| {
+            writeln!(file, "{}", token.as_str())?;
+            file.sync_all()
+        },
+    );
+    match written {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "generated admin token written (mode 0600)");
+            Ok(())
+        }
+        Err(e) => Err(StartError {
+            exit_code: 1,
+            message: format!(
+                "cannot write the generated admin token to --admin-token-file {}: {e}; \
+                 its hash is stored, so set a new one with --secret-auth",
+                path.display()
+            ),
+        }),
+    }
 }
 
 /// Writes counted usage to disk every [`USAGE_FLUSH_INTERVAL`] until the task is

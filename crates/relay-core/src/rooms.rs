@@ -390,7 +390,7 @@ impl Rooms {
                 expires_at,
                 created_at: now_unix,
                 created: Instant::now(),
-                deadline: Instant::now() + ttl,
+                deadline: instant_after(ttl),
                 max_held_bytes: limits.max_room_held_bytes,
                 max_message_bytes: limits.max_message_bytes,
                 reconnect_grace: limits.reconnect_grace,
@@ -459,6 +459,15 @@ impl Rooms {
         room.close(reason);
         true
     }
+}
+
+/// `now + d`, saturating at a century from now instead of overflowing the clock (a
+/// huge configured TTL or grace must not panic a room).
+fn instant_after(d: Duration) -> Instant {
+    /// Where a deadline saturates: later than any TTL a flag accepts.
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+    let now = Instant::now();
+    now.checked_add(d).or_else(|| now.checked_add(FAR)).unwrap_or(now)
 }
 
 impl CloseReason {
@@ -971,7 +980,7 @@ impl Room {
         if st.slots.iter().all(|s| s.left) {
             return true;
         }
-        st.grace_until = Some(Instant::now() + self.reconnect_grace);
+        st.grace_until = Some(instant_after(self.reconnect_grace));
         self.timer.notify_one();
         false
     }
@@ -1080,7 +1089,7 @@ async fn run_room_timer(room: Arc<Room>) {
         let aborted = lock(&room.state).aborted.is_some();
         if aborted {
             // Linger, closed, so that a party resuming meanwhile learns of the abort.
-            let linger = Instant::now() + room.reconnect_grace;
+            let linger = instant_after(room.reconnect_grace);
             tokio::time::sleep_until(linger.min(room.deadline)).await;
             room.forget(CloseReason::Aborted);
             return;

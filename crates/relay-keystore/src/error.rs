@@ -125,7 +125,7 @@ pub enum KeystoreError {
 pub enum ApiKeyArgProblem {
     /// No comma between KEY and NAME.
     MissingComma,
-    /// KEY is not standard base64 of exactly 16 bytes.
+    /// KEY is not 16 bytes as standard base64 or 32 hex characters.
     BadKey,
     /// NAME is empty.
     MissingName,
@@ -147,7 +147,7 @@ impl fmt::Display for ApiKeyArgProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::MissingComma => f.write_str("no comma between KEY and NAME"),
-            Self::BadKey => f.write_str("KEY is not standard base64 of exactly 16 bytes"),
+            Self::BadKey => f.write_str("KEY is not 16 bytes as standard base64 or 32 hex characters"),
             Self::MissingName => f.write_str("NAME is missing"),
             Self::BadName => {
                 write!(f, "NAME must be 1 to {} characters of A-Z a-z 0-9 . _ -", crate::MAX_NAME_LEN)

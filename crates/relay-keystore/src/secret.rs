@@ -55,6 +55,25 @@ impl ApiKey {
         Some(Self(bytes))
     }
 
+    /// Parses the key as standard base64 ([`ApiKey::parse`]) or as 32 hexadecimal
+    /// characters, either case (the Sodot guide calls the key base16). The lengths
+    /// differ (24 and 32), so no text is read both ways.
+    pub fn parse_base64_or_hex(text: &str) -> Option<Self> {
+        Self::parse(text).or_else(|| Self::parse_hex(text))
+    }
+
+    /// Parses exactly 32 hexadecimal characters (16 bytes), either case.
+    pub fn parse_hex(text: &str) -> Option<Self> {
+        if text.len() != 2 * API_KEY_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0u8; API_KEY_LEN];
+        for (slot, pair) in bytes.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            *slot = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+
     /// A key from its raw bytes.
     pub fn from_bytes(bytes: [u8; API_KEY_LEN]) -> Self {
         Self(bytes)
@@ -139,7 +158,8 @@ pub struct PreconfiguredKey {
 }
 
 impl PreconfiguredKey {
-    /// Parses `KEY,NAME` where KEY is standard base64 of 16 bytes. Errors say what is
+    /// Parses `KEY,NAME` where KEY is 16 bytes as standard base64 or 32 hexadecimal
+    /// characters. Errors say what is
     /// wrong without repeating the value.
     pub fn parse(value: &str) -> Result<Self, KeystoreError> {
         Self::parse_inner(value).map_err(|problem| KeystoreError::ApiKeyArg { problem })
@@ -183,7 +203,7 @@ impl PreconfiguredKey {
 
     fn parse_inner(value: &str) -> Result<Self, ApiKeyArgProblem> {
         let (key, name) = value.split_once(',').ok_or(ApiKeyArgProblem::MissingComma)?;
-        let key = ApiKey::parse(key).ok_or(ApiKeyArgProblem::BadKey)?;
+        let key = ApiKey::parse_base64_or_hex(key).ok_or(ApiKeyArgProblem::BadKey)?;
         if name.is_empty() {
             return Err(ApiKeyArgProblem::MissingName);
         }
@@ -255,6 +275,23 @@ mod tests {
     use super::*;
 
     const SEED_KEY: &str = "ABEiM0RVZneImaq7zN3u/w==";
+
+    #[test]
+    fn a_key_in_32_hex_characters_is_the_same_key_as_its_base64() {
+        let seed = ApiKey::parse(SEED_KEY).expect("seed");
+        for hex in ["00112233445566778899aabbccddeeff", "00112233445566778899AABBCCDDEEFF"] {
+            assert_eq!(ApiKey::parse_base64_or_hex(hex), Some(seed.clone()), "{hex}");
+            let pk = PreconfiguredKey::parse(&format!("{hex},backend")).expect("hex --api-key");
+            assert_eq!(pk.key, seed);
+        }
+        for bad in [
+            "00112233445566778899aabbccddeef",
+            "00112233445566778899aabbccddeeff0",
+            "0011223344556677889zaabbccddeeff",
+        ] {
+            assert_eq!(ApiKey::parse_base64_or_hex(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn parses_the_sodot_example_key() {
@@ -380,7 +417,7 @@ mod tests {
         let err = PreconfiguredKey::parse_all(&["x,y"]).expect_err("bad key");
         assert_eq!(
             err.to_string(),
-            "invalid --api-key value #1 (expected KEY,NAME): KEY is not standard base64 of exactly 16 bytes"
+            "invalid --api-key value #1 (expected KEY,NAME): KEY is not 16 bytes as standard base64 or 32 hex characters"
         );
         let ok =
             PreconfiguredKey::parse_all(&[format!("{SEED_KEY},a"), format!("{other},b")]).expect("valid");

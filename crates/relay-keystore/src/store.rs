@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{KeystoreError, VerifyError};
-use crate::record::{CreateOptions, KeyInfo, KeyOrigin, KeyRecord, Usage, VerifiedKey, is_expired};
+use crate::record::{
+    CreateOptions, KeyInfo, KeyOrigin, KeyRecord, KeyStatus, Usage, VerifiedKey, is_expired,
+};
 use crate::secret::{ApiKey, KeyDigest, PreconfiguredKey, is_valid_name};
 use crate::usage::UsageCounters;
 
@@ -245,11 +247,11 @@ impl KeyStore {
         Ok(keys.iter().filter_map(|pk| state.get(&pk.name).map(Entry::info)).collect())
     }
 
-    /// Checks a presented key (standard base64 text) at `now` (unix seconds) and returns
+    /// Checks a presented key (standard base64 text, or 32 hexadecimal characters) at `now` (unix seconds) and returns
     /// its name and tenant. In memory, constant-time digest comparison; call it per
     /// request or per connection.
     pub fn verify(&self, presented: &str, now: u64) -> Result<VerifiedKey, VerifyError> {
-        let key = ApiKey::parse(presented).ok_or(VerifyError::Malformed)?;
+        let key = ApiKey::parse_base64_or_hex(presented).ok_or(VerifyError::Malformed)?;
         let digest = key.digest();
         let state = self.read_state();
         let entry = state.find(&digest).ok_or(VerifyError::Unknown)?;
@@ -302,6 +304,23 @@ impl KeyStore {
     /// The key named `name`, if any.
     pub fn get(&self, name: &str) -> Option<KeyInfo> {
         self.read_state().get(name).map(Entry::info)
+    }
+
+    /// Whether key `name` would be accepted at `now` (unix seconds), and if not, why;
+    /// `None` for an unknown name. A read lock and no allocation: live connections
+    /// call it periodically to end when their key is revoked or expires.
+    pub fn status(&self, name: &str, now: u64) -> Option<KeyStatus> {
+        let state = self.read_state();
+        let entry = state.get(name)?;
+        Some(if entry.revoked_at.is_some() {
+            KeyStatus::Revoked
+        } else if is_expired(entry.expires_at, now) {
+            KeyStatus::Expired
+        } else if !entry.configured {
+            KeyStatus::NotConfigured
+        } else {
+            KeyStatus::Active
+        })
     }
 
     /// Adds to the usage of key `name`: in memory only (a read lock and three atomic

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use relay_core::RoomId;
 use relay_keystore::KeyStore;
 
 /// The mailbox namespace of callers when keys are not enforced.
@@ -30,5 +31,26 @@ impl UsageMeter {
         {
             tracing::debug!(key = name.as_str(), "usage not counted: {e}");
         }
+    }
+}
+
+/// What a WebSocket's right to stay open rests on, checked every
+/// `ServerConfig::lease_check_interval` by its driver (`AppState::lease_lapsed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lease {
+    /// Nothing: keys not enforced, or a room party (parties join with the room ID alone;
+    /// their room closes when its creator's key is revoked).
+    Unbound,
+    /// The API key it was opened with, by name: revoked or expired, the socket closes
+    /// with 1008.
+    Key(String),
+    /// The room of a room-scoped mailbox: once the room closes, the socket does too.
+    Room(RoomId),
+}
+
+impl Lease {
+    /// The lease of a connection opened by `caller`.
+    pub(crate) fn of(caller: &Caller) -> Lease {
+        caller.key_name.clone().map_or(Lease::Unbound, Lease::Key)
     }
 }

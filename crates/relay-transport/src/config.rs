@@ -42,6 +42,13 @@ pub struct ServerConfig {
     pub ws_ping_interval: Duration,
     /// A WebSocket that sends nothing (not even a pong) for this long is closed (default 60 s).
     pub ws_idle_timeout: Duration,
+    /// How often a WebSocket checks what it was opened on: its API key (revoked or
+    /// expired: closed with 1008 `api key revoked` / `api key expired`) or, for a
+    /// room-scoped mailbox, its room (closed: 1001 `room closed`). A read lock on the
+    /// key store per connection per interval, never per frame (default 1 s; a socket
+    /// ends within this long of the revocation or expiry, plus a second of clock
+    /// granularity for expiry).
+    pub lease_check_interval: Duration,
     /// On shutdown, how long open connections get to close before the server gives up
     /// on them (default 5 s).
     pub shutdown_grace: Duration,
@@ -64,6 +71,11 @@ pub struct ServerConfig {
     /// the TLS handshake and upgraded WebSockets. Past it, a new connection is accepted
     /// and closed at once without a response (default 10,000).
     pub max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold open at once, counted
+    /// like `max_connections` (from the accept to the socket's close, WebSockets
+    /// included). Past it, a new connection from that address is accepted and closed at
+    /// once, counted in `relay_connections_refused_total` (default 256).
+    pub max_connections_per_ip: usize,
     /// Rate limits per client address, per API key and per WebSocket (see
     /// [`RateLimits`] for each limit, its default and what happens over it).
     pub rate_limits: RateLimits,
@@ -97,6 +109,7 @@ impl Default for ServerConfig {
             ws_write_buffer_bytes: 4 << 10,
             ws_ping_interval: Duration::from_secs(20),
             ws_idle_timeout: Duration::from_secs(60),
+            lease_check_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(5),
             data_dir: None,
             discovery: DiscoveryConfig::default(),
@@ -104,6 +117,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             rate_limits: RateLimits::default(),
             busy_poll: Duration::ZERO,
             console: true,

@@ -318,7 +318,7 @@ impl RefusalLog {
 
 /// The key a client address is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6
 /// by its /64.
-fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -23,12 +23,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::TransportError;
 use crate::ratelimit::ClientAddr;
 use crate::router;
-use crate::state::AppState;
+use crate::state::{AppState, ConnectionSlot, SlotRefused};
 use tower::ServiceExt;
 
 /// At most one "connection cap reached" warning per listener per this interval; the
@@ -83,14 +82,25 @@ pub async fn serve(
             drop(stream);
             continue;
         }
-        let Some(slot) = state.connection_slot() else {
-            // Over the cap: close at once. Accepting (rather than leaving it in the
-            // backlog) tells the client right away, and each turn of the loop consumes
-            // one pending connection, so this never spins.
-            drop(stream);
-            state.metrics().connection_refused();
-            refusals.record(config.max_connections);
-            continue;
+        let slot = match state.connection_slot(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                // Over the cap, or over this address's share of it: close at once.
+                // Accepting (rather than leaving it in the backlog) tells the client
+                // right away, and each turn of the loop consumes one pending
+                // connection, so this never spins.
+                drop(stream);
+                state.metrics().connection_refused();
+                match refused {
+                    SlotRefused::Full => refusals.record(config.max_connections),
+                    SlotRefused::PerIp => tracing::debug!(
+                        peer = %peer.ip(),
+                        max = config.max_connections_per_ip,
+                        "connection refused: its address holds max_connections_per_ip"
+                    ),
+                }
+                continue;
+            }
         };
         state.metrics().connection_accepted();
         let _ = stream.set_nodelay(true);
@@ -126,7 +136,7 @@ pub async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    slot: ConnectionSlot,
     state: AppState,
     router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -189,11 +199,11 @@ struct ConnIo<IO> {
     /// by the first byte read. Hyper's own header timeout starts only once it has seen
     /// enough bytes to pick HTTP/1 over HTTP/2.
     first_read_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    _slot: OwnedSemaphorePermit,
+    _slot: ConnectionSlot,
 }
 
 impl<IO> ConnIo<IO> {
-    fn new(io: IO, slot: OwnedSemaphorePermit, first_read_timeout: Duration) -> ConnIo<IO> {
+    fn new(io: IO, slot: ConnectionSlot, first_read_timeout: Duration) -> ConnIo<IO> {
         ConnIo {
             io,
             first_read_deadline: Some(Box::pin(tokio::time::sleep(first_read_timeout))),

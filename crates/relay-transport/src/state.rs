@@ -2,6 +2,7 @@
 //! discovery, the key store, connection slots, rate limiters, metrics and the shutdown
 //! signal; and what the routes ask of it (usage meters, room owners, drain guards).
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use relay_core::RoomId;
@@ -10,7 +11,7 @@ use relay_discovery::Discovery;
 use relay_keystore::KeyStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::caller::{Caller, UsageMeter};
+use crate::caller::{Caller, Lease, UsageMeter};
 use crate::config::ServerConfig;
 use crate::error::TransportError;
 use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
@@ -49,6 +50,9 @@ pub(crate) struct Inner {
     /// listener. A connection's permit lives inside its I/O object, so it is held
     /// through the TLS handshake and after a WebSocket upgrade, until the socket closes.
     connection_slots: Arc<Semaphore>,
+    /// Open connections per client address (IPv6: per /64), against
+    /// `config.max_connections_per_ip`; each [`ConnectionSlot`] gives its count back.
+    per_ip_connections: Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>,
     /// The rate limits' buckets: per client address, per API key.
     rate_limiter: RateLimiter,
     /// Counters for `/metrics`, bumped with relaxed atomics by the routes.
@@ -58,6 +62,37 @@ pub(crate) struct Inner {
     pub(crate) busy_poll: Option<Arc<BusyPoll>>,
     /// Recent samples of the counters, for `GET /v1/admin/stats` (the console).
     stats: StatsRing,
+}
+
+/// One open connection's place, under `max_connections` and its address's
+/// `max_connections_per_ip`; both are given back when it drops.
+pub(crate) struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    per_ip: Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>,
+    /// The address (IPv6: the /64) it counts against.
+    key: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                // Forgotten at zero: the map holds only addresses with open connections.
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Why a new connection got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotRefused {
+    /// `max_connections` are open.
+    Full,
+    /// Its address holds `max_connections_per_ip`.
+    PerIp,
 }
 
 /// Held by a live WebSocket task; shutdown waits for every guard to drop.
@@ -153,6 +188,7 @@ impl AppState {
                 keystore,
                 room_owners: Mutex::default(),
                 connection_slots,
+                per_ip_connections: Arc::default(),
                 rate_limiter,
                 metrics,
                 stats,
@@ -259,9 +295,21 @@ impl AppState {
         self.inner.metrics.set_key_usage_source(Box::new(source))
     }
 
-    /// A slot for a new connection, or `None` when `max_connections` are open.
-    pub(crate) fn connection_slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.inner.connection_slots.clone().try_acquire_owned().ok()
+    /// A slot for a new connection from `peer`, or why there is none: `max_connections`
+    /// are open, or `max_connections_per_ip` from `peer`'s address (IPv6: its /64).
+    pub(crate) fn connection_slot(&self, peer: IpAddr) -> Result<ConnectionSlot, SlotRefused> {
+        let permit =
+            self.inner.connection_slots.clone().try_acquire_owned().map_err(|_| SlotRefused::Full)?;
+        let key = crate::ratelimit::client_key(peer);
+        {
+            let mut open = self.inner.per_ip_connections.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = open.entry(key).or_insert(0);
+            if *count >= self.inner.config.max_connections_per_ip {
+                return Err(SlotRefused::PerIp);
+            }
+            *count += 1;
+        }
+        Ok(ConnectionSlot { _permit: permit, per_ip: self.inner.per_ip_connections.clone(), key })
     }
 
     /// The rate limiters shared by every connection.
@@ -314,6 +362,42 @@ impl AppState {
     pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
         let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
         UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
+    }
+
+    /// Why a connection holding `lease` must end now, if it must: its key revoked or
+    /// expired (1008), its room closed. A read lock on the key store, no allocation.
+    pub(crate) fn lease_lapsed(&self, lease: &Lease) -> Option<(relay_proto::CloseCode, &'static str)> {
+        use relay_keystore::KeyStatus;
+        use relay_proto::CloseCode;
+        match lease {
+            Lease::Unbound => None,
+            Lease::Key(name) => {
+                let store = self.keystore()?;
+                match store.status(name, relay_keystore::unix_now()) {
+                    Some(KeyStatus::Active) => None,
+                    Some(KeyStatus::Expired) => Some((CloseCode::Policy, "api key expired")),
+                    // Revoked, disabled (its --api-key flag dropped) or unknown.
+                    _ => Some((CloseCode::Policy, "api key revoked")),
+                }
+            }
+            Lease::Room(room) => {
+                self.rooms().info(room).is_none().then_some((CloseCode::GoingAway, "room closed"))
+            }
+        }
+    }
+
+    /// Closes every live room key `name` created (its key was revoked): their parties
+    /// get the operator's close (1008), their room-scoped mailboxes end. Returns how
+    /// many rooms it closed.
+    pub(crate) fn close_rooms_of_key(&self, name: &str) -> usize {
+        let owned: Vec<RoomId> = {
+            let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
+            owners.iter().filter(|(_, owner)| owner.as_str() == name).map(|(id, _)| *id).collect()
+        };
+        owned
+            .iter()
+            .filter(|id| self.rooms().close(id, relay_core::rooms::CloseReason::ClosedByOperator))
+            .count()
     }
 }
 

@@ -184,7 +184,7 @@ pub(crate) async fn sodot_revoke(
 ) -> Result<Response<Body>, ApiError> {
     let state = &state;
     let store = admin_store(state, Some(token.as_str()))?;
-    revoke_key(store, name.to_owned()).await
+    revoke_key(state, store, name.to_owned()).await
 }
 
 #[utoipa::path(
@@ -256,7 +256,7 @@ pub(crate) async fn revoke(
 ) -> Result<Response<Body>, ApiError> {
     let (state, req) = (&state, &req);
     let store = admin_store(state, bearer_or_raw(req).as_deref())?;
-    revoke_key(store, name.to_owned()).await
+    revoke_key(state, store, name.to_owned()).await
 }
 
 #[utoipa::path(
@@ -441,8 +441,17 @@ async fn create_key(
     Ok(json(status, &created_key_json(&key, &info)))
 }
 
-async fn revoke_key(store: Arc<KeyStore>, name: String) -> Result<Response<Body>, ApiError> {
+/// Revokes key `name` and closes the rooms it created. Its WebSockets close within
+/// `lease_check_interval` (`ws::driver`).
+async fn revoke_key(
+    state: &AppState,
+    store: Arc<KeyStore>,
+    name: String,
+) -> Result<Response<Body>, ApiError> {
+    let revoked = name.clone();
     let info = blocking(move || store.revoke(&name, unix_now())).await?.map_err(|e| store_error(&e))?;
+    let closed = state.close_rooms_of_key(&revoked);
+    tracing::info!(key = revoked.as_str(), rooms_closed = closed, "rooms of a revoked key closed");
     Ok(json(StatusCode::OK, &key_json(&info, unix_now())))
 }
 

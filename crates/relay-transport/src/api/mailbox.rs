@@ -15,7 +15,7 @@ use hyper::{Request, Response};
 use relay_core::RoomId;
 use relay_core::mailbox::Namespace;
 
-use crate::caller::UsageMeter;
+use crate::caller::{Lease, UsageMeter};
 use crate::error::ApiError;
 use crate::http::body::Body;
 use crate::state::AppState;
@@ -45,7 +45,7 @@ pub(crate) async fn connect(
     let caller = crate::http::auth::authenticate(state, &req)?;
     state.check_key_rate(&caller)?;
     let meter = state.usage_meter(&caller);
-    open(state, req, Namespace::tenant(&caller.tenant), meter)
+    open(state, req, Namespace::tenant(&caller.tenant), meter, Lease::of(&caller))
 }
 
 /// `GET /v1/rooms/{room_id}/msg-relay` (WebSocket): the namespace is the room; whoever
@@ -77,7 +77,8 @@ pub(crate) async fn connect_room(
             "no such room (it never existed, expired or closed)",
         ));
     }
-    open(state, req, Namespace::room(&room), UsageMeter::default())
+    // Metered against the room's creator; ends when the room closes.
+    open(state, req, Namespace::room(&room), state.room_usage_meter(&room), Lease::Room(room))
 }
 
 /// Validates the handshake, takes a drain guard and upgrades into [`run`].
@@ -86,6 +87,7 @@ fn open(
     req: Request<Body>,
     namespace: Namespace,
     meter: UsageMeter,
+    lease: Lease,
 ) -> Result<Response<Body>, ApiError> {
     let accept_key = ws::validate_handshake(&req, state.config())?;
     let guard = state
@@ -94,6 +96,6 @@ fn open(
     let task_state = state.clone();
     Ok(ws::upgrade(req, accept_key, state.config(), move |socket| async move {
         let conn = task_state.mailbox().connect(namespace);
-        run(task_state, conn, socket, guard, meter).await;
+        run(task_state, conn, socket, guard, meter, lease).await;
     }))
 }

@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use relay_proto::CloseCode;
 
-use crate::caller::UsageMeter;
+use crate::caller::{Lease, UsageMeter};
 use crate::config::ServerConfig;
 use crate::metrics::WsKind;
 use crate::ratelimit::MessageRate;
@@ -130,6 +130,7 @@ pub(crate) async fn run<S: Session>(
     session: S,
     _guard: DrainGuard,
     meter: UsageMeter,
+    lease: Lease,
 ) {
     let config = state.config();
     let _open = state.metrics().websocket_opened(S::KIND);
@@ -151,6 +152,12 @@ pub(crate) async fn run<S: Session>(
         message_rate: state.rate_limiter().message_rate(now),
         ping,
         last_seen: now,
+        lease: (lease != Lease::Unbound).then(|| {
+            let mut check =
+                tokio::time::interval_at(now + config.lease_check_interval, config.lease_check_interval);
+            check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            Box::new((lease, check))
+        }),
     };
     let end = loop {
         match std::future::poll_fn(|cx| d.poll_step(cx, shutdown.as_mut())).await {
@@ -206,6 +213,9 @@ struct Driver<S> {
     /// When a frame (of any kind, a pong too) last came from the peer: the idle timeout
     /// counts from it.
     last_seen: Instant,
+    /// What the connection's right to stay open rests on, and the timer that checks it
+    /// (`None` for an unbound one). Boxed: an idle connection's task stays small.
+    lease: Option<Box<(Lease, tokio::time::Interval)>>,
 }
 
 impl<S: Session> Driver<S> {
@@ -236,6 +246,15 @@ impl<S: Session> Driver<S> {
         }
         if self.ping.poll_tick(cx).is_ready() {
             return Poll::Ready(Step::Ping);
+        }
+        // On a timer, not per frame: a key revoked or expired, a room closed. Polled
+        // until `Pending`, so the timer's next tick is registered.
+        if let Some(lease) = &mut self.lease {
+            while lease.1.poll_tick(cx).is_ready() {
+                if let Some((code, reason)) = self.state.lease_lapsed(&lease.0) {
+                    return Poll::Ready(Step::End(End::Close(code, reason)));
+                }
+            }
         }
         Poll::Pending
     }
@@ -437,6 +456,7 @@ mod tests {
         #[allow(unreachable_code)]
         let mailbox = size(&|| {
             crate::ws::mailbox::run(
+                unreachable!(),
                 unreachable!(),
                 unreachable!(),
                 unreachable!(),

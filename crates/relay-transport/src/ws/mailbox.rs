@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
 
 use relay_proto::CloseCode;
 
-use crate::caller::UsageMeter;
+use crate::caller::{Lease, UsageMeter};
 use crate::config::ServerConfig;
 use crate::metrics::WsKind;
 use crate::state::{AppState, DrainGuard};
@@ -106,16 +106,17 @@ impl Session for MailboxSession {
     }
 }
 
-/// One mailbox connection, from upgrade to close.
+/// One mailbox connection, from upgrade to close; it ends when `lease` lapses.
 pub(crate) async fn run(
     state: AppState,
     conn: MailboxConn,
     socket: WsStream,
     guard: DrainGuard,
     meter: UsageMeter,
+    lease: Lease,
 ) {
     let session = MailboxSession { conn, batch: Vec::with_capacity(OUT_BATCH) };
-    driver::run(state, socket, session, guard, meter).await;
+    driver::run(state, socket, session, guard, meter, lease).await;
 }
 
 /// The close code and reason for a refusal from the core.

@@ -23,7 +23,7 @@ use relay_proto::room::{
 };
 use relay_proto::{CloseCode, ErrorCode};
 
-use crate::caller::UsageMeter;
+use crate::caller::{Lease, UsageMeter};
 use crate::config::ServerConfig;
 use crate::error::core_error;
 use crate::metrics::WsKind;
@@ -143,7 +143,7 @@ pub(crate) async fn run_party(
 ) {
     let max_batch = state.config().limits.send_queue_frames;
     let session = PartySession { party, max_batch, data: Vec::new(), left: false };
-    driver::run(state, ws, session, guard, meter).await;
+    driver::run(state, ws, session, guard, meter, Lease::Unbound).await;
 }
 
 /// Sends a client data frame `[to u16 LE][payload]`, waking its receivers after the
