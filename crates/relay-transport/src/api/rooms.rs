@@ -49,13 +49,9 @@ pub(crate) async fn create(
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     let state = &state;
-    let caller = authenticate(state, &req)?;
-    state.check_key_rate(&caller)?;
-    let body = read_body(req, state.config().max_body_bytes).await?;
+    let (caller, body) = keyed_body(state, req).await?;
     let body: CreateRoomRequest = parse_json(&body)?;
-    let (room, party_tokens) =
-        create_room_maybe_tokens(state, body.room_size, body.ttl_secs, body.party_tokens)?;
-    count_room(state, &caller, &room);
+    let (room, party_tokens) = create_room(state, &caller, body.room_size, body.ttl_secs, body.party_tokens)?;
     Ok(json(
         StatusCode::CREATED,
         &RoomCreated {
@@ -87,17 +83,14 @@ pub(crate) async fn create_sodot(
     req: Request<Body>,
 ) -> Result<Response<Body>, ApiError> {
     let state = &state;
-    let caller = authenticate(state, &req)?;
-    state.check_key_rate(&caller)?;
-    let body = read_body(req, state.config().max_body_bytes).await?;
+    let (caller, body) = keyed_body(state, req).await?;
     let body: SodotCreateRoomRequest = if body.iter().all(u8::is_ascii_whitespace) {
         SodotCreateRoomRequest::default()
     } else {
         parse_json(&body)?
     };
     let size = body.room_size.unwrap_or(SODOT_DEFAULT_ROOM_SIZE);
-    let (room, party_tokens) = create_room_maybe_tokens(state, size, body.ttl_secs, body.party_tokens)?;
-    count_room(state, &caller, &room);
+    let (room, party_tokens) = create_room(state, &caller, size, body.ttl_secs, body.party_tokens)?;
     Ok(json(StatusCode::OK, &SodotRoomCreated { room_uuid: room.id.to_string(), party_tokens }))
 }
 
@@ -151,43 +144,39 @@ pub(crate) async fn join(
     Ok(upgrade(req, accept_key, state.config(), move |ws| run_party(ws, party, task_state, guard, meter)))
 }
 
-/// Usage: the room counts against the caller's key, and so will its messages.
-fn count_room(state: &AppState, caller: &Caller, room: &RoomInfo) {
-    state.record_usage(caller, 0, 0, 1);
-    state.set_room_owner(room.id, caller);
+/// The caller of a keyed create (401/403 without a valid key, 429 over its rate) and
+/// the request body, read within the body limit.
+async fn keyed_body(state: &AppState, req: Request<Body>) -> Result<(Caller, bytes::Bytes), ApiError> {
+    let caller = authenticate(state, &req)?;
+    state.check_key_rate(&caller)?;
+    let body = read_body(req, state.config().max_body_bytes).await?;
+    Ok((caller, body))
 }
 
-fn create_room(state: &AppState, size: u64, ttl_secs: Option<u64>) -> Result<RoomInfo, ApiError> {
-    let max = state.rooms().limits().max_room_size;
-    let size = u16::try_from(size).map_err(|_| core_error(&CoreError::BadRoomSize { got: size, max }))?;
-    let room = state
-        .rooms()
-        .create(size, ttl_secs.map(Duration::from_secs), relay_keystore::unix_now())
-        .map_err(|e| core_error(&e))?;
-    tracing::debug!(room = %room.id, size, "room created");
-    state.metrics().room_created();
-    Ok(room)
-}
-
-/// Creates a room, binding its slots to party tokens when asked; returns the tokens.
-fn create_room_maybe_tokens(
+/// Creates a room for `caller` (its slots bound to party tokens when asked, the tokens
+/// returned), and counts it: the room and its messages count against the caller's key.
+fn create_room(
     state: &AppState,
+    caller: &Caller,
     size: u64,
     ttl_secs: Option<u64>,
     party_tokens: bool,
 ) -> Result<(RoomInfo, Option<Vec<String>>), ApiError> {
-    if !party_tokens {
-        return Ok((create_room(state, size, ttl_secs)?, None));
-    }
     let max = state.rooms().limits().max_room_size;
     let size = u16::try_from(size).map_err(|_| core_error(&CoreError::BadRoomSize { got: size, max }))?;
-    let (room, tokens) = state
-        .rooms()
-        .create_with_party_tokens(size, ttl_secs.map(Duration::from_secs), relay_keystore::unix_now())
-        .map_err(|e| core_error(&e))?;
-    tracing::debug!(room = %room.id, size, "room created with party tokens");
+    let (ttl, now) = (ttl_secs.map(Duration::from_secs), relay_keystore::unix_now());
+    let (room, tokens) = if party_tokens {
+        let (room, tokens) =
+            state.rooms().create_with_party_tokens(size, ttl, now).map_err(|e| core_error(&e))?;
+        (room, Some(tokens))
+    } else {
+        (state.rooms().create(size, ttl, now).map_err(|e| core_error(&e))?, None)
+    };
+    tracing::debug!(room = %room.id, size, party_tokens, "room created");
     state.metrics().room_created();
-    Ok((room, Some(tokens)))
+    state.record_usage(caller, 0, 0, 1);
+    state.set_room_owner(room.id, caller);
+    Ok((room, tokens))
 }
 
 /// Credentials offered in `Sec-WebSocket-Protocol` (`relay.resume.<enc>`,
