@@ -39,8 +39,6 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use relay_proto::ErrorCode;
-
 use crate::api::{admin, console, discovery, health, mailbox, rooms, turn};
 use crate::error::{ApiError, ErrorCodeSent};
 use crate::openapi;
@@ -181,7 +179,7 @@ async fn metrics_and_json_errors(State(state): State<AppState>, req: Request, ne
         route.as_deref().unwrap_or("unmatched"),
         &method,
         status,
-        code.map(ErrorCode::as_str),
+        code,
         started.elapsed(),
     );
     resp
