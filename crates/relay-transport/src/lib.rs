@@ -23,6 +23,7 @@ pub mod admin {
 mod api;
 mod caller;
 pub mod config;
+pub mod dependency;
 pub mod error;
 mod http;
 mod metrics;
@@ -37,6 +38,7 @@ mod turn;
 pub mod ws;
 
 pub use config::ServerConfig;
+pub use dependency::{Dependencies, DependencyHealth};
 pub use error::{ApiError, TransportError};
 pub use metrics::KeyUsage;
 pub use net::MAX_BUSY_POLL;

@@ -40,6 +40,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use relay_core::mailbox::{AskEnd, MailboxStats};
+
+use crate::dependency::Dependencies;
 use relay_core::rooms::CloseReason;
 use relay_proto::ErrorCode;
 
@@ -163,6 +165,8 @@ pub(crate) struct LiveSources {
     pub(crate) mailbox: Box<dyn Fn() -> MailboxStats + Send + Sync>,
     /// Busy-poll totals; `None` when busy polling is off (its series are then absent).
     pub(crate) busy_poll: Option<Box<dyn Fn() -> BusyPollTotals + Send + Sync>>,
+    /// The external engines (PostgreSQL, Redis) and whether each is reachable.
+    pub(crate) dependencies: Dependencies,
 }
 
 /// What busy polling has spent since start.
@@ -671,6 +675,25 @@ impl Collector for LiveCollector {
         gauge("relay_mailbox_entries", "Messages stored in the mailbox.", mb.entries)?;
         gauge("relay_mailbox_bytes", "Bytes of stored mailbox frames, headers included.", mb.bytes)?;
         gauge("relay_mailbox_pending_asks", "Mailbox asks waiting for a message.", mb.pending_asks)?;
+        let dependencies = live.dependencies.statuses();
+        let mut up = encoder.encode_descriptor(
+            "relay_dependency_up",
+            "Whether each external engine (postgres, redis) was reachable at its last use: 1 or 0.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for dep in &dependencies {
+            ConstGauge::new(i64::from(dep.up)).encode(up.encode_family(&[("dependency", dep.name)])?)?;
+        }
+        let mut failures = encoder.encode_descriptor(
+            "relay_dependency_failures",
+            "Times each external engine went from reachable to unreachable since start.",
+            None,
+            MetricType::Counter,
+        )?;
+        for dep in &dependencies {
+            ConstCounter::new(dep.failures).encode(failures.encode_family(&[("dependency", dep.name)])?)?;
+        }
         if let Some(busy_poll) = &live.busy_poll {
             let totals = busy_poll();
             let seconds = ConstCounter::new(totals.micros as f64 * MICROS);
@@ -741,6 +764,7 @@ mod tests {
                 connections: 2,
             }),
             busy_poll: Some(Box::new(|| BusyPollTotals { micros: 1_500_000, backoffs: 7 })),
+            dependencies: Dependencies::default(),
         })
     }
 

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::caller::{Caller, Lease, UsageMeter};
 use crate::config::ServerConfig;
+use crate::dependency::Dependencies;
 use crate::error::TransportError;
 use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
 #[cfg(feature = "busy-poll")]
@@ -62,6 +63,8 @@ pub(crate) struct Inner {
     pub(crate) busy_poll: Option<Arc<BusyPoll>>,
     /// Recent samples of the counters, for `GET /v1/admin/stats` (the console).
     stats: StatsRing,
+    /// The external engines (PostgreSQL, Redis) and whether each is reachable now.
+    dependencies: Dependencies,
 }
 
 /// One open connection's place, under `max_connections` and its address's
@@ -153,8 +156,15 @@ impl AppState {
         });
         #[cfg(not(feature = "busy-poll"))]
         let busy_poll_totals = None;
-        let metrics =
-            Metrics::new(live_sources(&config, &connection_slots, &rooms, &mailbox, busy_poll_totals));
+        let dependencies = Dependencies::default();
+        let metrics = Metrics::new(live_sources(
+            &config,
+            &connection_slots,
+            &rooms,
+            &mailbox,
+            busy_poll_totals,
+            &dependencies,
+        ));
         let stats = StatsRing::new(config.stats.clone(), relay_keystore::unix_now());
         rooms.set_on_close(metrics.room_close_observer());
         mailbox.set_on_ask(metrics.ask_observer());
@@ -192,8 +202,15 @@ impl AppState {
                 rate_limiter,
                 metrics,
                 stats,
+                dependencies,
             }),
         })
+    }
+
+    /// The external engines (PostgreSQL, Redis): a component that uses one registers it
+    /// here and reports what it sees; `/readyz` and `/metrics` read it.
+    pub fn dependencies(&self) -> &Dependencies {
+        &self.inner.dependencies
     }
 
     /// Groups and the relay registry. Spawn [`Discovery::sweeper`] to purge expired groups.
@@ -409,6 +426,7 @@ fn live_sources(
     rooms: &Rooms,
     mailbox: &relay_core::Mailbox,
     busy_poll: Option<Box<dyn Fn() -> BusyPollTotals + Send + Sync>>,
+    dependencies: &Dependencies,
 ) -> LiveSources {
     let max = config.max_connections.min(Semaphore::MAX_PERMITS);
     let (slots, rooms, mailbox) = (connection_slots.clone(), rooms.clone(), mailbox.clone());
@@ -417,6 +435,7 @@ fn live_sources(
         rooms_open: Box::new(move || rooms.len()),
         mailbox: Box::new(move || mailbox.stats()),
         busy_poll,
+        dependencies: dependencies.clone(),
     }
 }
 

@@ -20,6 +20,8 @@ use tokio::process::{Child, Command};
 
 pub(crate) use relay_transport::{AppState, ServerConfig};
 
+pub(crate) mod services;
+
 /// A WebSocket client stream as the tests use it.
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 

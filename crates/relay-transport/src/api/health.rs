@@ -17,17 +17,27 @@ pub(crate) async fn healthz() -> Response<Body> {
 }
 
 /// `GET /readyz`: 200 `{"status":"ready"}` while serving, 503 `{"status":"draining"}`
-/// once shutdown has begun, so a load balancer stops sending new clients here.
+/// once shutdown has begun, so a load balancer stops sending new clients here, and 503
+/// `{"status":"unavailable","unavailable":["redis"]}` while an external engine the relay
+/// was started with (PostgreSQL, Redis) is unreachable.
 #[utoipa::path(
     get, path = "/readyz", operation_id = "readyz", tag = "operations", summary = "Readiness",
     responses(
         (status = 200, description = "`{\"status\":\"ready\"}`: serving", body = relay_proto::rest::Status),
-        (status = 503, description = "`{\"status\":\"draining\"}`: shutdown has begun", body = relay_proto::rest::Status),
+        (status = 503, description = "`{\"status\":\"draining\"}`: shutdown has begun; \
+            `{\"status\":\"unavailable\",\"unavailable\":[\"postgres\"]}`: an external engine is unreachable", body = relay_proto::rest::Status),
     ),
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response<Body> {
     if state.is_shutting_down() {
-        json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "draining"}))
+        return json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "draining"}));
+    }
+    let down = state.dependencies().down();
+    if !down.is_empty() {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "unavailable", "unavailable": down}),
+        )
     } else {
         json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
     }
