@@ -29,6 +29,7 @@ mod ratelimit;
 mod revocation;
 mod rooms;
 mod startup_checks;
+mod tenants;
 mod timeouts;
 mod tls;
 mod turn;

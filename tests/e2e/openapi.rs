@@ -143,7 +143,7 @@ async fn document_lists_every_route_with_its_statuses() {
         |op: &Value| -> BTreeSet<String> { op["responses"].as_object().unwrap().keys().cloned().collect() };
 
     for (path, method, expected) in [
-        ("/v1/rooms", "post", &["201", "400", "401", "413", "503"][..]),
+        ("/v1/rooms", "post", &["201", "400", "401", "413", "429", "503"][..]),
         ("/create-room", "post", &["200", "400", "401"]),
         ("/v1/rooms/{room_id}", "get", &["101", "400", "404", "409", "426", "503"]),
         ("/v1/msg-relay", "get", &["101", "401", "426", "503"]),

@@ -180,6 +180,24 @@ pub(crate) struct LimitArgs {
     /// Frames queued towards one connection before it is closed as a slow consumer.
     #[arg(long, env = "RELAY_SEND_QUEUE_FRAMES", default_value_t = Limits::default().send_queue_frames)]
     pub(crate) send_queue_frames: usize,
+    /// Bytes queued towards one mailbox connection before it is closed as a slow
+    /// consumer.
+    #[arg(long, env = "RELAY_SEND_QUEUE_BYTES", default_value_t = Limits::default().send_queue_bytes)]
+    pub(crate) send_queue_bytes: usize,
+    /// Bytes the whole relay may hold for clients: room messages, stored mailbox
+    /// messages and send queues, each with its per-entry overhead. Past it room messages
+    /// and mailbox publishes are refused and room creation answers 503.
+    #[arg(long, env = "RELAY_MAX_HELD_BYTES", default_value_t = Limits::default().max_held_bytes)]
+    pub(crate) max_held_bytes: usize,
+    /// Live rooms one API key may have created at once (429 `too_many_rooms_for_key`
+    /// past it).
+    #[arg(long, env = "RELAY_MAX_ROOMS_PER_KEY", default_value_t = Limits::default().max_rooms_per_key)]
+    pub(crate) max_rooms_per_key: usize,
+    /// A room nobody joined this many seconds after its creation closes (0: never).
+    #[arg(long, env = "RELAY_ROOM_JOIN_TIMEOUT_SECS",
+          default_value_t = Limits::default().room_join_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(..=MAX_DURATION_SECS))]
+    pub(crate) room_join_timeout_secs: u64,
 }
 
 fn parse_shards(s: &str) -> Result<usize, String> {
@@ -214,6 +232,10 @@ impl LimitArgs {
             room_ttl_max: Duration::from_secs(self.max_room_ttl_secs),
             reconnect_grace: Duration::from_secs(self.reconnect_grace_secs),
             send_queue_frames: self.send_queue_frames,
+            send_queue_bytes: self.send_queue_bytes,
+            max_held_bytes: self.max_held_bytes,
+            max_rooms_per_key: self.max_rooms_per_key,
+            room_join_timeout: Duration::from_secs(self.room_join_timeout_secs),
         }
     }
 }
@@ -235,6 +257,7 @@ impl Cli {
             max_connections_per_ip: self.ops.max_connections_per_ip,
             busy_poll: Duration::from_micros(self.ops.busy_poll_us),
             lease_check_interval: Duration::from_millis(self.ops.lease_check_interval_ms),
+            ws_idle_timeout: Duration::from_secs(self.ops.ws_idle_timeout_secs),
             console: self.ops.console,
             cors_allowed_origins: self.ops.cors_allowed_origins.clone(),
             rate_limits: self.rate_limits.to_rate_limits(),
@@ -330,6 +353,15 @@ pub(crate) struct OpsArgs {
           default_value_t = ServerConfig::default().lease_check_interval.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(50..=4000))]
     pub(crate) lease_check_interval_ms: u64,
+
+    /// Seconds a WebSocket may go without sending anything (not even a pong) before it
+    /// is closed, and that a write to it may stay blocked on a peer that stopped
+    /// reading before it is closed as a slow consumer (1013; a room party's slot is
+    /// kept for a resume). From 1 to 3600.
+    #[arg(long, env = "RELAY_WS_IDLE_TIMEOUT_SECS",
+          default_value_t = ServerConfig::default().ws_idle_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) ws_idle_timeout_secs: u64,
 
     /// Microseconds the runtime's workers keep polling for the next WebSocket frame,
     /// after one arrives, instead of sleeping (busy polling). Lowers message latency by

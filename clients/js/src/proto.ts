@@ -90,11 +90,13 @@ export const ERROR_CODES = {
   message_too_big: 413,
   upgrade_required: 426,
   rate_limited: 429,
+  too_many_rooms_for_key: 429,
   internal: 500,
   storage_error: 500,
   no_key_store: 503,
   storage_unavailable: 503,
   too_many_rooms: 503,
+  held_bytes_full: 503,
   shutting_down: 503,
 } as const;
 

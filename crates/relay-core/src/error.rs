@@ -29,6 +29,15 @@ pub enum CoreError {
     /// `max_rooms` rooms are live already.
     #[error("too many rooms: this relay holds its maximum of {0} live rooms")]
     TooManyRooms(usize),
+    /// The creating key has `max_rooms_per_key` rooms live already.
+    #[error("too many rooms for this key: it has its maximum of {0} live rooms")]
+    TooManyRoomsForKey(usize),
+    /// Holding this would pass the process-wide `max_held_bytes`.
+    #[error("the relay holds its maximum of {max} bytes for clients; try again later")]
+    HeldBytesFull {
+        /// The bound in bytes.
+        max: usize,
+    },
     /// Rooms, and a mailbox with its sweeper, are created inside a tokio runtime (each
     /// runs a timer task).
     #[error("must run inside a tokio runtime")]

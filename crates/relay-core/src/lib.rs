@@ -6,6 +6,7 @@
 //! A Rust service can drive rooms and mailboxes through channels without the transport
 //! crate: see [`rooms`] and the crate README.
 
+pub mod budget;
 mod error;
 pub mod id;
 mod limits;
@@ -13,6 +14,7 @@ pub mod mailbox;
 pub mod rooms;
 mod signal;
 
+pub use budget::HeldBytes;
 pub use error::CoreError;
 pub use id::{RoomId, RoomIdPrefix};
 pub use limits::Limits;

@@ -35,6 +35,23 @@ pub struct Limits {
     /// Frames queued towards one connection before it counts as a slow consumer and is
     /// closed with 1013 (default 1024).
     pub send_queue_frames: usize,
+    /// Bytes queued towards one mailbox connection before it counts as a slow consumer
+    /// and is closed with 1013, counted like [`Limits::send_queue_frames`] (default
+    /// 8 MiB).
+    pub send_queue_bytes: usize,
+    /// Bytes the whole process may hold for clients (default 1 GiB): rooms' held
+    /// messages, stored mailbox messages and mailbox send queues, each counted with its
+    /// per-entry overhead ([`crate::budget`]). Past it a room message is refused
+    /// (`held_bytes_full`), a mailbox PUB closes its connection with 1013, and room
+    /// creation answers 503.
+    pub max_held_bytes: usize,
+    /// Live rooms one API key may have created at once (default 1,000); past it its
+    /// creations are refused (429 `too_many_rooms_for_key`) while other keys still
+    /// create rooms.
+    pub max_rooms_per_key: usize,
+    /// A room that nobody has joined this long after its creation closes (default 60 s;
+    /// zero turns the check off).
+    pub room_join_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +69,10 @@ impl Default for Limits {
             room_ttl_max: Duration::from_secs(86_400),
             reconnect_grace: Duration::from_secs(30),
             send_queue_frames: 1024,
+            send_queue_bytes: 8 << 20,
+            max_held_bytes: 1 << 30,
+            max_rooms_per_key: 1_000,
+            room_join_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -4,7 +4,11 @@
 //! message with its sender's slot, numbers what it delivers to each receiver (`seq`
 //! 1, 2, 3, ... per receiver), holds messages for parties that are absent, keeps what
 //! was delivered but not acked so a dropped party can resume without loss, and bounds
-//! everything a room holds by [`Limits::max_room_held_bytes`].
+//! everything a room holds by [`Limits::max_room_held_bytes`] and, with every other room
+//! and the mailbox, by the process-wide [`HeldBytes`] budget ([`Limits::max_held_bytes`]).
+//! A room may have an owner (the API key that created it): an owner has at most
+//! [`Limits::max_rooms_per_key`] live rooms, and [`Rooms::close_owned_by`] closes them
+//! all. A room nobody joins within [`Limits::room_join_timeout`] closes.
 //!
 //! No sockets here: the transport moves frames between a WebSocket and a [`Party`], and
 //! a Rust service can drive a [`Party`] directly. Deadlines (TTL, reconnect grace) run
@@ -32,6 +36,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::budget::{HeldBytes, detach};
 use crate::error::CoreError;
 use crate::id::{RoomId, RoomIdPrefix};
 use crate::limits::Limits;
@@ -160,6 +165,12 @@ pub enum CloseReason {
     ClosedByOperator,
     /// A party aborted the room ([`Party::abort`]).
     Aborted,
+    /// Nobody joined within [`Limits::room_join_timeout`] of its creation.
+    NotJoined,
+    /// The API key that created the room was revoked ([`Rooms::close_owned_by`]).
+    KeyRevoked,
+    /// The API key that created the room expired ([`Rooms::close_owned_by`]).
+    KeyExpired,
 }
 
 /// What a party receives, in order.
@@ -211,9 +222,41 @@ pub struct Party {
 struct Registry {
     limits: Limits,
     prefix: Option<RoomIdPrefix>,
-    rooms: Mutex<HashMap<RoomId, Arc<Room>>>,
+    rooms: Mutex<RoomMap>,
+    /// The process-wide budget every room's held messages count against.
+    budget: HeldBytes,
     /// Told of every room that closes ([`Rooms::set_on_close`]), e.g. for metrics.
     on_close: OnceLock<RoomCloseHook>,
+}
+
+/// The live rooms, and how many each owner has, under one lock.
+#[derive(Default)]
+struct RoomMap {
+    rooms: HashMap<RoomId, Arc<Room>>,
+    per_owner: HashMap<Arc<str>, usize>,
+}
+
+impl RoomMap {
+    fn get(&self, id: &RoomId) -> Option<&Arc<Room>> {
+        self.rooms.get(id)
+    }
+
+    fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Forgets room `id`, and counts it off its owner's rooms.
+    fn remove(&mut self, id: &RoomId) {
+        let Some(room) = self.rooms.remove(id) else { return };
+        if let Some(owner) = &room.owner
+            && let Some(count) = self.per_owner.get_mut(owner)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_owner.remove(owner);
+            }
+        }
+    }
 }
 
 /// Called once per room that closes, with its lifetime and why it closed.
@@ -221,6 +264,10 @@ type RoomCloseHook = Box<dyn Fn(Duration, CloseReason) + Send + Sync>;
 
 struct Room {
     id: RoomId,
+    /// Who created it (an API key's name), if anyone in particular.
+    owner: Option<Arc<str>>,
+    /// The process-wide budget its held messages count against.
+    budget: HeldBytes,
     size: u16,
     expires_at: u64,
     /// When the room was created: its lifetime is reported when it closes.
@@ -228,6 +275,8 @@ struct Room {
     /// Unix seconds of creation, as the creator gave them (for the admin's room list).
     created_at: u64,
     deadline: Instant,
+    /// The room closes at this instant if nobody has joined by then (`None`: never).
+    join_deadline: Option<Instant>,
     max_held_bytes: usize,
     max_message_bytes: usize,
     reconnect_grace: Duration,
@@ -290,16 +339,30 @@ struct Held {
 
 impl Rooms {
     /// An empty registry enforcing `limits`; every room ID it issues starts with
-    /// `prefix` when given.
+    /// `prefix` when given. Its held messages count against a budget of its own of
+    /// `limits.max_held_bytes`; use [`Rooms::with_budget`] to share one with a mailbox.
     pub fn new(limits: Limits, prefix: Option<RoomIdPrefix>) -> Rooms {
+        let budget = HeldBytes::new(limits.max_held_bytes);
+        Rooms::with_budget(limits, prefix, budget)
+    }
+
+    /// Like [`Rooms::new`], with held messages counted against `budget` (shared with
+    /// the mailbox of the same process).
+    pub fn with_budget(limits: Limits, prefix: Option<RoomIdPrefix>, budget: HeldBytes) -> Rooms {
         Rooms {
             inner: Arc::new(Registry {
                 limits,
                 prefix,
-                rooms: Mutex::new(HashMap::new()),
+                rooms: Mutex::new(RoomMap::default()),
+                budget,
                 on_close: OnceLock::new(),
             }),
         }
+    }
+
+    /// The held-bytes budget this registry's rooms count against.
+    pub fn budget(&self) -> &HeldBytes {
+        &self.inner.budget
     }
 
     /// Calls `hook` with the lifetime (creation to close) and the reason of every room
@@ -325,7 +388,29 @@ impl Rooms {
         ttl: Option<Duration>,
         now_unix: u64,
     ) -> Result<RoomInfo, CoreError> {
-        self.create_room(room_size, ttl, now_unix, None)
+        self.create_room(room_size, ttl, now_unix, None, None)
+    }
+
+    /// Creates a room for `owner` (an API key's name; `None` for nobody in particular),
+    /// with party tokens when `party_tokens` is set (returned, slot 0 first): like
+    /// [`Rooms::create`] and [`Rooms::create_with_party_tokens`], but refused with
+    /// [`CoreError::TooManyRoomsForKey`] when `owner` already has
+    /// [`Limits::max_rooms_per_key`] live rooms.
+    pub fn create_owned(
+        &self,
+        owner: Option<&str>,
+        room_size: u16,
+        ttl: Option<Duration>,
+        now_unix: u64,
+        party_tokens: bool,
+    ) -> Result<(RoomInfo, Option<Vec<String>>), CoreError> {
+        let owner: Option<Arc<str>> = owner.map(Arc::from);
+        if !party_tokens {
+            return Ok((self.create_room(room_size, ttl, now_unix, None, owner)?, None));
+        }
+        let (digests, tokens) = self.party_tokens(room_size)?;
+        let info = self.create_room(room_size, ttl, now_unix, Some(digests), owner)?;
+        Ok((info, Some(tokens)))
     }
 
     /// Like [`Rooms::create`], but binds each slot to a fresh party token (at least
@@ -338,8 +423,15 @@ impl Rooms {
         ttl: Option<Duration>,
         now_unix: u64,
     ) -> Result<(RoomInfo, Vec<String>), CoreError> {
-        // A size over the limit is refused by `create_room` below; draw no more tokens
-        // than a valid room can have before that.
+        let (digests, tokens) = self.party_tokens(room_size)?;
+        let info = self.create_room(room_size, ttl, now_unix, Some(digests), None)?;
+        Ok((info, tokens))
+    }
+
+    /// Draws a party token per slot: their digests and the tokens.
+    fn party_tokens(&self, room_size: u16) -> Result<(Vec<[u8; 32]>, Vec<String>), CoreError> {
+        // A size over the limit is refused by `create_room` afterwards; draw no more
+        // tokens than a valid room can have before that.
         let count = room_size.min(self.inner.limits.max_room_size);
         let mut tokens = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
@@ -348,8 +440,7 @@ impl Rooms {
             tokens.push(BASE64_URL_SAFE_NO_PAD.encode(bytes));
         }
         let digests = tokens.iter().map(|t| party_token_digest(t)).collect();
-        let info = self.create_room(room_size, ttl, now_unix, Some(digests))?;
-        Ok((info, tokens))
+        Ok((digests, tokens))
     }
 
     fn create_room(
@@ -358,6 +449,7 @@ impl Rooms {
         ttl: Option<Duration>,
         now_unix: u64,
         party_tokens: Option<Vec<[u8; 32]>>,
+        owner: Option<Arc<str>>,
     ) -> Result<RoomInfo, CoreError> {
         let limits = &self.inner.limits;
         if room_size < 2 || room_size > limits.max_room_size {
@@ -378,19 +470,31 @@ impl Rooms {
             if rooms.len() >= limits.max_rooms {
                 return Err(CoreError::TooManyRooms(limits.max_rooms));
             }
+            if let Some(owner) = &owner
+                && rooms.per_owner.get(owner).is_some_and(|&n| n >= limits.max_rooms_per_key)
+            {
+                return Err(CoreError::TooManyRoomsForKey(limits.max_rooms_per_key));
+            }
             let id = loop {
                 let id = RoomId::generate(self.inner.prefix);
-                if !rooms.contains_key(&id) {
+                if !rooms.rooms.contains_key(&id) {
                     break id;
                 }
             };
+            if let Some(owner) = &owner {
+                *rooms.per_owner.entry(owner.clone()).or_insert(0) += 1;
+            }
             let room = Arc::new(Room {
                 id,
+                owner,
+                budget: self.inner.budget.clone(),
                 size: room_size,
                 expires_at,
                 created_at: now_unix,
                 created: Instant::now(),
                 deadline: instant_after(ttl),
+                join_deadline: (!limits.room_join_timeout.is_zero())
+                    .then(|| instant_after(limits.room_join_timeout)),
                 max_held_bytes: limits.max_room_held_bytes,
                 max_message_bytes: limits.max_message_bytes,
                 reconnect_grace: limits.reconnect_grace,
@@ -407,7 +511,7 @@ impl Rooms {
                 timer: Notify::new(),
                 registry: Arc::downgrade(&self.inner),
             });
-            rooms.insert(id, room.clone());
+            rooms.rooms.insert(id, room.clone());
             room
         };
         let info = room.info();
@@ -429,7 +533,7 @@ impl Rooms {
 
     /// Every live room.
     pub fn list(&self) -> Vec<RoomInfo> {
-        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).rooms.values().cloned().collect();
         rooms.iter().map(|r| r.info()).collect()
     }
 
@@ -446,18 +550,45 @@ impl Rooms {
     /// Closes every room with `reason` (for a shutdown); their parties get
     /// [`PartyEvent::Closed`].
     pub fn close_all(&self, reason: CloseReason) {
-        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).values().cloned().collect();
+        let rooms: Vec<Arc<Room>> = lock(&self.inner.rooms).rooms.values().cloned().collect();
         for room in rooms {
             room.close(reason);
         }
+    }
+
+    /// The owner room `id` was created for, if it is live and has one.
+    pub fn owner(&self, id: &RoomId) -> Option<Arc<str>> {
+        lock(&self.inner.rooms).get(id).and_then(|r| r.owner.clone())
+    }
+
+    /// Every owner with at least one live room.
+    pub fn owners(&self) -> Vec<Arc<str>> {
+        lock(&self.inner.rooms).per_owner.keys().cloned().collect()
+    }
+
+    /// Live rooms `owner` has now.
+    pub fn count_owned_by(&self, owner: &str) -> usize {
+        lock(&self.inner.rooms).per_owner.get(owner).copied().unwrap_or(0)
+    }
+
+    /// Closes every live room created for `owner` with `reason` (its key was revoked or
+    /// expired); returns how many it closed.
+    pub fn close_owned_by(&self, owner: &str, reason: CloseReason) -> usize {
+        let owned: Vec<Arc<Room>> = {
+            let map = lock(&self.inner.rooms);
+            if !map.per_owner.contains_key(owner) {
+                return 0;
+            }
+            map.rooms.values().filter(|r| r.owner.as_deref() == Some(owner)).cloned().collect()
+        };
+        owned.iter().filter(|room| room.close(reason)).count()
     }
 
     /// Closes room `id` with `reason` (an operator's decision); its parties get
     /// [`PartyEvent::Closed`]. Returns whether a live room had that ID.
     pub fn close(&self, id: &RoomId, reason: CloseReason) -> bool {
         let Some(room) = lock(&self.inner.rooms).get(id).cloned() else { return false };
-        room.close(reason);
-        true
+        room.close(reason)
     }
 }
 
@@ -480,6 +611,8 @@ impl CloseReason {
             CloseReason::Shutdown => CloseCode::GoingAway,
             CloseReason::ClosedByOperator => CloseCode::Policy,
             CloseReason::Aborted => CloseCode::Aborted,
+            CloseReason::NotJoined => CloseCode::Normal,
+            CloseReason::KeyRevoked | CloseReason::KeyExpired => CloseCode::Policy,
         }
     }
 
@@ -497,6 +630,9 @@ impl CloseReason {
             CloseReason::Shutdown => "server shutting down",
             CloseReason::ClosedByOperator => "room closed by the operator",
             CloseReason::Aborted => "room aborted",
+            CloseReason::NotJoined => "room not joined in time",
+            CloseReason::KeyRevoked => "api key revoked",
+            CloseReason::KeyExpired => "api key expired",
         }
     }
 }
@@ -551,6 +687,9 @@ impl Party {
         wakes: &mut Vec<Arc<Signal>>,
     ) -> Result<(), CoreError> {
         let room = &*self.room;
+        // Copied out of its read buffer (when small) before the lock, so that holding
+        // it keeps no larger buffer alive.
+        let payload = detach(payload);
         let mut st = lock(&room.state);
         if st.closed.is_some() || !st.is_current(self.slot, self.conn) {
             return Err(CoreError::PartyClosed);
@@ -572,6 +711,9 @@ impl Party {
         let cost = (payload.len() + HELD_MESSAGE_OVERHEAD) * receivers;
         if st.held_bytes + cost > room.max_held_bytes {
             return Err(CoreError::RoomBufferFull { max: room.max_held_bytes });
+        }
+        if !room.budget.try_reserve(cost) {
+            return Err(CoreError::HeldBytesFull { max: room.budget.max() });
         }
         st.held_bytes += cost;
         let from = self.slot;
@@ -651,7 +793,7 @@ impl Party {
             }
             st.aborted = Some((self.slot, reason));
             st.closed = Some(CloseReason::Aborted);
-            st.held_bytes = 0;
+            self.room.budget.release(std::mem::take(&mut st.held_bytes));
             for slot in &mut st.slots {
                 slot.queue = VecDeque::new();
                 slot.events = VecDeque::new();
@@ -677,7 +819,9 @@ impl Party {
         if upto <= slot.acked {
             return;
         }
-        st.held_bytes -= slot.drop_through(upto);
+        let freed = slot.drop_through(upto);
+        st.held_bytes -= freed;
+        self.room.budget.release(freed);
     }
 
     /// Leaves the room for good: nothing more is held for this slot and it cannot be
@@ -695,7 +839,9 @@ impl Party {
             slot.conn = None;
             slot.events.clear();
             let upto = slot.next_seq - 1;
-            st.held_bytes -= slot.drop_through(upto);
+            let freed = slot.drop_through(upto);
+            st.held_bytes -= freed;
+            self.room.budget.release(freed);
             self.room.after_disconnect(st, self.slot)
         };
         if close_now {
@@ -829,7 +975,9 @@ impl Room {
                 if last >= slot.next_seq {
                     return Err(CoreError::ResumeAhead { last_seq: last, last: slot.next_seq - 1 });
                 }
-                st.held_bytes -= slot.drop_through(last);
+                let freed = slot.drop_through(last);
+                st.held_bytes -= freed;
+                room.budget.release(freed);
                 slot.delivered = last;
                 if let Some(old) = slot.conn.take() {
                     old.signal.notify();
@@ -986,15 +1134,15 @@ impl Room {
     }
 
     /// Closes the room: every connection gets [`PartyEvent::Closed`], held messages are
-    /// freed and the registry forgets it. Idempotent.
-    fn close(&self, reason: CloseReason) {
+    /// freed and the registry forgets it. Idempotent: returns whether this call closed it.
+    fn close(&self, reason: CloseReason) -> bool {
         {
             let mut st = lock(&self.state);
             if st.closed.is_some() {
-                return;
+                return false;
             }
             st.closed = Some(reason);
-            st.held_bytes = 0;
+            self.budget.release(std::mem::take(&mut st.held_bytes));
             for slot in &mut st.slots {
                 slot.queue = VecDeque::new();
                 slot.events = VecDeque::new();
@@ -1005,6 +1153,7 @@ impl Room {
         }
         self.timer.notify_one();
         self.forget(reason);
+        true
     }
 
     /// Removes the closed room from the registry and reports its close.
@@ -1094,12 +1243,13 @@ async fn run_room_timer(room: Arc<Room>) {
             room.forget(CloseReason::Aborted);
             return;
         }
-        let grace_until = {
+        let (grace_until, join_deadline) = {
             let st = lock(&room.state);
             if st.closed.is_some() {
                 return;
             }
-            st.grace_until
+            let joined = st.slots.iter().any(|s| s.token.is_some());
+            (st.grace_until, room.join_deadline.filter(|_| !joined))
         };
         tokio::select! {
             () = tokio::time::sleep_until(room.deadline) => {
@@ -1114,6 +1264,13 @@ async fn run_room_timer(room: Arc<Room>) {
                 };
                 if empty {
                     room.close(CloseReason::AllLeft);
+                    return;
+                }
+            }
+            () = sleep_until_some(join_deadline) => {
+                let joined = lock(&room.state).slots.iter().any(|s| s.token.is_some());
+                if !joined {
+                    room.close(CloseReason::NotJoined);
                     return;
                 }
             }

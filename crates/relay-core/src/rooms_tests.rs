@@ -609,3 +609,126 @@ async fn abort_tells_the_others_closes_everyone_and_lingers_for_resumes() {
     assert!(rooms.info(&room.id).is_none(), "forgotten after the grace");
     assert_eq!(resume(&rooms, &room.id, &c_token, None).unwrap_err(), CoreError::RoomNotFound);
 }
+
+/// The process-wide budget is charged each held message (payload plus overhead, per
+/// receiver), refuses what does not fit with `HeldBytesFull` while the room's own bound
+/// still has room, and is back at zero once everything is acked, and again once a room
+/// closes with messages still held.
+#[tokio::test(start_paused = true)]
+async fn the_held_bytes_budget_is_charged_refuses_when_full_and_returns_to_zero() {
+    let cost = 100 + HELD_MESSAGE_OVERHEAD;
+    let budget = HeldBytes::new(3 * cost);
+    let rooms = Rooms::with_budget(limits(), None, budget.clone());
+    let room = rooms.create(2, None, NOW).unwrap();
+    let a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    for _ in 0..3 {
+        a.send(Destination::Slot(1), Bytes::from(vec![1u8; 100])).unwrap();
+    }
+    assert_eq!(budget.held(), 3 * cost);
+    let refused = a.send(Destination::Slot(1), Bytes::from(vec![1u8; 100]));
+    assert_eq!(refused, Err(CoreError::HeldBytesFull { max: 3 * cost }));
+    // Another room shares the budget: it is refused too, and its own bound is far off.
+    let other = rooms.create(2, None, NOW).unwrap();
+    let c = join(&rooms, &other.id);
+    let _d = join(&rooms, &other.id);
+    assert!(matches!(
+        c.send(Destination::Slot(1), Bytes::from_static(b"x")),
+        Err(CoreError::HeldBytesFull { .. })
+    ));
+    // Delivered and acked: everything comes back, and the refused send did not count.
+    let got = data(&mut b);
+    assert_eq!(got.len(), 3);
+    b.ack(got[2].0);
+    assert_eq!(budget.held(), 0);
+    // Held, then the room closes: the close gives it back.
+    c.send(Destination::Slot(1), Bytes::from_static(b"held")).unwrap();
+    assert_eq!(budget.held(), 4 + HELD_MESSAGE_OVERHEAD);
+    assert!(rooms.close(&other.id, CloseReason::ClosedByOperator));
+    assert_eq!(budget.held(), 0);
+    // A broadcast counts per receiver; a party leaving gives its share back.
+    let three = rooms.create(3, None, NOW).unwrap();
+    let x = join(&rooms, &three.id);
+    let y = join(&rooms, &three.id);
+    let _z = join(&rooms, &three.id);
+    x.send(Destination::Broadcast, Bytes::from_static(b"bb")).unwrap();
+    assert_eq!(budget.held(), 2 * (2 + HELD_MESSAGE_OVERHEAD));
+    y.leave();
+    assert_eq!(budget.held(), 2 + HELD_MESSAGE_OVERHEAD);
+    x.abort("done");
+    assert_eq!(budget.held(), 0, "an abort frees what was held");
+}
+
+/// A small payload is held in an allocation of its own, not as a view of the (large)
+/// buffer it arrived in.
+#[tokio::test(start_paused = true)]
+async fn a_small_held_payload_does_not_pin_its_read_buffer() {
+    let rooms = Rooms::new(limits(), None);
+    let room = rooms.create(2, None, NOW).unwrap();
+    let a = join(&rooms, &room.id);
+    let mut b = join(&rooms, &room.id);
+    let buffer = Bytes::from(vec![9u8; 512 << 10]);
+    let payload = buffer.slice(100..200);
+    a.send(Destination::Slot(1), payload.clone()).unwrap();
+    let got = data(&mut b);
+    assert_eq!(got[0].2, payload);
+    let held = got[0].2.as_ptr() as usize;
+    let start = buffer.as_ptr() as usize;
+    assert!(held < start || held >= start + buffer.len(), "the held payload points into the read buffer");
+}
+
+/// One owner has at most `max_rooms_per_key` live rooms; another owner and ownerless
+/// creations are not affected; a closed room frees its place; `close_owned_by` closes
+/// only that owner's rooms.
+#[tokio::test(start_paused = true)]
+async fn rooms_per_owner_are_bounded_and_closed_together() {
+    let rooms = Rooms::new(Limits { max_rooms_per_key: 2, ..limits() }, None);
+    let (r1, _) = rooms.create_owned(Some("a"), 2, None, NOW, false).unwrap();
+    let (_, tokens) = rooms.create_owned(Some("a"), 2, None, NOW, true).unwrap();
+    assert_eq!(tokens.map(|t| t.len()), Some(2));
+    let third = rooms.create_owned(Some("a"), 2, None, NOW, false);
+    assert_eq!(third.map(|_| ()), Err(CoreError::TooManyRoomsForKey(2)));
+    let (b1, _) = rooms.create_owned(Some("b"), 2, None, NOW, false).unwrap();
+    rooms.create(2, None, NOW).unwrap();
+    assert_eq!(rooms.owner(&r1.id).as_deref(), Some("a"));
+    assert_eq!(rooms.count_owned_by("a"), 2);
+    assert!(rooms.close(&r1.id, CloseReason::ClosedByOperator));
+    assert_eq!(rooms.count_owned_by("a"), 1);
+    rooms.create_owned(Some("a"), 2, None, NOW, false).unwrap();
+    let mut owners: Vec<String> = rooms.owners().iter().map(|o| o.to_string()).collect();
+    owners.sort();
+    assert_eq!(owners, ["a", "b"]);
+    let mut party = join(&rooms, &b1.id);
+    assert_eq!(rooms.close_owned_by("a", CloseReason::KeyExpired), 2);
+    assert_eq!(rooms.count_owned_by("a"), 0);
+    assert_eq!(rooms.len(), 2, "b's room and the ownerless one stay");
+    assert!(drain(&mut party).iter().all(|e| !matches!(e, PartyEvent::Closed(_))));
+    assert_eq!(rooms.close_owned_by("b", CloseReason::KeyRevoked), 1);
+    assert_eq!(party.next_event().await, PartyEvent::Closed(CloseReason::KeyRevoked));
+    assert_eq!(CloseReason::KeyExpired.text(), "api key expired");
+}
+
+/// A room nobody joins closes at the join timeout; one that someone joined does not.
+#[tokio::test(start_paused = true)]
+async fn a_room_nobody_joins_closes_at_the_join_timeout() {
+    let timeout = Duration::from_secs(60);
+    let rooms = Rooms::new(Limits { room_join_timeout: timeout, ..limits() }, None);
+    let lonely = rooms.create(2, None, NOW).unwrap();
+    let joined = rooms.create(2, None, NOW).unwrap();
+    let party = join(&rooms, &joined.id);
+    tokio::time::advance(timeout - Duration::from_secs(1)).await;
+    settle().await;
+    assert!(rooms.info(&lonely.id).is_some(), "closed before the timeout");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle().await;
+    assert!(rooms.info(&lonely.id).is_none(), "an unjoined room outlived the join timeout");
+    assert!(rooms.info(&joined.id).is_some(), "a joined room closed at the join timeout");
+    assert_eq!(rooms.join(&lonely.id, JoinRequest::default()).map(|_| ()), Err(CoreError::RoomNotFound));
+    drop(party);
+    // Zero turns it off.
+    let off = Rooms::new(Limits { room_join_timeout: Duration::ZERO, ..limits() }, None);
+    let kept = off.create(2, None, NOW).unwrap();
+    tokio::time::advance(Duration::from_secs(500)).await;
+    settle().await;
+    assert!(off.info(&kept.id).is_some());
+}

@@ -147,6 +147,9 @@ error_codes! {
     UpgradeRequired = ("upgrade_required", 426),
     /// 429: over a rate limit; `Retry-After` says when to come back.
     RateLimited = ("rate_limited", 429),
+    /// 429: the API key has `--max-rooms-per-key` live rooms already; other keys still
+    /// create rooms.
+    TooManyRoomsForKey = ("too_many_rooms_for_key", 429),
     // ---- 500, 503 ----
     /// 500: a relay bug.
     Internal = ("internal", 500),
@@ -158,6 +161,9 @@ error_codes! {
     StorageUnavailable = ("storage_unavailable", 503),
     /// 503: the relay holds as many rooms as it may.
     TooManyRooms = ("too_many_rooms", 503),
+    /// 503 (and in-room `error` event): the relay holds `--max-held-bytes` for clients
+    /// already; try again once messages are delivered.
+    HeldBytesFull = ("held_bytes_full", 503),
     /// 503: the relay is stopping.
     ShuttingDown = ("shutting_down", 503),
 }

@@ -90,6 +90,8 @@ pub(crate) fn core_error(e: &CoreError) -> ApiError {
         | CoreError::BadSlot { .. }
         | CoreError::ResumeAhead { .. } => ErrorCode::BadRequest,
         CoreError::TooManyRooms(_) => ErrorCode::TooManyRooms,
+        CoreError::TooManyRoomsForKey(_) => ErrorCode::TooManyRoomsForKey,
+        CoreError::HeldBytesFull { .. } => ErrorCode::HeldBytesFull,
         CoreError::RoomNotFound => ErrorCode::RoomNotFound,
         CoreError::RoomFull(_) => ErrorCode::RoomFull,
         CoreError::SlotTaken(_) => ErrorCode::SlotTaken,

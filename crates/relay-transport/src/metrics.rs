@@ -161,6 +161,9 @@ pub(crate) struct LiveSources {
     pub(crate) connections_open: Box<dyn Fn() -> usize + Send + Sync>,
     /// Rooms alive.
     pub(crate) rooms_open: Box<dyn Fn() -> usize + Send + Sync>,
+    /// Bytes held for clients against `--max-held-bytes` (rooms, mailbox, send queues),
+    /// and that bound.
+    pub(crate) held_bytes: Box<dyn Fn() -> (usize, usize) + Send + Sync>,
     /// What the mailbox holds; walks every namespace, so called once per scrape.
     pub(crate) mailbox: Box<dyn Fn() -> MailboxStats + Send + Sync>,
     /// Busy-poll totals; `None` when busy polling is off (its series are then absent).
@@ -666,6 +669,13 @@ impl Collector for LiveCollector {
             (live.connections_open)(),
         )?;
         gauge("relay_rooms_open", "Rooms alive (created, not yet expired or closed).", (live.rooms_open)())?;
+        let (held, max_held) = (live.held_bytes)();
+        gauge(
+            "relay_held_bytes",
+            "Bytes held for clients (room messages, stored mailbox messages, send queues, each with its per-entry overhead), against --max-held-bytes.",
+            held,
+        )?;
+        gauge("relay_held_bytes_max", "The --max-held-bytes bound.", max_held)?;
         let mb = (live.mailbox)();
         gauge(
             "relay_mailbox_namespaces",
@@ -756,6 +766,7 @@ mod tests {
         Metrics::new(LiveSources {
             connections_open: Box::new(|| 3),
             rooms_open: Box::new(|| 2),
+            held_bytes: Box::new(|| (1234, 1 << 30)),
             mailbox: Box::new(|| MailboxStats {
                 namespaces: 1,
                 entries: 4,
@@ -803,6 +814,8 @@ mod tests {
         for line in [
             "relay_connections_open 3",
             "relay_rooms_open 2",
+            "relay_held_bytes 1234",
+            "relay_held_bytes_max 1073741824",
             "relay_mailbox_namespaces 1",
             "relay_mailbox_entries 4",
             "relay_mailbox_bytes 43",

@@ -45,8 +45,6 @@ pub(crate) struct Inner {
     /// The API keys and admin token; `None` only in tests and embeddings built with
     /// [`AppState::new`] (then key-gated and admin routes answer 503 when enforced).
     pub(crate) keystore: Option<Arc<KeyStore>>,
-    /// The key that created each room, so the room's messages count against it.
-    pub(crate) room_owners: Mutex<std::collections::HashMap<relay_core::RoomId, String>>,
     /// One permit per open connection, `max_connections` in all, shared by every
     /// listener. A connection's permit lives inside its I/O object, so it is held
     /// through the TLS handshake and after a WebSocket upgrade, until the socket closes.
@@ -145,8 +143,10 @@ impl AppState {
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connection_slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         let rate_limiter = RateLimiter::new(&config.rate_limits);
-        let rooms = Rooms::new(config.limits.clone(), config.room_id_prefix);
-        let mailbox = relay_core::Mailbox::start(config.limits.clone())
+        // One budget of held bytes for every room and the mailbox (--max-held-bytes).
+        let budget = relay_core::HeldBytes::new(config.limits.max_held_bytes);
+        let rooms = Rooms::with_budget(config.limits.clone(), config.room_id_prefix, budget.clone());
+        let mailbox = relay_core::Mailbox::start_with_budget(config.limits.clone(), budget)
             .map_err(|e| TransportError::Config(format!("cannot start the mailbox: {e}")))?;
         #[cfg(feature = "busy-poll")]
         let busy_poll = BusyPoll::new(config.busy_poll);
@@ -184,7 +184,7 @@ impl AppState {
             };
             metrics.set_key_usage_source(Box::new(source));
         }
-        Ok(AppState {
+        let state = AppState {
             inner: Arc::new(Inner {
                 rooms,
                 #[cfg(feature = "busy-poll")]
@@ -196,7 +196,6 @@ impl AppState {
                 drain_tx: Mutex::new(Some(drain_tx)),
                 drain_rx: tokio::sync::Mutex::new(drain_rx),
                 keystore,
-                room_owners: Mutex::default(),
                 connection_slots,
                 per_ip_connections: Arc::default(),
                 rate_limiter,
@@ -204,7 +203,11 @@ impl AppState {
                 stats,
                 dependencies,
             }),
-        })
+        };
+        if state.inner.keystore.is_some() {
+            tokio::spawn(close_rooms_of_lapsed_keys(Arc::downgrade(&state.inner)));
+        }
+        Ok(state)
     }
 
     /// The external engines (PostgreSQL, Redis): a component that uses one registers it
@@ -363,22 +366,11 @@ impl AppState {
         UsageMeter(self.keystore().cloned().zip(caller.key_name.clone()))
     }
 
-    /// Remembers that `caller`'s key created `room`, so the room's messages count
-    /// against that key (parties join with the room ID alone, no key).
-    pub(crate) fn set_room_owner(&self, room: RoomId, caller: &Caller) {
-        let Some(name) = caller.key_name.clone() else { return };
-        let mut owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
-        // Forget closed rooms now and then: amortized, and bounded by the live rooms.
-        if owners.len() >= 2 * self.rooms().len() + ROOM_OWNERS_SLACK {
-            owners.retain(|id, _| self.rooms().info(id).is_some());
-        }
-        owners.insert(room, name);
-    }
-
-    /// A meter that counts a room party's messages against the key that created the room.
+    /// A meter that counts a room party's messages against the key that created the
+    /// room (its owner in the room registry; parties join with the room ID alone).
     pub(crate) fn room_usage_meter(&self, room: &RoomId) -> UsageMeter {
-        let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
-        UsageMeter(self.keystore().cloned().zip(owners.get(room).cloned()))
+        let owner = self.rooms().owner(room).map(|o| o.to_string());
+        UsageMeter(self.keystore().cloned().zip(owner))
     }
 
     /// Why a connection holding `lease` must end now, if it must: its key revoked or
@@ -404,17 +396,43 @@ impl AppState {
     }
 
     /// Closes every live room key `name` created (its key was revoked): their parties
-    /// get the operator's close (1008), their room-scoped mailboxes end. Returns how
-    /// many rooms it closed.
+    /// get 1008 `api key revoked`, their room-scoped mailboxes end. Returns how many
+    /// rooms it closed.
     pub(crate) fn close_rooms_of_key(&self, name: &str) -> usize {
-        let owned: Vec<RoomId> = {
-            let owners = self.inner.room_owners.lock().unwrap_or_else(PoisonError::into_inner);
-            owners.iter().filter(|(_, owner)| owner.as_str() == name).map(|(id, _)| *id).collect()
-        };
-        owned
-            .iter()
-            .filter(|id| self.rooms().close(id, relay_core::rooms::CloseReason::ClosedByOperator))
-            .count()
+        self.rooms().close_owned_by(name, relay_core::rooms::CloseReason::KeyRevoked)
+    }
+}
+
+/// Every `lease_check_interval`, closes the rooms of owners whose key is no longer
+/// active: expired (1008 `api key expired`), or revoked or removed (1008 `api key
+/// revoked`; a revocation through the admin API closes them at once already). One read
+/// of the key store per owner with live rooms per interval, never per message. Ends
+/// when the state is dropped.
+async fn close_rooms_of_lapsed_keys(state: std::sync::Weak<Inner>) {
+    use relay_core::rooms::CloseReason;
+    use relay_keystore::KeyStatus;
+    let Some(period) = state.upgrade().map(|s| s.config.lease_check_interval) else { return };
+    let mut tick = tokio::time::interval(period.max(std::time::Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = state.upgrade() else { return };
+        let Some(store) = &inner.keystore else { return };
+        let now = relay_keystore::unix_now();
+        for owner in inner.rooms.owners() {
+            let reason = match store.status(&owner, now) {
+                Some(KeyStatus::Active) => continue,
+                Some(KeyStatus::Expired) => CloseReason::KeyExpired,
+                _ => CloseReason::KeyRevoked,
+            };
+            let closed = inner.rooms.close_owned_by(&owner, reason);
+            tracing::info!(
+                key = &*owner,
+                rooms_closed = closed,
+                reason = reason.text(),
+                "rooms of a lapsed key closed"
+            );
+        }
     }
 }
 
@@ -432,15 +450,16 @@ fn live_sources(
     let (slots, rooms, mailbox) = (connection_slots.clone(), rooms.clone(), mailbox.clone());
     LiveSources {
         connections_open: Box::new(move || max.saturating_sub(slots.available_permits())),
+        held_bytes: Box::new({
+            let budget = rooms.budget().clone();
+            move || (budget.held(), budget.max())
+        }),
         rooms_open: Box::new(move || rooms.len()),
         mailbox: Box::new(move || mailbox.stats()),
         busy_poll,
         dependencies: dependencies.clone(),
     }
 }
-
-/// Closed rooms whose owner entry may linger before the owner map is pruned.
-const ROOM_OWNERS_SLACK: usize = 64;
 
 #[cfg(test)]
 mod tests {

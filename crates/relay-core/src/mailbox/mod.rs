@@ -12,7 +12,10 @@
 //!
 //! Bounds: a frame is at most `max_message_bytes`; a namespace stores at most
 //! `max_namespace_held_bytes`; a connection has at most `max_pending_asks` waiting asks
-//! and `send_queue_frames` frames queued towards it, past which it is a slow consumer.
+//! and `send_queue_frames` frames (`send_queue_bytes` bytes) queued towards it, past
+//! which it is a slow consumer. Stored and queued frames also count against the
+//! process-wide held-bytes budget ([`crate::budget`]), shared with rooms; a PUB that
+//! does not fit is refused ([`MailboxError::HeldBytesFull`]).
 //! A namespace is split into `mailbox_namespace_shards` shards by message ID, each with
 //! its own lock, so frames of different IDs never contend. Expiry is a per-shard
 //! min-heap of deadlines popped by whoever next touches the shard, plus one sweeper task
@@ -34,9 +37,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+pub use queue::QUEUED_FRAME_OVERHEAD;
 pub use relay_proto::mailbox::{FLAG_ONE_RECEIVER, FrameKind, HEADER_LEN, MailboxHeader, MessageId};
+pub use space::STORED_MESSAGE_OVERHEAD;
 
-use crate::{CoreError, Limits, RoomId};
+use crate::{CoreError, HeldBytes, Limits, RoomId};
 use queue::ConnQueue;
 use space::{Member, Space};
 
@@ -69,14 +74,20 @@ pub enum MailboxError {
         /// The limit.
         max: usize,
     },
+    /// Close 1013: storing the message would pass the process-wide `max_held_bytes`.
+    #[error("relay memory budget full ({max} bytes held)")]
+    HeldBytesFull {
+        /// The limit.
+        max: usize,
+    },
     /// Close 1013: the connection already has `max_pending_asks` asks waiting.
     #[error("too many pending asks (limit {max})")]
     TooManyAsks {
         /// The limit.
         max: usize,
     },
-    /// Close 1013: more than `send_queue_frames` frames waited to be sent to the
-    /// connection; what it had queued was dropped.
+    /// Close 1013: more than `send_queue_frames` frames (or `send_queue_bytes` bytes)
+    /// waited to be sent to the connection; what it had queued was dropped.
     #[error("slow consumer")]
     SlowConsumer,
 }
@@ -171,6 +182,8 @@ pub struct Mailbox {
 
 struct Hub {
     limits: Limits,
+    /// The process-wide held-bytes budget (shared with rooms).
+    budget: HeldBytes,
     namespaces: Mutex<HashMap<Namespace, Arc<Space>>>,
     next_conn: AtomicU64,
     /// Told how each ask ended ([`Mailbox::set_on_ask`]), e.g. for metrics.
@@ -195,8 +208,15 @@ impl Mailbox {
     /// Fails with [`CoreError::NoRuntime`] outside a tokio runtime: use
     /// [`Mailbox::with_manual_sweep`] there.
     pub fn start(limits: Limits) -> Result<Mailbox, CoreError> {
+        let budget = HeldBytes::new(limits.max_held_bytes);
+        Mailbox::start_with_budget(limits, budget)
+    }
+
+    /// Like [`Mailbox::start`], with stored and queued frames counted against `budget`
+    /// (shared with the rooms of the same process) instead of one of its own.
+    pub fn start_with_budget(limits: Limits, budget: HeldBytes) -> Result<Mailbox, CoreError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| CoreError::NoRuntime)?;
-        let mailbox = Mailbox::with_manual_sweep(limits);
+        let mailbox = Mailbox::manual_with_budget(limits, budget);
         runtime.spawn(sweeper(Arc::downgrade(&mailbox.hub)));
         Ok(mailbox)
     }
@@ -205,8 +225,14 @@ impl Mailbox {
     /// [`Mailbox::sweep`] (tests, or a runtime of its own). Namespaces still expire
     /// lazily whenever a frame touches them, but idle ones are only forgotten by a sweep.
     pub fn with_manual_sweep(limits: Limits) -> Mailbox {
+        let budget = HeldBytes::new(limits.max_held_bytes);
+        Mailbox::manual_with_budget(limits, budget)
+    }
+
+    fn manual_with_budget(limits: Limits, budget: HeldBytes) -> Mailbox {
         let hub = Arc::new(Hub {
             limits,
+            budget,
             namespaces: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             on_ask: OnceLock::new(),
@@ -219,16 +245,24 @@ impl Mailbox {
         &self.hub.limits
     }
 
+    /// The held-bytes budget its stored and queued frames count against.
+    pub fn budget(&self) -> &HeldBytes {
+        &self.hub.budget
+    }
+
     /// Opens a connection to `namespace`, creating the namespace if needed.
     pub fn connect(&self, namespace: impl Into<Namespace>) -> MailboxConn {
         let namespace = namespace.into();
         let id = self.hub.next_conn.fetch_add(1, Ordering::Relaxed);
-        let member = Arc::new(Member::new(id, ConnQueue::new(self.hub.limits.send_queue_frames)));
-        let shards = self.hub.limits.mailbox_namespace_shards;
+        let limits = &self.hub.limits;
+        let queue =
+            ConnQueue::new(limits.send_queue_frames, limits.send_queue_bytes, self.hub.budget.clone());
+        let member = Arc::new(Member::new(id, queue));
+        let (shards, max_held) = (limits.mailbox_namespace_shards, limits.max_namespace_held_bytes);
         let mut namespaces = self.hub.lock_namespaces();
         let space = namespaces
             .entry(namespace.clone())
-            .or_insert_with(|| Arc::new(Space::new(namespace, shards)))
+            .or_insert_with(|| Arc::new(Space::new(namespace, shards, max_held, self.hub.budget.clone())))
             .clone();
         // Counted under the registry lock, so an idle check cannot remove it meanwhile.
         space.add_conn();

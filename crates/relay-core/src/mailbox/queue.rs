@@ -1,7 +1,10 @@
 //! The bounded queue of frames waiting to go out on one connection. Producers are other
 //! connections publishing (under a namespace shard's lock); the consumer is the connection's
 //! own task. A producer that finds the queue full marks the connection as a slow
-//! consumer and drops what it held, so a reader that stalls never grows memory.
+//! consumer and drops what it held, so a reader that stalls never grows memory. The
+//! queue is bounded in frames and in bytes (`send_queue_frames`, `send_queue_bytes`),
+//! and what it holds is charged to the process-wide held-bytes budget (each frame's
+//! length plus [`QUEUED_FRAME_OVERHEAD`]) until it is taken or dropped.
 //!
 //! The consumer's waker sits under the queue's own lock. A producer that turns the queue
 //! from empty to non-empty takes it out and hands it back to its caller instead of waking
@@ -17,6 +20,11 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::MailboxError;
+use crate::budget::HeldBytes;
+
+/// What a queued frame costs against the held-bytes budget on top of its length: its
+/// slot in the queue.
+pub const QUEUED_FRAME_OVERHEAD: usize = std::mem::size_of::<Bytes>();
 
 pub(super) struct ConnQueue {
     state: Mutex<QueueState>,
@@ -25,10 +33,16 @@ pub(super) struct ConnQueue {
     slow_notify: Notify,
     /// Frames held before the connection counts as a slow consumer.
     capacity: usize,
+    /// Bytes (frames' lengths) held before the connection counts as a slow consumer.
+    max_bytes: usize,
+    /// The process-wide budget the queued frames are charged to.
+    budget: HeldBytes,
 }
 
 struct QueueState {
     frames: VecDeque<Bytes>,
+    /// Sum of the queued frames' lengths.
+    bytes: usize,
     slow: bool,
     /// The consumer, registered when it found the queue empty; taken by the push that
     /// makes it non-empty (or the one that makes it slow).
@@ -45,12 +59,27 @@ pub(super) enum Pushed {
 }
 
 impl ConnQueue {
-    pub(super) fn new(capacity: usize) -> ConnQueue {
+    pub(super) fn new(capacity: usize, max_bytes: usize, budget: HeldBytes) -> ConnQueue {
         ConnQueue {
-            state: Mutex::new(QueueState { frames: VecDeque::new(), slow: false, waker: None }),
+            state: Mutex::new(QueueState { frames: VecDeque::new(), bytes: 0, slow: false, waker: None }),
             slow_notify: Notify::new(),
             capacity: capacity.max(1),
+            max_bytes,
+            budget,
         }
+    }
+
+    /// What `frames` frames of `bytes` bytes cost against the budget.
+    fn cost(frames: usize, bytes: usize) -> usize {
+        bytes + frames * QUEUED_FRAME_OVERHEAD
+    }
+
+    /// Takes up to `n` frames off the front into `out`, giving their bytes back.
+    fn take(&self, state: &mut QueueState, out: &mut Vec<Bytes>, n: usize) {
+        let bytes: usize = state.frames.iter().take(n).map(Bytes::len).sum();
+        out.extend(state.frames.drain(..n));
+        state.bytes -= bytes;
+        self.budget.release(Self::cost(n, bytes));
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -63,9 +92,13 @@ impl ConnQueue {
         if state.slow {
             return Pushed::Slow;
         }
-        if state.frames.len() >= self.capacity {
+        // One frame is always taken into an empty queue, whatever its size (a frame is
+        // bounded by `max_message_bytes`).
+        let over_bytes = !state.frames.is_empty() && state.bytes + frame.len() > self.max_bytes;
+        if state.frames.len() >= self.capacity || over_bytes {
             state.slow = true;
-            state.frames = VecDeque::new();
+            let dropped = std::mem::take(&mut state.frames);
+            self.budget.release(Self::cost(dropped.len(), std::mem::take(&mut state.bytes)));
             let waker = state.waker.take();
             drop(state);
             if let Some(w) = waker {
@@ -74,6 +107,8 @@ impl ConnQueue {
             self.slow_notify.notify_waiters();
             return Pushed::Slow;
         }
+        state.bytes += frame.len();
+        self.budget.charge(Self::cost(1, frame.len()));
         state.frames.push_back(frame);
         Pushed::Queued(state.waker.take())
     }
@@ -101,7 +136,7 @@ impl ConnQueue {
             return Err(MailboxError::SlowConsumer);
         }
         let n = state.frames.len().min(max);
-        out.extend(state.frames.drain(..n));
+        self.take(&mut state, out, n);
         Ok(n)
     }
 
@@ -125,7 +160,14 @@ impl ConnQueue {
             return Poll::Pending;
         }
         let n = state.frames.len().min(max.max(1));
-        out.extend(state.frames.drain(..n));
+        self.take(&mut state, out, n);
         Poll::Ready(Ok(n))
+    }
+}
+
+impl Drop for ConnQueue {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        self.budget.release(Self::cost(state.frames.len(), state.bytes));
     }
 }

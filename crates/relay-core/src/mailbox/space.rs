@@ -6,7 +6,8 @@
 //!
 //! What spans shards is atomic: the namespace's stored bytes (a reservation counter
 //! checked and raised before a message is stored, so `max_namespace_held_bytes` holds
-//! exactly), its connection count, and each connection's count of waiting asks (bounded
+//! exactly), the process-wide [`HeldBytes`] budget (charged each stored frame plus
+//! [`STORED_MESSAGE_OVERHEAD`]), its connection count, and each connection's count of waiting asks (bounded
 //! by `max_pending_asks`).
 //!
 //! Expiry: every stored message and every waiting ask pushes one (deadline, id) entry on
@@ -32,6 +33,16 @@ use tokio::time::Instant;
 use super::queue::{ConnQueue, Pushed};
 use super::{AskEnd, AskHook, FrameKind, MailboxError, MailboxHeader, MessageId, Namespace};
 use crate::Limits;
+use crate::budget::{HeldBytes, detach};
+
+/// What a stored message costs against the process-wide held-bytes budget on top of its
+/// frame: its entry in the shard's map (key and value), its deadline in the expiry heap,
+/// and the hash table's control byte, rounded up for the table's spare capacity.
+pub const STORED_MESSAGE_OVERHEAD: usize = 2
+    * (std::mem::size_of::<MessageId>()
+        + std::mem::size_of::<Stored>()
+        + std::mem::size_of::<Reverse<(Instant, MessageId)>>()
+        + 1);
 
 /// Heap entries allowed beyond twice the live ones before the heap is rebuilt.
 const HEAP_SLACK: usize = 64;
@@ -42,6 +53,10 @@ pub(super) struct Space {
     /// Sum of the stored frames' lengths over every shard, bounded by
     /// `max_namespace_held_bytes`: raised before a frame is stored, lowered when it goes.
     held_bytes: AtomicUsize,
+    /// The bound on `held_bytes`.
+    max_held_bytes: usize,
+    /// The process-wide budget stored messages also count against.
+    global: HeldBytes,
     /// Connections in the namespace; with no stored message, zero means idle.
     connections: AtomicUsize,
 }
@@ -96,10 +111,27 @@ impl Member {
 }
 
 impl Space {
-    /// A namespace of `shards` shards (at least one).
-    pub(super) fn new(namespace: Namespace, shards: usize) -> Space {
+    /// A namespace of `shards` shards (at least one), storing at most `max_held_bytes`
+    /// and counting what it stores against `global` too.
+    pub(super) fn new(
+        namespace: Namespace,
+        shards: usize,
+        max_held_bytes: usize,
+        global: HeldBytes,
+    ) -> Space {
         let shards = (0..shards.max(1)).map(|_| Mutex::new(Shard::default())).collect();
-        Space { namespace, shards, held_bytes: AtomicUsize::new(0), connections: AtomicUsize::new(0) }
+        Space {
+            namespace,
+            shards,
+            held_bytes: AtomicUsize::new(0),
+            max_held_bytes,
+            global,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    fn budget(&self) -> Budget<'_> {
+        Budget { held: &self.held_bytes, max: self.max_held_bytes, global: &self.global }
     }
 
     fn shard_of(&self, id: &MessageId) -> &Mutex<Shard> {
@@ -168,7 +200,7 @@ impl Space {
     /// `now`. Expired asks are reported to `on_ask`.
     pub(super) fn expire(&self, now: Instant, on_ask: Option<&AskHook>) {
         for shard in &self.shards {
-            Self::lock(shard).expire(now, &self.held_bytes, on_ask);
+            Self::lock(shard).expire(now, self.budget(), on_ask);
         }
     }
 
@@ -188,12 +220,15 @@ impl Space {
         on_ask: Option<&AskHook>,
     ) -> Result<(), MailboxError> {
         let ttl = Duration::from_secs(u64::from(header.ttl_secs)).min(limits.max_mailbox_ttl);
+        // A PUB may be stored and queued: copied out of its read buffer (when small)
+        // before the lock, so that holding it keeps no larger buffer alive.
+        let frame = if matches!(header.kind, FrameKind::Publish) { detach(frame) } else { frame };
         let shard = self.shard_of(&header.id);
         let mut guard = Self::lock(shard);
-        guard.expire(now, &self.held_bytes, on_ask);
+        guard.expire(now, self.budget(), on_ask);
         match header.kind {
             FrameKind::Ask => {
-                let held = &self.held_bytes;
+                let held = self.budget();
                 let answered = match guard.ask(from, &header.id, ttl, limits, now, wakes, held) {
                     Err(MailboxError::TooManyAsks { .. }) => {
                         // Asks of this connection that expired in other shards still
@@ -210,9 +245,9 @@ impl Space {
                 Ok(())
             }
             FrameKind::Publish => {
-                let budget = Budget { held: &self.held_bytes, max: limits.max_namespace_held_bytes };
+                let budget = self.budget();
                 match guard.publish(frame.clone(), header, ttl, budget, now, wakes, on_ask) {
-                    Err(MailboxError::NamespaceFull { .. }) => {
+                    Err(MailboxError::NamespaceFull { .. } | MailboxError::HeldBytesFull { .. }) => {
                         // Expired messages of other shards may hold the budget: forget
                         // them and try once more. The other shards are locked one at a
                         // time, never two at once, so shards cannot deadlock.
@@ -239,46 +274,58 @@ impl Space {
     }
 }
 
-/// The namespace's byte budget: the shared counter and its limit.
+/// The namespace's byte budget (the shared counter and its limit) and the process-wide
+/// one.
 #[derive(Clone, Copy)]
 struct Budget<'a> {
     held: &'a AtomicUsize,
     max: usize,
+    global: &'a HeldBytes,
 }
 
 impl Budget<'_> {
-    /// Reserves `len` bytes if they fit; returns whether they did.
-    fn reserve(self, len: usize) -> bool {
-        self.held
+    /// Reserves a frame of `len` bytes in the namespace and, with its overhead, in the
+    /// process, or neither: says which is full.
+    fn reserve(self, len: usize) -> Result<(), MailboxError> {
+        let fits = self
+            .held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
                 held.checked_add(len).filter(|&total| total <= self.max)
             })
-            .is_ok()
+            .is_ok();
+        if !fits {
+            return Err(MailboxError::NamespaceFull { max: self.max });
+        }
+        if !self.global.try_reserve(len + STORED_MESSAGE_OVERHEAD) {
+            self.held.fetch_sub(len, Ordering::SeqCst);
+            return Err(MailboxError::HeldBytesFull { max: self.global.max() });
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`Budget::reserve`] took for a frame of `len` bytes.
+    fn release(self, len: usize) {
+        self.held.fetch_sub(len, Ordering::SeqCst);
+        self.global.release(len + STORED_MESSAGE_OVERHEAD);
     }
 }
 
 impl Shard {
-    fn expire(&mut self, now: Instant, held_bytes: &AtomicUsize, on_ask: Option<&AskHook>) {
+    fn expire(&mut self, now: Instant, budget: Budget<'_>, on_ask: Option<&AskHook>) {
         while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
             if at > now {
                 break;
             }
             self.deadlines.pop();
-            self.expire_id(&id, now, held_bytes, on_ask);
+            self.expire_id(&id, now, budget, on_ask);
         }
     }
 
-    fn expire_id(
-        &mut self,
-        id: &MessageId,
-        now: Instant,
-        held_bytes: &AtomicUsize,
-        on_ask: Option<&AskHook>,
-    ) {
+    fn expire_id(&mut self, id: &MessageId, now: Instant, budget: Budget<'_>, on_ask: Option<&AskHook>) {
         if let Entry::Occupied(stored) = self.messages.entry(*id)
             && stored.get().expires_at <= now
         {
-            held_bytes.fetch_sub(stored.remove().frame.len(), Ordering::SeqCst);
+            budget.release(stored.remove().frame.len());
         }
         if let Entry::Occupied(mut waiters) = self.waiting.entry(*id) {
             let asked = &mut self.asked;
@@ -314,7 +361,7 @@ impl Shard {
         limits: &Limits,
         now: Instant,
         wakes: &mut Vec<Waker>,
-        held_bytes: &AtomicUsize,
+        budget: Budget<'_>,
     ) -> Result<bool, MailboxError> {
         if let Entry::Occupied(stored) = self.messages.entry(*id) {
             match from.queue.push(stored.get().frame.clone()) {
@@ -322,7 +369,7 @@ impl Shard {
                 Pushed::Slow => return Err(MailboxError::SlowConsumer),
             }
             if stored.get().one_receiver {
-                held_bytes.fetch_sub(stored.remove().frame.len(), Ordering::SeqCst);
+                budget.release(stored.remove().frame.len());
             }
             return Ok(true);
         }
@@ -367,10 +414,10 @@ impl Shard {
         let taken_at_once = one_receiver && self.waiting.contains_key(id);
         let would_store = !(ttl.is_zero() || taken_at_once);
         // Reserved before anyone is answered, so a refused PUB delivers nothing.
-        let reserved = would_store && budget.reserve(frame.len());
-        if would_store && !reserved {
-            return Err(MailboxError::NamespaceFull { max: budget.max });
+        if would_store {
+            budget.reserve(frame.len())?;
         }
+        let reserved = would_store;
         let mut delivered = false;
         if let Some(waiters) = self.waiting.remove(id) {
             let mut rest = Vec::new();
@@ -397,11 +444,11 @@ impl Shard {
         }
         if ttl.is_zero() || (one_receiver && delivered) {
             if reserved {
-                budget.held.fetch_sub(frame.len(), Ordering::SeqCst);
+                budget.release(frame.len());
             }
             return Ok(());
         }
-        if !reserved && !budget.reserve(frame.len()) {
+        if !reserved && budget.reserve(frame.len()).is_err() {
             // Only reachable when a one-receiver delivery failed on a slow consumer and
             // the budget is full; nobody is owed this message.
             return Ok(());

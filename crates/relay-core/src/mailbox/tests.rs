@@ -546,3 +546,63 @@ async fn the_ask_hook_hears_how_long_each_ask_waited_and_which_expired() {
         ]
     );
 }
+
+/// Stored messages and queued frames are charged to the process-wide budget with their
+/// overheads; a PUB that does not fit is refused with `HeldBytesFull` (and others'
+/// stored messages stay); the budget is back at zero once everything is taken, expired
+/// or dropped with its connection.
+#[tokio::test(start_paused = true)]
+async fn the_held_bytes_budget_covers_stored_and_queued_frames_and_returns_to_zero() {
+    let first = publish_frame(&id(1), 10, 0, &[1u8; 64]);
+    let stored = first.len() + STORED_MESSAGE_OVERHEAD;
+    let budget = HeldBytes::new(stored + stored / 2);
+    let mb = Mailbox::start_with_budget(limits(), budget.clone()).unwrap();
+    let publisher = mb.connect("ns");
+    publisher.handle_frame(first.clone()).unwrap();
+    assert_eq!(budget.held(), stored);
+    let second = publish_frame(&id(2), 10, 0, &[2u8; 64]);
+    assert_eq!(
+        mb.connect("other").handle_frame(second.clone()),
+        Err(MailboxError::HeldBytesFull { max: budget.max() })
+    );
+    assert_eq!(mb.stats().entries, 1, "the refused PUB stored nothing");
+    // The stored message is still served; while queued it is charged again.
+    let mut asker = mb.connect("ns");
+    asker.handle_frame(ask_frame(&id(1), 10)).unwrap();
+    assert_eq!(budget.held(), stored + first.len() + QUEUED_FRAME_OVERHEAD);
+    assert_eq!(drain(&mut asker), vec![first.clone()]);
+    assert_eq!(budget.held(), stored);
+    // Expiry gives the stored message back.
+    advance(Duration::from_secs(11)).await;
+    mb.sweep(Instant::now());
+    assert_eq!(budget.held(), 0);
+    // A frame queued for a connection that goes away is given back with it.
+    let waiter = mb.connect("ns");
+    waiter.handle_frame(ask_frame(&id(3), 10)).unwrap();
+    publisher.handle_frame(publish_frame(&id(3), 0, 0, b"now")).unwrap();
+    assert!(budget.held() > 0);
+    drop(waiter);
+    assert_eq!(budget.held(), 0);
+    drop(asker);
+}
+
+/// A connection's send queue is bounded in bytes as well as frames: past
+/// `send_queue_bytes` it is a slow consumer, and what it held is given back.
+#[tokio::test(start_paused = true)]
+async fn a_send_queue_over_its_bytes_is_a_slow_consumer() {
+    let frame = publish_frame(&id(0), 0, 0, &[0u8; 1000]);
+    let budget = HeldBytes::new(1 << 30);
+    let limits = Limits { send_queue_bytes: 2 * frame.len(), ..limits() };
+    let mb = Mailbox::start_with_budget(limits, budget.clone()).unwrap();
+    let publisher = mb.connect("ns");
+    let reader = mb.connect("ns");
+    for n in 1..=3 {
+        reader.handle_frame(ask_frame(&id(n), 10)).unwrap();
+    }
+    publisher.handle_frame(publish_frame(&id(1), 0, 0, &[0u8; 1000])).unwrap();
+    publisher.handle_frame(publish_frame(&id(2), 0, 0, &[0u8; 1000])).unwrap();
+    assert_eq!(budget.held(), 2 * (frame.len() + QUEUED_FRAME_OVERHEAD));
+    publisher.handle_frame(publish_frame(&id(3), 0, 0, &[0u8; 1000])).unwrap();
+    assert_eq!(reader.try_recv_many(&mut Vec::new(), 10), Err(MailboxError::SlowConsumer));
+    assert_eq!(budget.held(), 0);
+}

@@ -403,7 +403,6 @@ pub(crate) async fn whoami(
 fn live_rooms(state: &AppState) -> Vec<Value> {
     let mut rooms = state.rooms().list();
     rooms.sort_by_key(|r| r.id.to_string());
-    let owners = state.inner.room_owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     rooms
         .iter()
         .map(|r| {
@@ -414,7 +413,7 @@ fn live_rooms(state: &AppState) -> Vec<Value> {
                 "expires_at": r.expires_at,
                 "present": r.present,
                 "ready": r.ready,
-                "key": owners.get(&r.id),
+                "key": state.rooms().owner(&r.id).as_deref(),
             })
         })
         .collect()

@@ -40,7 +40,8 @@ const SODOT_DEFAULT_ROOM_SIZE: u64 = 2;
         (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
         (status = 403, description = "The API key is revoked or expired", body = relay_proto::ErrorBody),
         (status = 413, description = "Body over the size limit", body = relay_proto::ErrorBody),
-        (status = 503, description = "Too many rooms", body = relay_proto::ErrorBody),
+        (status = 429, description = "Over the key's rate limit, or the key has --max-rooms-per-key live rooms (too_many_rooms_for_key)", body = relay_proto::ErrorBody),
+        (status = 503, description = "Too many rooms (too_many_rooms), or the relay holds --max-held-bytes for clients (held_bytes_full)", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -74,7 +75,8 @@ pub(crate) async fn create(
         (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
         (status = 403, description = "The API key is revoked or expired", body = relay_proto::ErrorBody),
         (status = 413, description = "Body over the size limit", body = relay_proto::ErrorBody),
-        (status = 503, description = "Too many rooms", body = relay_proto::ErrorBody),
+        (status = 429, description = "Over the key's rate limit, or the key has --max-rooms-per-key live rooms (too_many_rooms_for_key)", body = relay_proto::ErrorBody),
+        (status = 503, description = "Too many rooms (too_many_rooms), or the relay holds --max-held-bytes for clients (held_bytes_full)", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -165,17 +167,20 @@ fn create_room(
     let max = state.rooms().limits().max_room_size;
     let size = u16::try_from(size).map_err(|_| core_error(&CoreError::BadRoomSize { got: size, max }))?;
     let (ttl, now) = (ttl_secs.map(Duration::from_secs), relay_keystore::unix_now());
-    let (room, tokens) = if party_tokens {
-        let (room, tokens) =
-            state.rooms().create_with_party_tokens(size, ttl, now).map_err(|e| core_error(&e))?;
-        (room, Some(tokens))
-    } else {
-        (state.rooms().create(size, ttl, now).map_err(|e| core_error(&e))?, None)
-    };
+    // A room adds load: while the relay could not hold one more of the largest
+    // messages (or a quarter of the budget, when that is less) for clients, it opens
+    // none (503 `held_bytes_full`).
+    let budget = state.rooms().budget();
+    let headroom = state.rooms().limits().max_message_bytes.min(budget.max() / 4);
+    if budget.held().saturating_add(headroom) > budget.max() {
+        return Err(core_error(&CoreError::HeldBytesFull { max: budget.max() }));
+    }
+    let owner = caller.key_name.as_deref();
+    let (room, tokens) =
+        state.rooms().create_owned(owner, size, ttl, now, party_tokens).map_err(|e| core_error(&e))?;
     tracing::debug!(room = %room.id, size, party_tokens, "room created");
     state.metrics().room_created();
     state.record_usage(caller, 0, 0, 1);
-    state.set_room_owner(room.id, caller);
     Ok((room, tokens))
 }
 

@@ -125,6 +125,9 @@ fn close_for(err: &MailboxError) -> End {
         MailboxError::FrameTooShort { .. } => End::Close(CloseCode::Malformed, "frame shorter than 36 bytes"),
         MailboxError::FrameTooBig { .. } => End::Close(CloseCode::TooBig, "message too big"),
         MailboxError::NamespaceFull { .. } => End::Close(CloseCode::TryAgainLater, "namespace storage full"),
+        MailboxError::HeldBytesFull { .. } => {
+            End::Close(CloseCode::TryAgainLater, "relay memory budget full")
+        }
         MailboxError::TooManyAsks { .. } => End::Close(CloseCode::TryAgainLater, "too many pending asks"),
         MailboxError::SlowConsumer => End::Close(CloseCode::TryAgainLater, "slow consumer"),
     }
