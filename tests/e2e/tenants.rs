@@ -58,7 +58,24 @@ async fn create_room(addr: SocketAddr, key: Option<&str>, size: u16) -> anyhow::
 
 /// Joins `room` (at `query`, e.g. `?slot=1`) and reads its welcome.
 async fn join(addr: SocketAddr, room: &str, query: &str) -> anyhow::Result<(Ws, Value)> {
-    let mut ws = ws_connect(addr, &format!("/v1/rooms/{room}{query}")).await?;
+    let ws = ws_connect(addr, &format!("/v1/rooms/{room}{query}")).await?;
+    welcome(ws).await
+}
+
+/// Joins `room` at `query` over a socket whose receive buffer is fixed at 64 KiB (no
+/// autotuning), so that a party that stops reading blocks the relay's writes after a
+/// bounded amount whatever the host's TCP settings.
+async fn join_small_buffer(addr: SocketAddr, room: &str, query: &str) -> anyhow::Result<(Ws, Value)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(64 << 10)?;
+    let stream = socket.connect(addr).await?;
+    let url = format!("ws://{addr}/v1/rooms/{room}{query}");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    welcome(ws).await
+}
+
+/// Reads the welcome, the first frame of a room connection.
+async fn welcome(mut ws: Ws) -> anyhow::Result<(Ws, Value)> {
     let welcome = next_json(&mut ws).await?;
     ensure!(welcome["type"] == "welcome", "first frame: {welcome}");
     Ok((ws, welcome))
@@ -339,7 +356,7 @@ async fn a_room_party_that_stops_reading_is_closed_as_slow_and_resumes_with_noth
     let addr = relay.addr;
     let room = create_room(addr, None, 3).await?;
     let (flooder, _) = join(addr, &room, "?slot=0").await?;
-    let (slow, slow_welcome) = join(addr, &room, "?slot=1").await?;
+    let (slow, slow_welcome) = join_small_buffer(addr, &room, "?slot=1").await?;
     let (mut watcher, _) = join(addr, &room, "?slot=2").await?;
     let token = slow_welcome["resume_token"].as_str().context("resume_token")?.to_owned();
     // The slow party never reads from here on, but keeps its socket open.
@@ -347,7 +364,7 @@ async fn a_room_party_that_stops_reading_is_closed_as_slow_and_resumes_with_noth
     let (mut tx, mut rx) = flooder.split();
     let drain_flooder = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
 
-    // 480 x 64 KiB (30 MiB: more than both sockets' buffers) to the slow party, and a
+    // 480 x 64 KiB (30 MiB: far more than both sockets' buffers) to the slow party, and a
     // small message to the watcher after every 16, which it reads as they come.
     let flood = tokio::spawn(async move {
         let payload = vec![0xa5u8; 64 << 10];
