@@ -66,12 +66,16 @@ async fn join(addr: SocketAddr, room: &str, query: &str) -> anyhow::Result<(Ws, 
 /// autotuning), so that a party that stops reading blocks the relay's writes after a
 /// bounded amount whatever the host's TCP settings.
 async fn join_small_buffer(addr: SocketAddr, room: &str, query: &str) -> anyhow::Result<(Ws, Value)> {
+    welcome(connect_small_buffer(addr, &format!("/v1/rooms/{room}{query}")).await?).await
+}
+
+/// A WebSocket to `path` whose socket's receive buffer is fixed at 64 KiB.
+async fn connect_small_buffer(addr: SocketAddr, path: &str) -> anyhow::Result<Ws> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(64 << 10)?;
     let stream = socket.connect(addr).await?;
-    let url = format!("ws://{addr}/v1/rooms/{room}{query}");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    welcome(ws).await
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), stream).await?;
+    Ok(ws)
 }
 
 /// Reads the welcome, the first frame of a room connection.
@@ -421,5 +425,69 @@ async fn a_room_party_that_stops_reading_is_closed_as_slow_and_resumes_with_noth
     }
     eprintln!("slow party: closed with {end:?}, resumed and got all {MESSAGES} messages");
     drain_flooder.abort();
+    Ok(())
+}
+
+/// A mailbox reader that asks for many large messages and stops reading is closed with
+/// 1013 `slow consumer` once `--send-queue-bytes` (1 MiB here) wait for it, long before
+/// `--send-queue-frames` (the default 1,024) would; the publisher is never held up and
+/// keeps being served, and what was queued for the reader leaves the held-bytes count
+/// (what it can no longer take is stored for its TTL, as any undelivered PUB).
+#[tokio::test]
+async fn a_mailbox_send_queue_is_bounded_in_bytes() -> anyhow::Result<()> {
+    const COUNT: u32 = 200;
+    let relay = RelayProcess::start(&[
+        "--insecure-api-keys-not-enforced",
+        "--send-queue-bytes",
+        &(1u64 << 20).to_string(),
+    ])
+    .await?;
+    let addr = relay.addr;
+    let mut reader = connect_small_buffer(addr, "/v1/msg-relay").await?;
+    for i in 0..COUNT {
+        reader.feed(mailbox_frame(i, b"")).await?;
+    }
+    reader.flush().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 200 x 60 KiB one-receiver messages (12 MiB): taken by the reader's asks at once,
+    // so they are queued towards it, not stored.
+    let mut publisher = ws_connect(addr, "/v1/msg-relay").await?;
+    let chunk = vec![0x3cu8; 60 << 10];
+    for i in 0..COUNT {
+        let mut frame = mailbox_frame(i, &chunk).into_data().to_vec();
+        frame[34..36].copy_from_slice(&0x8000u16.to_le_bytes());
+        let sent = tokio::time::timeout(STEP_TIMEOUT, publisher.send(Message::binary(frame))).await;
+        ensure!(matches!(sent, Ok(Ok(()))), "the publisher was held up at {i}");
+    }
+    // The reader's close sits behind what reached its socket: read until it.
+    let mut frames = 0u32;
+    let end = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match reader.next().await {
+                Some(Ok(Message::Binary(_))) => frames += 1,
+                Some(Ok(Message::Close(frame))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return None,
+            }
+        }
+    })
+    .await
+    .context("the stalled reader was never closed")?;
+    assert_eq!(end, Some((1013, "slow consumer".to_owned())), "after {frames} frames");
+    assert!(frames < COUNT, "all {COUNT} frames reached a reader that stopped reading");
+    // The publisher is still served, and nothing is left held for the closed reader.
+    publisher.send(mailbox_frame(9999, b"still served")).await?;
+    publisher.send(mailbox_frame(9999, b"")).await?;
+    let back = tokio::time::timeout(STEP_TIMEOUT, publisher.next()).await?.context("publisher closed")??;
+    assert_eq!(&back.into_data()[36..], b"still served");
+    // What is held now is the messages the reader was no longer there to take, stored
+    // for their TTL, each with its overhead (a few hundred bytes): its queue (over
+    // 1 MiB when it was closed) was given back.
+    let held = metric(addr, "relay_held_bytes").await?;
+    let (stored, entries) =
+        (metric(addr, "relay_mailbox_bytes").await?, metric(addr, "relay_mailbox_entries").await?);
+    assert!(held >= stored && held <= stored + entries * 512, "held {held}, stored {stored} in {entries}");
     Ok(())
 }
