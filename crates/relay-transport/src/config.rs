@@ -40,7 +40,10 @@ pub struct ServerConfig {
     pub ws_write_buffer_bytes: usize,
     /// Interval between pings on an otherwise silent WebSocket (default 20 s).
     pub ws_ping_interval: Duration,
-    /// A WebSocket that sends nothing (not even a pong) for this long is closed (default 60 s).
+    /// A WebSocket that sends nothing (not even a pong) for this long is closed, and a
+    /// write to it that stays blocked this long (a peer that stopped reading) closes it
+    /// with 1013 `slow consumer`; a room party's slot is kept for a resume
+    /// (`--ws-idle-timeout-secs`, default 60 s).
     pub ws_idle_timeout: Duration,
     /// How often a WebSocket checks what it was opened on: its API key (revoked or
     /// expired: closed with 1008 `api key revoked` / `api key expired`) or, for a
