@@ -165,3 +165,38 @@ async fn a_keyed_post_with_a_bad_key_is_refused_before_its_body() {
     }
     assert!(healthz_served_within(relay.addr, STEP_TIMEOUT).await);
 }
+
+#[tokio::test]
+async fn an_upgraded_websocket_outlives_the_connection_deadlines() {
+    // The header deadline and the idle timeout are for HTTP; a WebSocket has its own
+    // ping and idle timeout, so it must outlive both here.
+    let relay = RelayProcess::start(&[
+        "--insecure-api-keys-not-enforced",
+        "--header-read-timeout-secs",
+        "1",
+        "--http2-idle-timeout-secs",
+        "1",
+    ])
+    .await
+    .unwrap();
+    let mut ws = tokio::time::timeout(STEP_TIMEOUT, ws_connect(relay.addr, "/v1/msg-relay"))
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Ping(Bytes::from_static(b"still here"))).await.unwrap();
+    let pong = tokio::time::timeout(STEP_TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(p))) => return Some(p),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("an answer in time");
+    assert_eq!(pong.as_deref(), Some(&b"still here"[..]), "the WebSocket was closed");
+}
