@@ -200,3 +200,64 @@ async fn an_upgraded_websocket_outlives_the_connection_deadlines() {
     .expect("an answer in time");
     assert_eq!(pong.as_deref(), Some(&b"still here"[..]), "the WebSocket was closed");
 }
+
+/// The HTTP/2 frames in `bytes` as (type, payload), up to the last whole one.
+fn h2_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        if rest.len() < 9 + len {
+            break;
+        }
+        frames.push((rest[3], rest[9..9 + len].to_vec()));
+        rest = &rest[9 + len..];
+    }
+    frames
+}
+
+#[tokio::test]
+async fn http2_announces_its_stream_cap_and_drops_a_peer_that_ignores_pings() {
+    let relay = RelayProcess::start(&[
+        "--insecure-api-keys-not-enforced",
+        "--http2-max-concurrent-streams",
+        "7",
+        "--http2-keepalive-interval-secs",
+        "1",
+        "--http2-keepalive-timeout-secs",
+        "1",
+    ])
+    .await
+    .unwrap();
+    // A hand-made client: preface, empty SETTINGS, one GET / (HPACK static entries:
+    // :method GET, :scheme http, :path /), then silence: no SETTINGS or PING ack.
+    let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&[0, 0, 3, 0x01, 0x05, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+    stream.write_all(&hello).await.unwrap();
+    let (received, after) = closed_after(stream).await;
+    let frames = h2_frames(&received);
+    let settings = frames.iter().find(|(t, _)| *t == 0x04).expect("the server's SETTINGS");
+    let max_streams = settings
+        .1
+        .chunks_exact(6)
+        .find(|e| u16::from_be_bytes([e[0], e[1]]) == 0x3)
+        .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
+    assert_eq!(max_streams, Some(7), "SETTINGS_MAX_CONCURRENT_STREAMS: {frames:?}");
+    assert!(frames.iter().any(|(t, _)| *t == 0x01), "the request was answered (HEADERS): {frames:?}");
+    assert!(frames.iter().any(|(t, _)| *t == 0x06), "the server pinged: {frames:?}");
+    assert!(after >= Duration::from_millis(900), "closed after {after:?}, before a ping could time out");
+
+    // A client that answers pings keeps its connection past the same time.
+    let stream = TcpStream::connect(relay.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = hyper::Request::get("http://localhost/healthz").body(Full::new(Bytes::new())).unwrap();
+        let resp = tokio::time::timeout(STEP_TIMEOUT, sender.send_request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+    }
+}
