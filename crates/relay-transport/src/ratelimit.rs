@@ -64,9 +64,11 @@ impl Rate {
     }
 }
 
-/// Every rate limit of the server. The defaults let one client on loopback run the
-/// benchmark (10,000 connections opened at once, thousands of WebSocket handshakes per
-/// second) and never touch normal MPC use; lower them to fit your traffic.
+/// Every rate limit of the server. The per-address defaults keep one address's burst a
+/// tenth or less of the default `max_connections`, and never touch normal MPC use (a
+/// room sees a handful of connections per round); a load test from one machine turns
+/// them off. The per-key and per-WebSocket defaults stay high; lower them to fit your
+/// traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     /// New TCP connections per client address (IPv6: per /64). Over it, a connection
