@@ -190,9 +190,9 @@ async fn relay_toml_example_is_valid_and_lists_every_key() {
         .lines()
         .map(|l| match l.strip_prefix("# ") {
             Some(rest)
-                if rest
-                    .split_once(" = ")
-                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')) =>
+                if rest.split_once(" = ").is_some_and(|(k, _)| {
+                    k.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                }) =>
             {
                 rest
             }

@@ -6,8 +6,11 @@
 //! the other instance gets 404, which the test checks directly) and the parties
 //! exchange messages; the room-scoped mailbox is routed with its room.
 //!
-//! Also: the allow-list `location` of `/console` and the admin paths lets 127.0.0.1
-//! through as shipped, and refuses them (403) once that address is off the list.
+//! Also: the allow-list `location`s of `/console`, the admin paths and `/metrics` let
+//! 127.0.0.1 through as shipped, and refuse them (403) once that address is off the
+//! list; the access log holds no admin token, API key or resume token, whether sent in
+//! a Sodot admin path or a query string; and the relays, trusting nginx's address, count
+//! each client by the address nginx forwards.
 //!
 //! Needs the `nginx` binary (Debian: `apt-get install nginx`; `.ci/run` installs it).
 //! Without it the test prints why and passes without checking anything, unless
@@ -28,6 +31,10 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
+
+/// Where `contrib/nginx.conf` writes its access log; the test points it into its own
+/// directory.
+const ACCESS_LOG: &str = "/var/log/nginx/relay-access.log";
 
 /// The instances' prefixes and the addresses `contrib/nginx.conf` gives them.
 const INSTANCES: [(&str, &str); 2] = [("1a2b3c4d", "10.0.0.11:8080"), ("5e6f7a8b", "10.0.0.12:8080")];
@@ -85,6 +92,8 @@ fn contrib_config_for(relays: &[SocketAddr], listen: SocketAddr) -> anyhow::Resu
 struct Nginx {
     child: Child,
     addr: SocketAddr,
+    /// The access log `contrib/nginx.conf` writes, moved into the temp directory.
+    access_log: PathBuf,
     stderr: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
@@ -106,7 +115,11 @@ impl Nginx {
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         let addr = free_port()?;
         let d = dir.path().display();
-        std::fs::write(dir.path().join("relay.conf"), edit(contrib_config_for(relays, addr)?)?)?;
+        let access_log = dir.path().join("access.log");
+        let conf = contrib_config_for(relays, addr)?;
+        ensure!(conf.contains(ACCESS_LOG), "contrib/nginx.conf no longer logs to {ACCESS_LOG}");
+        let conf = conf.replace(ACCESS_LOG, &access_log.display().to_string());
+        std::fs::write(dir.path().join("relay.conf"), edit(conf)?)?;
         let main = format!(
             "daemon off;\n\
              worker_processes 1;\n\
@@ -145,7 +158,7 @@ impl Nginx {
                 sink.lock().unwrap().push(line);
             }
         });
-        let nginx = Nginx { child, addr, stderr, _dir: dir };
+        let nginx = Nginx { child, addr, access_log, stderr, _dir: dir };
         nginx.wait_ready().await?;
         Ok(nginx)
     }
@@ -327,7 +340,8 @@ async fn console_and_admin_paths_are_served_only_to_the_allow_list() {
     }
     let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
     let bearer = format!("Bearer {TOKEN}");
-    let admin_paths = ["/console", "/console/js/app.js", "/v1/admin/stats", "/rooms/x", "/createkey/a/0/x"];
+    let admin_paths =
+        ["/console", "/console/js/app.js", "/v1/admin/stats", "/rooms/x", "/createkey/a/0/x", "/metrics"];
 
     // As shipped, 127.0.0.1 is on the allow-list: the console and admin API answer.
     let allowed = Nginx::start(&binary, &addrs).await.unwrap();
@@ -338,6 +352,9 @@ async fn console_and_admin_paths_are_served_only_to_the_allow_list() {
         .await
         .unwrap();
     assert_eq!(stats.status, StatusCode::OK);
+    let metrics = http_request(allowed.addr, "GET", "/metrics", &[], b"").await.unwrap();
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.text().contains("relay_connections_total"), "{}", metrics.text());
     drop(allowed);
 
     // Off the allow-list, nginx refuses every admin path itself; the rest still passes.
@@ -356,4 +373,110 @@ async fn console_and_admin_paths_are_served_only_to_the_allow_list() {
     let create =
         post_json(denied.addr, "/v1/rooms", &[], &serde_json::json!({"room_size": 2})).await.unwrap();
     assert_eq!(create.status, StatusCode::UNAUTHORIZED, "reaches the relay, which wants a key");
+}
+
+/// The access log's lines once it holds at least `lines` (nginx writes each entry when
+/// its request ends), within the step timeout.
+async fn access_log_lines(nginx: &Nginx, lines: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let log = std::fs::read_to_string(&nginx.access_log).unwrap_or_default();
+        let got: Vec<String> = log.lines().map(str::to_owned).collect();
+        if got.len() >= lines || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_holds_no_admin_token_key_or_resume_token() {
+    let Some(binary) = nginx_binary() else {
+        return skip_without("nginx", "apt-get install nginx; .ci/run installs it");
+    };
+    const TOKEN: &str = "nginx-log-admin-token-0123456789abcdef";
+    const KEY: &str = "QUERYKEYqueryKEY0123456789abcdef";
+    const RESUME: &str = "RESUMEtokenRESUME0123456789";
+    let mut relays = Vec::new();
+    for (prefix, _) in INSTANCES {
+        relays
+            .push(RelayProcess::start(&["--secret-auth", TOKEN, "--room-id-prefix", prefix]).await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let nginx = Nginx::start(&binary, &addrs).await.unwrap();
+    let ready_lines = access_log_lines(&nginx, 1).await.len();
+
+    let requests = [
+        format!("/createkey/logtest/0/{TOKEN}"),
+        format!("/revokekey/logtest/{TOKEN}"),
+        format!("/rooms/{TOKEN}"),
+        format!("/v1/msg-relay?api_key={KEY}"),
+        format!("/v1/rooms/1a2b3c4d-0000?slot=0&resume_token={RESUME}"),
+    ];
+    for path in &requests {
+        // The answers do not matter here (the key is unknown); what is logged does.
+        http_request(nginx.addr, "GET", path, &[], b"").await.unwrap();
+    }
+    let log = access_log_lines(&nginx, ready_lines + requests.len()).await;
+    assert!(log.len() >= ready_lines + requests.len(), "every request logged: {log:#?}");
+    let text = log.join("\n");
+    for secret in [TOKEN, KEY, RESUME] {
+        assert!(!text.contains(secret), "{secret} reached the access log:\n{text}");
+    }
+    // The entries are there, with what is safe to keep.
+    for kept in [
+        "/createkey/(redacted)",
+        "/revokekey/(redacted)",
+        "/rooms/(redacted)",
+        "/v1/msg-relay ",
+        "/v1/rooms/1a2b3c4d-0000 ",
+    ] {
+        assert!(text.contains(kept), "{kept} missing from the access log:\n{text}");
+    }
+}
+
+/// A connection to `addr` from `source` (another loopback address is another host).
+async fn connect_from(source: &str, addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    tokio::time::timeout(STEP_TIMEOUT, socket.connect(addr)).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn relays_trusting_nginx_count_each_client_by_its_forwarded_address() {
+    let Some(binary) = nginx_binary() else {
+        return skip_without("nginx", "apt-get install nginx; .ci/run installs it");
+    };
+    let mut relays = Vec::new();
+    for (prefix, _) in INSTANCES {
+        let args = [
+            "--insecure-api-keys-not-enforced",
+            "--room-id-prefix",
+            prefix,
+            "--trusted-proxies",
+            "127.0.0.1",
+            "--rate-limit-requests-per-ip",
+            "1",
+            "--rate-limit-requests-per-ip-burst",
+            "4",
+        ];
+        relays.push(RelayProcess::start(&args).await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let nginx = Nginx::start(&binary, &addrs).await.unwrap();
+    // The readiness probe came from 127.0.0.1. Client 127.0.0.2 uses up its burst on
+    // both instances (round robin) and is refused; it also forges X-Forwarded-For,
+    // which nginx appends to and the relay reads from the right.
+    let get = |source: &'static str| async move {
+        let stream = connect_from(source, nginx.addr).await;
+        let mut conn = Http1Conn::handshake(stream).await.unwrap();
+        conn.get_with("/healthz", &[("x-forwarded-for", "192.0.2.1")]).await.unwrap().status
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get("127.0.0.2").await);
+    }
+    assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "127.0.0.2 limited: {statuses:?}");
+    // Client 127.0.0.3, through the same nginx, has its own count.
+    assert_eq!(get("127.0.0.3").await, StatusCode::OK);
 }

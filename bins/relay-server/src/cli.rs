@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use relay_core::{Limits, RoomIdPrefix};
-use relay_transport::{Rate, RateLimits, ServerConfig};
+use relay_transport::{Rate, RateLimits, ServerConfig, TrustedProxies};
 
 /// Relay: a self-hosted relay for MPC and peer-to-peer apps (rooms, mailbox, discovery).
 #[derive(Debug, Parser)]
@@ -250,6 +250,13 @@ impl Cli {
             data_dir: Some(self.discovery.data_dir.clone()),
             discovery: self.discovery.config()?,
             header_read_timeout: Duration::from_secs(self.ops.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(self.ops.body_read_timeout_secs),
+            http2_keep_alive_interval: Duration::from_secs(self.ops.http2_keepalive_interval_secs),
+            http2_keep_alive_timeout: Duration::from_secs(self.ops.http2_keepalive_timeout_secs),
+            http2_idle_timeout: Duration::from_secs(self.ops.http2_idle_timeout_secs),
+            http2_max_concurrent_streams: self.ops.http2_max_concurrent_streams,
+            trusted_proxies: TrustedProxies::parse(&self.ops.trusted_proxies.join(","))?,
+            proxy_protocol: self.ops.proxy_protocol,
             tls_handshake_timeout: Duration::from_secs(self.ops.tls_handshake_timeout_secs),
             request_timeout: Duration::from_secs(self.ops.request_timeout_secs),
             max_body_bytes: self.ops.max_body_bytes,
@@ -304,12 +311,61 @@ pub(crate) struct OpsArgs {
     )]
     pub(crate) key_path: Option<PathBuf>,
 
-    /// Seconds a client has to send a complete HTTP/1 request head (and, on any
-    /// connection, its first bytes) before it is disconnected.
+    /// Seconds from a connection's accept until its first request must have arrived
+    /// whole (TLS handshake, PROXY header, HTTP/1 head or HTTP/2 request headers), and
+    /// for each later HTTP/1 request head; past it the connection is closed unanswered.
     #[arg(long, env = "RELAY_HEADER_READ_TIMEOUT_SECS",
           default_value_t = ServerConfig::default().header_read_timeout.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) header_read_timeout_secs: u64,
+
+    /// Seconds a REST request body may take to arrive once its handler reads it (after
+    /// the credentials are checked); past it, 408 request_timeout and the connection is
+    /// closed.
+    #[arg(long, env = "RELAY_BODY_READ_TIMEOUT_SECS",
+          default_value_t = ServerConfig::default().body_read_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) body_read_timeout_secs: u64,
+
+    /// Seconds between HTTP/2 keep-alive pings.
+    #[arg(long, env = "RELAY_HTTP2_KEEPALIVE_INTERVAL_SECS",
+          default_value_t = ServerConfig::default().http2_keep_alive_interval.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) http2_keepalive_interval_secs: u64,
+
+    /// Seconds an HTTP/2 peer has to answer a keep-alive ping before its connection is
+    /// closed.
+    #[arg(long, env = "RELAY_HTTP2_KEEPALIVE_TIMEOUT_SECS",
+          default_value_t = ServerConfig::default().http2_keep_alive_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) http2_keepalive_timeout_secs: u64,
+
+    /// Seconds a connection with no request in flight is kept (HTTP/2; an idle HTTP/1
+    /// connection meets the header read timeout first, WebSockets have their own).
+    #[arg(long, env = "RELAY_HTTP2_IDLE_TIMEOUT_SECS",
+          default_value_t = ServerConfig::default().http2_idle_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) http2_idle_timeout_secs: u64,
+
+    /// HTTP/2 streams (requests) one connection may have open at once.
+    #[arg(long, env = "RELAY_HTTP2_MAX_CONCURRENT_STREAMS",
+          default_value_t = ServerConfig::default().http2_max_concurrent_streams,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) http2_max_concurrent_streams: u32,
+
+    /// Proxies whose forwarding headers are believed (CIDR ranges or addresses,
+    /// comma-separated or repeated). From them the client address comes from
+    /// X-Forwarded-For (the right-most entry not itself trusted) or X-Real-IP; per-address
+    /// limits and logs use it. Empty (the default): the headers are ignored.
+    #[arg(long, env = "RELAY_TRUSTED_PROXIES", value_name = "CIDR", value_delimiter = ',',
+          value_parser = parse_trusted_proxy)]
+    pub(crate) trusted_proxies: Vec<String>,
+
+    /// Every connection starts with a PROXY protocol v2 header (HAProxy's
+    /// send-proxy-v2) naming the client; only peers in --trusted-proxies may connect,
+    /// and a connection without a valid header is closed.
+    #[arg(long, env = "RELAY_PROXY_PROTOCOL", requires = "trusted_proxies")]
+    pub(crate) proxy_protocol: bool,
 
     /// Seconds a REST request may take, reading its body included, before it is answered
     /// 408 request_timeout. WebSockets are not bound by it.
@@ -389,6 +445,11 @@ pub(crate) struct OpsArgs {
 }
 
 /// An origin as browsers send it in `Origin`: `scheme://host[:port]`, no path; or `*`.
+/// One `--trusted-proxies` entry, checked: a CIDR range or an address.
+fn parse_trusted_proxy(s: &str) -> Result<String, String> {
+    TrustedProxies::parse(s).map(|_| s.trim().to_owned()).map_err(|e| e.to_string())
+}
+
 fn parse_origin(s: &str) -> Result<String, String> {
     let s = s.trim().trim_end_matches('/');
     if s == "*" {

@@ -134,6 +134,16 @@ impl RelayRegistry {
         RelayRegistry { config, entries: Mutex::new(BTreeMap::new()) }
     }
 
+    /// Whether `token` may announce: the check [`RelayRegistry::announce`] starts with,
+    /// for a caller that wants to refuse before reading the announcement's body.
+    pub fn check_token(&self, token: Option<&str>) -> Result<(), DiscoveryError> {
+        let expected = self.config.token.as_ref().ok_or(DiscoveryError::RegistryClosed)?;
+        if !token.is_some_and(|t| expected.matches(t)) {
+            return Err(DiscoveryError::BadRegistryToken);
+        }
+        Ok(())
+    }
+
     /// Records (or refreshes) an announcement presented with `token`. A relay already
     /// live keeps its `registered_at`.
     pub fn announce(
@@ -142,10 +152,7 @@ impl RelayRegistry {
         announcement: Announcement,
         now: u64,
     ) -> Result<RelayEntry, DiscoveryError> {
-        let expected = self.config.token.as_ref().ok_or(DiscoveryError::RegistryClosed)?;
-        if !token.is_some_and(|t| expected.matches(t)) {
-            return Err(DiscoveryError::BadRegistryToken);
-        }
+        self.check_token(token)?;
         announcement.validate()?;
         let max = self.config.max_ttl.as_secs();
         let ttl_secs = match announcement.ttl_secs {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use relay_core::{Limits, RoomIdPrefix};
 
+use crate::net::proxy::TrustedProxies;
 use crate::net::tls::TlsHandle;
 use crate::ratelimit::RateLimits;
 use crate::stats::StatsConfig;
@@ -63,11 +64,46 @@ pub struct ServerConfig {
     /// TLS certificate and key served to every new connection; `None` serves plain
     /// HTTP (for a TLS-terminating proxy in front). Reload it through the handle.
     pub tls: Option<TlsHandle>,
-    /// An HTTP/1 client must send a complete request head within this long, counted
-    /// from when the server starts waiting for it (also between keep-alive requests).
-    /// The same deadline applies to the first bytes of any connection, so a client
-    /// that connects and stays silent is dropped too (default 10 s).
+    /// A connection's first request must have arrived whole (its HTTP/1 head, or an
+    /// HTTP/2 request's headers) within this long of the TCP accept, TLS handshake and
+    /// PROXY header included; otherwise the connection is closed without an answer. A
+    /// client that sends one byte, or only the HTTP/2 preface, and then nothing is cut
+    /// off at this deadline. On an HTTP/1 keep-alive connection each later request head
+    /// gets the same time, counted from when the server starts waiting for it
+    /// (default 10 s).
     pub header_read_timeout: Duration,
+    /// A request body (a REST POST or PATCH) must arrive whole within this long of the
+    /// handler starting to read it, else 408 `request_timeout` and the connection is
+    /// closed (default 10 s). Credentials are checked before any body is read.
+    pub body_read_timeout: Duration,
+    /// HTTP/2: interval between the server's keep-alive pings (default 20 s).
+    pub http2_keep_alive_interval: Duration,
+    /// HTTP/2: a connection whose peer does not answer a keep-alive ping within this
+    /// long is closed (default 20 s).
+    pub http2_keep_alive_timeout: Duration,
+    /// A connection with no request in flight for this long is closed. It matters for
+    /// HTTP/2, whose idle connections are otherwise kept up by ping answers; an idle
+    /// HTTP/1 keep-alive connection meets `header_read_timeout` first, and a WebSocket
+    /// has its own idle timeout (default 60 s).
+    pub http2_idle_timeout: Duration,
+    /// HTTP/2: streams (requests) one connection may have open at once; more are
+    /// refused by the HTTP/2 layer with `REFUSED_STREAM` (default 100).
+    pub http2_max_concurrent_streams: u32,
+    /// Peers whose forwarding information is believed: from an address in these
+    /// ranges the client address is taken from `X-Forwarded-For` (the right-most entry
+    /// not itself trusted), else `X-Real-IP`, or from the PROXY header when
+    /// `proxy_protocol` is on. Per-address request rates and logs then use the client's
+    /// address; a trusted proxy's own connections are exempt from the per-address
+    /// connection cap and rate (they carry many clients), unless `proxy_protocol`
+    /// names the client at accept. Empty (the default) trusts no one, and these
+    /// headers are ignored from everyone.
+    pub trusted_proxies: TrustedProxies,
+    /// Every connection must start with a PROXY protocol v2 header (HAProxy's
+    /// `send-proxy-v2`, AWS NLB, ...) from a peer in `trusted_proxies`; a connection
+    /// from another peer, or without a valid header within `header_read_timeout`, is
+    /// closed without an answer. The header's source address is the client's, from the
+    /// accept on: connection cap and rate per address included (default off).
+    pub proxy_protocol: bool,
     /// A TLS handshake must finish within this long after the TCP accept (default 10 s).
     pub tls_handshake_timeout: Duration,
     /// Connections served at once, across all listeners and counting those still in
@@ -118,6 +154,13 @@ impl Default for ServerConfig {
             discovery: DiscoveryConfig::default(),
             tls: None,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            http2_keep_alive_interval: Duration::from_secs(20),
+            http2_keep_alive_timeout: Duration::from_secs(20),
+            http2_idle_timeout: Duration::from_secs(60),
+            http2_max_concurrent_streams: 100,
+            trusted_proxies: TrustedProxies::default(),
+            proxy_protocol: false,
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_ip: 256,
@@ -127,5 +170,20 @@ impl Default for ServerConfig {
             stats: StatsConfig::default(),
             turn: TurnConfig::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerConfig;
+
+    #[test]
+    fn per_address_bursts_are_well_below_the_connection_cap() {
+        let config = ServerConfig::default();
+        let limits = &config.rate_limits;
+        // One address must not be able to take the whole cap, or most of it, at once.
+        assert!(limits.connections_per_ip.burst as usize * 5 <= config.max_connections, "{limits:?}");
+        assert!(config.max_connections_per_ip * 5 <= config.max_connections);
+        assert!(limits.requests_per_ip.burst as usize * 5 <= config.max_connections, "{limits:?}");
     }
 }

@@ -42,6 +42,7 @@ pub use dependency::{Dependencies, DependencyHealth};
 pub use error::{ApiError, TransportError};
 pub use metrics::KeyUsage;
 pub use net::MAX_BUSY_POLL;
+pub use net::proxy::{ProxyHeaderError, TrustedProxies, TrustedProxiesError};
 pub use net::tls::{TlsError, TlsHandle};
 pub use ratelimit::{Rate, RateLimits};
 pub use relay_discovery::{Discovery, DiscoveryConfig};

@@ -64,17 +64,22 @@ impl Rate {
     }
 }
 
-/// Every rate limit of the server. The defaults let one client on loopback run the
-/// benchmark (10,000 connections opened at once, thousands of WebSocket handshakes per
-/// second) and never touch normal MPC use; lower them to fit your traffic.
+/// Every rate limit of the server. The per-address defaults keep one address's burst a
+/// tenth or less of the default `max_connections`, and never touch normal MPC use (a
+/// room sees a handful of connections per round); a load test from one machine turns
+/// them off. The per-key and per-WebSocket defaults stay high; lower them to fit your
+/// traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimits {
     /// New TCP connections per client address (IPv6: per /64). Over it, a connection
-    /// is accepted and closed at once, without a response (default 5,000/s, burst
-    /// 50,000). Behind a proxy every connection comes from the proxy's address.
+    /// is accepted and closed at once, without a response (default 200/s, burst
+    /// 1,000: a tenth of the default `max_connections`, so one address cannot take the
+    /// whole cap in one burst). A trusted proxy's own connections are exempt; with the
+    /// PROXY protocol the client's address counts instead.
     pub connections_per_ip: Rate,
-    /// HTTP requests per client address, WebSocket handshakes included. Over it: 429
-    /// `rate_limited` with `Retry-After` (default 10,000/s, burst 50,000).
+    /// HTTP requests per client address (from a trusted proxy: the address it
+    /// forwards), WebSocket handshakes included. Over it: 429 `rate_limited` with
+    /// `Retry-After` (default 1,000/s, burst 2,000).
     pub requests_per_ip: Rate,
     /// Room creations and keyed WebSocket opens (`/v1/msg-relay`) per API key, when
     /// keys are enforced. Over it: 429 `rate_limited` with `Retry-After` (default
@@ -91,8 +96,8 @@ pub struct RateLimits {
 impl Default for RateLimits {
     fn default() -> RateLimits {
         RateLimits {
-            connections_per_ip: Rate::new(5_000, 50_000),
-            requests_per_ip: Rate::new(10_000, 50_000),
+            connections_per_ip: Rate::new(200, 1_000),
+            requests_per_ip: Rate::new(1_000, 2_000),
             per_key: Rate::new(5_000, 50_000),
             ws_messages: Rate::new(100_000, 100_000),
             max_tracked: 100_000,

@@ -7,7 +7,8 @@
 //!    preflights and puts the CORS headers on every answer, a 429 included, exposing
 //!    `Retry-After` to the page;
 //! 2. the per-address request rate (429 before any other work; the accept loop put the
-//!    client address in the request's extensions);
+//!    client address in the request's extensions: the TCP peer, or the address a
+//!    trusted proxy forwarded, see [`crate::net::proxy`]);
 //! 3. tracing, with the `Authorization`, `Cookie` and `Sec-WebSocket-Protocol` headers
 //!    redacted and the admin token and keys cut out of logged URIs;
 //! 4. metrics by matched route template and status, and JSON errors: a refusal that a
@@ -60,7 +61,14 @@ pub(crate) fn router(state: &AppState) -> axum::Router {
         .layer(middleware::from_fn_with_state(state.clone(), metrics_and_json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let uri = admin::redact_uri(req.uri());
-            tracing::debug_span!("request", method = %req.method(), uri = %uri)
+            // The client as the accept loop derived it (a trusted proxy's forwarded
+            // address, not the proxy's).
+            match req.extensions().get::<ClientAddr>() {
+                Some(ClientAddr(client)) => {
+                    tracing::debug_span!("request", client = %client, method = %req.method(), uri = %uri)
+                }
+                None => tracing::debug_span!("request", method = %req.method(), uri = %uri),
+            }
         }))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,

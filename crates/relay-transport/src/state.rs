@@ -70,18 +70,40 @@ pub(crate) struct Inner {
 pub(crate) struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
     per_ip: Arc<Mutex<std::collections::HashMap<IpAddr, usize>>>,
-    /// The address (IPv6: the /64) it counts against.
-    key: IpAddr,
+    /// The address (IPv6: the /64) it counts against; `None` for a trusted proxy's
+    /// connection whose client is not known at accept.
+    key: Option<IpAddr>,
+    max_per_ip: usize,
+}
+
+impl ConnectionSlot {
+    /// Counts this slot against `client`'s `max_connections_per_ip` (for a slot taken
+    /// by [`AppState::proxy_connection_slot`], once the PROXY header named the client).
+    pub(crate) fn count_against(&mut self, client: IpAddr) -> Result<(), SlotRefused> {
+        if self.key.is_some() {
+            return Ok(());
+        }
+        let key = crate::ratelimit::client_key(client);
+        let mut open = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.max_per_ip {
+            return Err(SlotRefused::PerIp);
+        }
+        *count += 1;
+        self.key = Some(key);
+        Ok(())
+    }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        let Some(key) = self.key else { return };
         let mut open = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.key) {
+        if let Some(count) = open.get_mut(&key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 // Forgotten at zero: the map holds only addresses with open connections.
-                open.remove(&self.key);
+                open.remove(&key);
             }
         }
     }
@@ -318,18 +340,23 @@ impl AppState {
     /// A slot for a new connection from `peer`, or why there is none: `max_connections`
     /// are open, or `max_connections_per_ip` from `peer`'s address (IPv6: its /64).
     pub(crate) fn connection_slot(&self, peer: IpAddr) -> Result<ConnectionSlot, SlotRefused> {
+        let mut slot = self.proxy_connection_slot()?;
+        slot.count_against(peer)?;
+        Ok(slot)
+    }
+
+    /// A connection slot under `max_connections` only, for a trusted proxy's connection:
+    /// it carries many clients, so its address's cap does not apply. With the PROXY
+    /// protocol, [`ConnectionSlot::count_against`] adds the client's once it is known.
+    pub(crate) fn proxy_connection_slot(&self) -> Result<ConnectionSlot, SlotRefused> {
         let permit =
             self.inner.connection_slots.clone().try_acquire_owned().map_err(|_| SlotRefused::Full)?;
-        let key = crate::ratelimit::client_key(peer);
-        {
-            let mut open = self.inner.per_ip_connections.lock().unwrap_or_else(PoisonError::into_inner);
-            let count = open.entry(key).or_insert(0);
-            if *count >= self.inner.config.max_connections_per_ip {
-                return Err(SlotRefused::PerIp);
-            }
-            *count += 1;
-        }
-        Ok(ConnectionSlot { _permit: permit, per_ip: self.inner.per_ip_connections.clone(), key })
+        Ok(ConnectionSlot {
+            _permit: permit,
+            per_ip: self.inner.per_ip_connections.clone(),
+            key: None,
+            max_per_ip: self.inner.config.max_connections_per_ip,
+        })
     }
 
     /// The rate limiters shared by every connection.

@@ -380,8 +380,21 @@ impl Http1Conn {
 
     /// `GET path` on this connection.
     pub(crate) async fn get(&mut self, path: &str) -> anyhow::Result<HttpResponse> {
+        self.get_with(path, &[]).await
+    }
+
+    /// `GET path` with extra `headers` on this connection.
+    pub(crate) async fn get_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<HttpResponse> {
         tokio::time::timeout(STEP_TIMEOUT, self.sender.ready()).await??;
-        let req = Request::get(path).header("host", "localhost").body(Full::new(Bytes::new()))?;
+        let mut req = Request::get(path).header("host", "localhost");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new()))?;
         let resp = tokio::time::timeout(STEP_TIMEOUT, self.sender.send_request(req)).await??;
         let (parts, body) = resp.into_parts();
         let body = tokio::time::timeout(STEP_TIMEOUT, body.collect()).await??.to_bytes();

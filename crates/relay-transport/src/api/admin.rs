@@ -208,7 +208,7 @@ pub(crate) async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let state = &state;
     let store = admin_store(state, bearer_or_raw(&req).as_deref())?;
-    let body = read_body(req, state.config().max_body_bytes).await?;
+    let body = read_body(req, state.config()).await?;
     let request: CreateKeyRequest = parse_json(&body)?;
     let options = CreateOptions { tenant: request.tenant, expires_at: request.expires_at };
     create_key(store, request.name, options, StatusCode::CREATED).await

@@ -48,7 +48,7 @@ pub(crate) async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let state = &state;
     let caller = discovery_caller(state, &req)?;
-    let body = read_body(req, state.config().max_body_bytes).await?;
+    let body = read_body(req, state.config()).await?;
     create_group(state.discovery(), &caller, &body, unix_now())
 }
 
@@ -102,7 +102,7 @@ async fn update_named(
     id: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let caller = discovery_caller(state, &req)?;
-    let body = read_body(req, state.config().max_body_bytes).await?;
+    let body = read_body(req, state.config()).await?;
     update_group(state.discovery(), &caller, id, &body, unix_now())
 }
 
@@ -192,7 +192,9 @@ pub(crate) async fn announce(
 ) -> Result<Response<Body>, ApiError> {
     let state = &state;
     let token = bearer_token(&req);
-    let body = read_body(req, state.config().max_body_bytes).await?;
+    // The token first: a refused announcement's body is never read.
+    state.discovery().registry().check_token(token.as_deref()).map_err(api_error)?;
+    let body = read_body(req, state.config()).await?;
     let announcement = Announcement::from_json(&body).map_err(api_error)?;
     let entry = state
         .discovery()

@@ -151,7 +151,7 @@ pub(crate) async fn join(
 async fn keyed_body(state: &AppState, req: Request<Body>) -> Result<(Caller, bytes::Bytes), ApiError> {
     let caller = authenticate(state, &req)?;
     state.check_key_rate(&caller)?;
-    let body = read_body(req, state.config().max_body_bytes).await?;
+    let body = read_body(req, state.config()).await?;
     Ok((caller, body))
 }
 

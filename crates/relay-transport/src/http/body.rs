@@ -5,6 +5,7 @@ use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode, header};
 use relay_proto::ErrorCode;
 
+use crate::config::ServerConfig;
 use crate::error::ApiError;
 
 /// The body type of every request and response (axum's).
@@ -20,10 +21,21 @@ pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Respons
     resp
 }
 
-/// Reads the whole body. The router's body-limit layer bounds it to `limit`
-/// (`ServerConfig::max_body_bytes`): past that the read fails with 413 `body_too_large`.
-pub(crate) async fn read_body(req: Request<Body>, limit: usize) -> Result<Bytes, ApiError> {
-    match req.into_body().collect().await {
+/// Reads the whole body within `config.body_read_timeout` (else 408 `request_timeout`,
+/// and hyper closes the connection, whose body was left unread). The router's
+/// body-limit layer bounds it to `config.max_body_bytes`: past that the read fails with
+/// 413 `body_too_large`. Call it only once the caller's credentials are checked, so a
+/// refused request costs no body.
+pub(crate) async fn read_body(req: Request<Body>, config: &ServerConfig) -> Result<Bytes, ApiError> {
+    let limit = config.max_body_bytes;
+    let timeout = config.body_read_timeout;
+    let Ok(collected) = tokio::time::timeout(timeout, req.into_body().collect()).await else {
+        return Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the request body did not arrive within {} s", timeout.as_secs_f64()),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if is_length_limit(&e) => Err(ApiError::body_too_large(limit)),
         Err(e) => Err(ApiError::new(ErrorCode::BadBody, format!("could not read request body: {e}"))),

@@ -1,11 +1,12 @@
 //! Socket-level pieces below HTTP, used by the accept loop and the WebSockets: TLS, the
-//! burst reader of busy WebSockets, and opt-in busy polling (cargo
-//! feature `busy-poll`). They know nothing else of
+//! burst reader of busy WebSockets, trusted proxies and the PROXY protocol, and opt-in
+//! busy polling (cargo feature `busy-poll`). They know nothing else of
 //! the crate.
 
 pub(crate) mod burst;
 #[cfg(feature = "busy-poll")]
 pub(crate) mod busy_poll;
+pub(crate) mod proxy;
 pub(crate) mod tls;
 
 /// Longest busy-poll window accepted (`ServerConfig::busy_poll`): beyond it, a spinning
