@@ -28,6 +28,7 @@ mod openapi;
 mod ratelimit;
 mod revocation;
 mod rooms;
+mod scaleout_keys;
 mod startup_checks;
 mod timeouts;
 mod tls;
