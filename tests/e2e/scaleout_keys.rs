@@ -1,7 +1,7 @@
 //! Scale-out of API keys and usage through PostgreSQL (issue 17), against two real
 //! `relay-server` binaries sharing one database (`--database-url`): a key created on A
-//! verifies on B; revoked on B, it is refused on A within 1 s and A's live WebSocket of
-//! that key closes with 1008 "api key revoked"; usage is summed across both; an
+//! verifies on B; revoked on B, it is refused on A within 1 s, A's live WebSocket of
+//! that key closes with 1008 "api key revoked" and the room it created on A closes; usage is summed across both; an
 //! unreachable database at start exits 2 naming it; the database lost while running
 //! (a TCP proxy of the test's own is cut, the shared PostgreSQL server is never
 //! touched) gives `/readyz` 503 and 503 `storage_unavailable` on create while
@@ -104,6 +104,12 @@ async fn a_key_created_on_a_verifies_on_b_and_revoked_on_b_is_refused_on_a_withi
     let key = create_key(&a, "shared").await?;
     until_status(b.addr, &key, StatusCode::OK, WITHIN).await.context("B learns of A's key")?;
     let mut a_socket = open_mailbox(&a, &key).await?;
+    // A room the key created on A, with a party joined by its ID alone.
+    let auth = format!("Bearer {key}");
+    let room = post_json(a.addr, "/v1/rooms", &[("authorization", &auth)], &json!({"room_size": 2})).await?;
+    anyhow::ensure!(room.status == StatusCode::CREATED, "{}", room.text());
+    let room = room.json()["room_uuid"].as_str().context("room_uuid")?.to_owned();
+    let mut party = ws_connect(a.addr, &format!("/v1/rooms/{room}")).await?;
 
     let revoked = http_request(b.addr, "GET", &format!("/revokekey/shared/{TOKEN}"), &[], b"").await?;
     anyhow::ensure!(revoked.status == StatusCode::OK, "revoke on B: {}", revoked.text());
@@ -114,6 +120,9 @@ async fn a_key_created_on_a_verifies_on_b_and_revoked_on_b_is_refused_on_a_withi
         .context("A's socket of the revoked key")?;
     assert_eq!(close, (1008, "api key revoked".to_owned()));
     assert!(started.elapsed() <= WITHIN, "closed after {:?}", started.elapsed());
+    let (party_code, _) =
+        close_of(&mut party, WITHIN).await.context("the party of the revoked key's room on A")?;
+    assert_eq!(party_code, 1008, "the revoked key's room on A is closed by the operator's code");
     // A name taken on A is taken on B.
     let auth = format!("Bearer {TOKEN}");
     let again =

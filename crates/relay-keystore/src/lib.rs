@@ -24,7 +24,7 @@ pub use record::{CreateOptions, KeyInfo, KeyOrigin, KeyStatus, Usage, VerifiedKe
 pub use secret::{
     API_KEY_LEN, AdminToken, ApiKey, MAX_ADMIN_TOKEN_LEN, MAX_NAME_LEN, PreconfiguredKey, is_valid_name,
 };
-pub use store::KeyStore;
+pub use store::{KeyStore, RevocationObserver};
 
 /// The current time in unix seconds, for the `now` arguments (0 if the clock is before
 /// 1970). Library code takes `now` as an argument so tests control time.

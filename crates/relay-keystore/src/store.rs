@@ -48,7 +48,13 @@ pub(crate) struct Memory {
     state: RwLock<State>,
     /// SHA-256 of the admin token, if one was set or generated.
     admin_digest: RwLock<Option<KeyDigest>>,
+    /// Told the name of each key another instance revoked, once it is applied here.
+    on_revoked_elsewhere: RwLock<Option<RevocationObserver>>,
 }
+
+/// Told the name of a key that another instance sharing the database revoked, once
+/// this instance knows (the relay closes the rooms that key created here).
+pub type RevocationObserver = Box<dyn Fn(&str) + Send + Sync>;
 
 /// One key in memory. Entries are never removed (a revoked name stays taken), so their
 /// indices in [`State::entries`] are stable.
@@ -83,21 +89,35 @@ impl Memory {
     }
 
     /// Applies everything a backend holds (at open, or after a reconnect): keys are
-    /// added or updated, usage bases replaced, the admin digest replaced.
+    /// added or updated, usage bases replaced, the admin digest replaced. Keys found
+    /// revoked that were not are passed to the revocation observer.
     pub(crate) fn apply_loaded(&self, loaded: &Loaded) {
         for key in &loaded.keys {
-            self.apply_key(key, true);
+            if self.apply_key(key, true) {
+                self.revoked_elsewhere(&key.name);
+            }
         }
         self.set_admin(loaded.admin);
     }
 
+    /// Tells the revocation observer, if any, that `name` was revoked elsewhere.
+    pub(crate) fn revoked_elsewhere(&self, name: &str) {
+        if let Some(observer) =
+            self.on_revoked_elsewhere.read().unwrap_or_else(PoisonError::into_inner).as_ref()
+        {
+            observer(name);
+        }
+    }
+
     /// Adds or updates one key as the backend holds it; with `with_usage`, also
-    /// replaces its usage base.
-    pub(crate) fn apply_key(&self, key: &StoredKey, with_usage: bool) {
+    /// replaces its usage base. Returns whether this revoked a key known here as not
+    /// revoked.
+    pub(crate) fn apply_key(&self, key: &StoredKey, with_usage: bool) -> bool {
         let mut state = self.write_state();
         match state.by_name.get(&key.name).copied() {
             Some(i) => {
-                let Some(entry) = state.entries.get_mut(i) else { return };
+                let Some(entry) = state.entries.get_mut(i) else { return false };
+                let newly_revoked = entry.revoked_at.is_none() && key.record.revoked_at.is_some();
                 let digest_changed = !entry.digest.ct_eq(&key.digest);
                 entry.digest = key.digest;
                 entry.tenant.clone_from(&key.record.tenant);
@@ -110,12 +130,14 @@ impl Memory {
                 if digest_changed {
                     state.rebuild_buckets();
                 }
+                newly_revoked
             }
             None => {
                 // Created keys are live at once; preconfigured ones wait for this
                 // instance's `preconfigure`.
                 let configured = key.record.origin == KeyOrigin::Created;
                 state.insert(&key.name, key.digest, &key.record, configured, key.usage);
+                false
             }
         }
     }
@@ -215,6 +237,13 @@ impl KeyStore {
         }
     }
 
+    /// Sets who is told the name of each key another instance revoked, once this one
+    /// applied it (PostgreSQL only; a revocation through this store is not reported:
+    /// its caller knows). The relay closes the rooms that key created here.
+    pub fn set_revocation_observer(&self, observer: RevocationObserver) {
+        *self.memory.on_revoked_elsewhere.write().unwrap_or_else(PoisonError::into_inner) = Some(observer);
+    }
+
     /// Creates a key named `name` at `now` (unix seconds) and returns it with its info.
     /// The key is shown here only: the store keeps its SHA-256.
     ///
@@ -258,7 +287,7 @@ impl KeyStore {
             return Err(KeystoreError::NameTaken { name: name.to_owned() });
         }
         let stored = StoredKey { name: name.to_owned(), digest, record, usage: Usage::default() };
-        self.memory.apply_key(&stored, false);
+        let _ = self.memory.apply_key(&stored, false);
         let info = self.get(name).ok_or_else(|| KeystoreError::NotFound { name: name.to_owned() })?;
         tracing::info!(key = name, tenant = %info.tenant, expires_at = info.expires_at, "API key created");
         Ok((key, info))

@@ -102,6 +102,13 @@ async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option
 async fn a_key_created_on_one_instance_verifies_on_another_and_a_revocation_reaches_the_first() {
     let Some(db) = TestDb::create().await else { return };
     let (a, b) = (db.open().await, db.open().await);
+    let told: Arc<Mutex<Vec<String>>> = Arc::default();
+    for (store, who) in [(&a, "A"), (&b, "B")] {
+        let sink = told.clone();
+        store.set_revocation_observer(Box::new(move |name| {
+            sink.lock().expect("told").push(format!("{who}:{name}"))
+        }));
+    }
     let (key, _) = a.create("shared", CreateOptions::default(), NOW).await.expect("create on A");
     let key = key.to_base64();
     let seen = eventually(WITHIN, || b.verify(&key, NOW).is_ok()).await;
@@ -114,6 +121,10 @@ async fn a_key_created_on_one_instance_verifies_on_another_and_a_revocation_reac
     assert!(refused.is_some(), "A still accepts the key B revoked after {WITHIN:?}");
     assert_eq!(a.status("shared", NOW + 2), Some(KeyStatus::Revoked));
     assert_eq!(a.get("shared").and_then(|k| k.revoked_at), Some(NOW + 1));
+    // A is told (it closes the key's rooms); B, which revoked it, is not.
+    eventually(WITHIN, || !told.lock().expect("told").is_empty()).await.expect("A's observer");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*told.lock().expect("told"), ["A:shared"]);
 }
 
 #[tokio::test]

@@ -184,7 +184,7 @@ impl AppState {
             };
             metrics.set_key_usage_source(Box::new(source));
         }
-        Ok(AppState {
+        let state = AppState {
             inner: Arc::new(Inner {
                 rooms,
                 #[cfg(feature = "busy-poll")]
@@ -204,7 +204,24 @@ impl AppState {
                 stats,
                 dependencies,
             }),
-        })
+        };
+        if let Some(store) = &state.inner.keystore {
+            // A key revoked on another instance sharing the database: close the rooms it
+            // created here, as a revocation through this instance does. Weak: the store
+            // must not keep the state alive.
+            let weak = Arc::downgrade(&state.inner);
+            store.set_revocation_observer(Box::new(move |name| {
+                if let Some(inner) = weak.upgrade() {
+                    let closed = AppState { inner }.close_rooms_of_key(name);
+                    tracing::info!(
+                        key = name,
+                        rooms_closed = closed,
+                        "key revoked on another instance: its rooms closed"
+                    );
+                }
+            }));
+        }
+        Ok(state)
     }
 
     /// The external engines (PostgreSQL, Redis): a component that uses one registers it

@@ -114,8 +114,9 @@ impl Listener {
             memory.set_admin(load_admin(&self.client, location).await?);
         } else if let Some(name) = payload.strip_prefix("k:")
             && let Some(key) = load_one(&self.client, name, location).await?
+            && memory.apply_key(&key, false)
         {
-            memory.apply_key(&key, false);
+            memory.revoked_elsewhere(name);
         }
         Ok(())
     }

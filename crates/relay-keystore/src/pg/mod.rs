@@ -36,6 +36,8 @@ const ADMIN_DIGEST_KEY: &str = "admin_token_sha256";
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for a pooled connection.
 const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Longest a write (pool wait, connect and queries included) may take.
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pooled connections per instance: writes are rare (admin calls, a usage batch every
 /// few seconds), verification never queries.
 const POOL_SIZE: usize = 4;
@@ -190,7 +192,7 @@ impl PgStore {
     }
 
     /// Stores a new key; `false` when the name is taken.
-    pub(crate) async fn insert_new(&self, name: &str, record: &KeyRecord) -> Result<bool, KeystoreError> {
+    async fn insert_new_untimed(&self, name: &str, record: &KeyRecord) -> Result<bool, KeystoreError> {
         let mut client = self.client().await?;
         let result = async {
             let tx = client.transaction().await?;
@@ -221,7 +223,7 @@ impl PgStore {
     }
 
     /// Writes preconfigured keys' records (a replaced digest for a known name).
-    pub(crate) async fn put_records(&self, records: &[(String, KeyRecord)]) -> Result<(), KeystoreError> {
+    async fn put_records_untimed(&self, records: &[(String, KeyRecord)]) -> Result<(), KeystoreError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -254,7 +256,7 @@ impl PgStore {
     }
 
     /// Marks key `name` revoked at `now` unless it already is; the record after.
-    pub(crate) async fn revoke(&self, name: &str, now: u64) -> Result<Option<KeyRecord>, KeystoreError> {
+    async fn revoke_untimed(&self, name: &str, now: u64) -> Result<Option<KeyRecord>, KeystoreError> {
         let mut client = self.client().await?;
         let result = async {
             let tx = client.transaction().await?;
@@ -280,7 +282,7 @@ impl PgStore {
 
     /// Stores the admin token's digest (unless `only_if_absent` and one is stored);
     /// returns the digest stored after the call.
-    pub(crate) async fn set_admin_digest(
+    async fn set_admin_digest_untimed(
         &self,
         digest: KeyDigest,
         only_if_absent: bool,
@@ -308,7 +310,7 @@ impl PgStore {
     }
 
     /// Adds every delta to the shared totals, then reads all totals back.
-    pub(crate) async fn write_usage(
+    async fn write_usage_untimed(
         &self,
         writes: &[UsageWrite],
     ) -> Result<Vec<(String, Usage)>, KeystoreError> {
@@ -334,6 +336,56 @@ impl PgStore {
         .await;
         let rows = self.checked(result)?;
         Ok(rows.iter().map(|row| (row.get::<_, String>(0), usage_from(row, 1))).collect())
+    }
+
+    /// Stores a new key; `false` when the name is taken. Bounded by [`QUERY_TIMEOUT`].
+    pub(crate) async fn insert_new(&self, name: &str, record: &KeyRecord) -> Result<bool, KeystoreError> {
+        self.timed(self.insert_new_untimed(name, record)).await
+    }
+
+    /// Writes preconfigured keys' records (a replaced digest for a known name). Bounded by [`QUERY_TIMEOUT`].
+    pub(crate) async fn put_records(&self, records: &[(String, KeyRecord)]) -> Result<(), KeystoreError> {
+        self.timed(self.put_records_untimed(records)).await
+    }
+
+    /// Marks key `name` revoked at `now` unless it already is; the record after. Bounded by [`QUERY_TIMEOUT`].
+    pub(crate) async fn revoke(&self, name: &str, now: u64) -> Result<Option<KeyRecord>, KeystoreError> {
+        self.timed(self.revoke_untimed(name, now)).await
+    }
+
+    /// Stores the admin token's digest (unless `only_if_absent` and one is stored);
+    /// returns the digest stored after the call. Bounded by [`QUERY_TIMEOUT`].
+    pub(crate) async fn set_admin_digest(
+        &self,
+        digest: KeyDigest,
+        only_if_absent: bool,
+    ) -> Result<KeyDigest, KeystoreError> {
+        self.timed(self.set_admin_digest_untimed(digest, only_if_absent)).await
+    }
+
+    /// Adds every delta to the shared totals, then reads all totals back. Bounded by [`QUERY_TIMEOUT`].
+    pub(crate) async fn write_usage(
+        &self,
+        writes: &[UsageWrite],
+    ) -> Result<Vec<(String, Usage)>, KeystoreError> {
+        self.timed(self.write_usage_untimed(writes)).await
+    }
+
+    /// Fails `op` with [`KeystoreError::Database`] (and reports PostgreSQL down) when it
+    /// takes longer than [`QUERY_TIMEOUT`]: a connection that stalls without closing
+    /// must not hold the key store's write lock for ever.
+    async fn timed<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, KeystoreError>>,
+    ) -> Result<T, KeystoreError> {
+        match tokio::time::timeout(QUERY_TIMEOUT, op).await {
+            Ok(result) => result,
+            Err(_) => {
+                let reason = format!("no answer within {QUERY_TIMEOUT:?}");
+                self.health.report(false, &reason);
+                Err(KeystoreError::Database { location: self.location.clone(), reason })
+            }
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, KeystoreError> {
