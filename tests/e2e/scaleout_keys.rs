@@ -5,7 +5,8 @@
 //! unreachable database at start exits 2 naming it; the database lost while running
 //! (a TCP proxy of the test's own is cut, the shared PostgreSQL server is never
 //! touched) gives `/readyz` 503 and 503 `storage_unavailable` on create while
-//! verification keeps working, and everything recovers when the path is back.
+//! verification keeps working, and everything recovers when the path is back; and
+//! `relay-server keys ...` with `--database-url` reaches running relays.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -102,7 +103,8 @@ async fn a_key_created_on_a_verifies_on_b_and_revoked_on_b_is_refused_on_a_withi
     let Some(db) = TestDatabase::create().await else { return Ok(()) };
     let (a, b) = (start(&db.url).await?, start(&db.url).await?);
     let key = create_key(&a, "shared").await?;
-    until_status(b.addr, &key, StatusCode::OK, WITHIN).await.context("B learns of A's key")?;
+    let learned = until_status(b.addr, &key, StatusCode::OK, WITHIN).await.context("B learns of A's key")?;
+    eprintln!("B accepted A's new key {learned:?} after A answered");
     let mut a_socket = open_mailbox(&a, &key).await?;
     // A room the key created on A, with a party joined by its ID alone.
     let auth = format!("Bearer {key}");
@@ -114,7 +116,10 @@ async fn a_key_created_on_a_verifies_on_b_and_revoked_on_b_is_refused_on_a_withi
     let revoked = http_request(b.addr, "GET", &format!("/revokekey/shared/{TOKEN}"), &[], b"").await?;
     anyhow::ensure!(revoked.status == StatusCode::OK, "revoke on B: {}", revoked.text());
     let started = tokio::time::Instant::now();
-    until_status(a.addr, &key, StatusCode::FORBIDDEN, WITHIN).await.context("A refuses B's revocation")?;
+    let refused = until_status(a.addr, &key, StatusCode::FORBIDDEN, WITHIN)
+        .await
+        .context("A refuses B's revocation")?;
+    eprintln!("A refused the key {refused:?} after B answered the revocation");
     let close = close_of(&mut a_socket, WITHIN.saturating_sub(started.elapsed()) + Duration::from_millis(1))
         .await
         .context("A's socket of the revoked key")?;
@@ -277,5 +282,23 @@ async fn the_database_lost_while_running_gives_503_and_recovers() -> anyhow::Res
         .map(|r| r.get(0))
         .collect();
     assert_eq!(names, ["after", "before"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_offline_keys_command_writes_to_the_database_and_running_relays_learn_of_it() -> anyhow::Result<()>
+{
+    let Some(db) = TestDatabase::create().await else { return Ok(()) };
+    let a = start(&db.url).await?;
+    let out = run_binary(&["--database-url", &db.url, "keys", "create", "offline"]).await?;
+    anyhow::ensure!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let key = created["key"].as_str().context("key")?;
+    until_status(a.addr, key, StatusCode::OK, WITHIN).await.context("the running relay learns of the key")?;
+    let out = run_binary(&["--database-url", &db.url, "keys", "revoke", "offline"]).await?;
+    anyhow::ensure!(out.status.success(), "keys revoke: {}", String::from_utf8_lossy(&out.stderr));
+    until_status(a.addr, key, StatusCode::FORBIDDEN, WITHIN)
+        .await
+        .context("the running relay learns of the revocation")?;
     Ok(())
 }
