@@ -30,6 +30,7 @@ mod proxy;
 mod ratelimit;
 mod revocation;
 mod rooms;
+mod scaleout_keys;
 mod startup_checks;
 mod tenants;
 mod timeouts;

@@ -90,12 +90,20 @@ pub(crate) struct KeyArgs {
     /// --secret-auth (nothing generated) leave it alone.
     #[arg(long, env = "RELAY_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub(crate) admin_token_file: Option<PathBuf>,
+
+    /// PostgreSQL for state shared by every instance of a deployment
+    /// (`postgres://user:password@host:5432/db`): API keys, the admin token and usage
+    /// totals live there instead of under --data-dir. Unreachable at start: exit 2.
+    /// Unset: the embedded store under --data-dir.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
 }
 
 /// Subcommands: offline tools that run instead of the server.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
-    /// Create, list or revoke API keys in --data-dir while the server is stopped.
+    /// Create, list or revoke API keys in --data-dir while the server is stopped (or,
+    /// with --database-url, in PostgreSQL, also while servers run).
     #[command(subcommand)]
     Keys(KeysCommand),
 }

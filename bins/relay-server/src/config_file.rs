@@ -91,6 +91,9 @@ fn render_toml(command: &Command, matches: &ArgMatches) -> String {
         let render = |v: &String| -> String {
             if secret {
                 toml::Value::String("***".into()).to_string()
+            } else if key.ends_with("_url") {
+                // A database URL may carry a password: show everything else.
+                toml::Value::String(mask_url_password(v)).to_string()
             } else if is_bool(arg) || is_number(arg) || takes_bool(arg) {
                 v.clone()
             } else {
@@ -105,6 +108,19 @@ fn render_toml(command: &Command, matches: &ArgMatches) -> String {
         let _ = writeln!(out, "{key} = {value}");
     }
     out
+}
+
+/// `scheme://user:password@host/...` with the password shown as `***`; anything else
+/// unchanged.
+fn mask_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    match rest[..at].find(':') {
+        Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// The arguments that are settings: every long flag except help, version, and the
@@ -277,7 +293,7 @@ mod tests {
 
     use clap::{Arg, ArgAction, Command};
 
-    use super::render_toml;
+    use super::{mask_url_password, render_toml};
 
     #[test]
     fn print_config_masks_tokens_and_api_keys_but_not_other_values() {
@@ -316,5 +332,16 @@ mod tests {
         assert!(keys.iter().all(|k| k.as_str() == Some("***")));
         assert_eq!(table["insecure_api_keys_not_enforced"].as_bool(), Some(true));
         assert_eq!(table["room_id_prefix"].as_str(), Some("1a2b3c4d"));
+    }
+
+    #[test]
+    fn url_passwords_are_masked_and_the_rest_kept() {
+        assert_eq!(
+            mask_url_password("postgres://relay:s3cret@db:5432/relay"),
+            "postgres://relay:***@db:5432/relay"
+        );
+        assert_eq!(mask_url_password("postgres://relay@db/relay"), "postgres://relay@db/relay");
+        assert_eq!(mask_url_password("redis://:pw@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
+        assert_eq!(mask_url_password("host=db user=relay"), "host=db user=relay");
     }
 }

@@ -1,6 +1,7 @@
-//! The key store in the binary: opening it at start (preconfigured keys, the admin
-//! token printed once), flushing usage every few seconds and at shutdown, and the
-//! offline `relay-server keys ...` commands.
+//! The key store in the binary: opening it at start (under --data-dir, or in
+//! PostgreSQL with --database-url; preconfigured keys, the admin token printed once),
+//! flushing usage every few seconds and at shutdown, and the offline
+//! `relay-server keys ...` commands.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -16,7 +17,10 @@ use crate::cli::{KeyArgs, KeysCommand};
 /// The key store's directory under `--data-dir` (discovery has its own beside it).
 pub(crate) const KEYS_SUBDIR: &str = "keys";
 
-/// How often counted usage is written to disk while the server runs.
+/// How often counted usage is written while the server runs. With PostgreSQL each
+/// write also reads back every instance's totals, so `/v1/admin/usage` and the per-key
+/// `/metrics` series lag the deployment by at most about two of these (this instance's
+/// and the other's last writes).
 pub(crate) const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Shortest admin token `--secret-auth` accepts: the token guards every key, and the
@@ -42,15 +46,35 @@ impl StartError {
                 | KeystoreError::DuplicateKey { .. }
                 | KeystoreError::InvalidAdminToken(_)
         );
-        StartError { exit_code: if bad_flag { 2 } else { 1 }, message: e.to_string() }
+        match e {
+            // Says which engine and where (never the password), and which setting.
+            KeystoreError::DatabaseUnreachable { location, reason } => StartError {
+                exit_code: 2,
+                message: format!("cannot reach PostgreSQL at {location} (--database-url): {reason}"),
+            },
+            KeystoreError::DatabaseUrl(_) => {
+                StartError { exit_code: 2, message: format!("--database-url: {e}") }
+            }
+            _ => StartError { exit_code: if bad_flag { 2 } else { 1 }, message: e.to_string() },
+        }
+    }
+}
+
+/// Opens the store `--database-url` selects: PostgreSQL when set, else the embedded
+/// one under `data_dir`.
+async fn open_store(database_url: Option<&str>, data_dir: &Path) -> Result<KeyStore, KeystoreError> {
+    match database_url {
+        Some(url) => KeyStore::open_postgres(url).await,
+        None => KeyStore::open(&data_dir.join(KEYS_SUBDIR)),
     }
 }
 
 /// Opens the key store for the server: checks every `--api-key` value (before touching
-/// the disk), opens `--data-dir`, records the preconfigured keys and the admin token.
+/// the disk), opens `--data-dir` (or the `--database-url` database), records the
+/// preconfigured keys and the admin token.
 /// A token generated now is printed once on stdout. Opened also when keys are not
 /// enforced, so the admin API and `relay-server keys` keep working in development.
-pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<KeyStore>, StartError> {
+pub(crate) async fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<KeyStore>, StartError> {
     if let Some(token) = &args.secret_auth
         && token.chars().count() < MIN_SECRET_AUTH_CHARS
     {
@@ -68,9 +92,9 @@ pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<Key
         PreconfiguredKey::parse_all(&args.api_keys).map_err(|e| StartError::from_store(&e))?;
     let admin_token = args.secret_auth.clone().map(AdminToken::new).transpose();
     let admin_token = admin_token.map_err(|e| StartError::from_store(&e))?;
-    let dir = data_dir.join(KEYS_SUBDIR);
-    let store = KeyStore::open(&dir).map_err(|e| StartError::from_store(&e))?;
-    store.preconfigure(&preconfigured, unix_now()).map_err(|e| StartError::from_store(&e))?;
+    let store =
+        open_store(args.database_url.as_deref(), data_dir).await.map_err(|e| StartError::from_store(&e))?;
+    store.preconfigure(&preconfigured, unix_now()).await.map_err(|e| StartError::from_store(&e))?;
     if let Some(path) = &args.admin_token_file
         && admin_token.is_none()
         && !store.has_admin_token()
@@ -87,7 +111,7 @@ pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<Key
         });
     }
     if let Some(token) =
-        store.ensure_admin_token(admin_token.as_ref()).map_err(|e| StartError::from_store(&e))?
+        store.ensure_admin_token(admin_token.as_ref()).await.map_err(|e| StartError::from_store(&e))?
     {
         if let Some(path) = &args.admin_token_file {
             return write_admin_token_file(path, &token).map(|()| Arc::new(store));
@@ -102,7 +126,14 @@ pub(crate) fn open_for_server(args: &KeyArgs, data_dir: &Path) -> Result<Arc<Key
             });
         }
     }
-    tracing::info!(dir = %dir.display(), keys = store.list().len(), "key store open");
+    match store.database_location() {
+        Some(location) => tracing::info!(location, keys = store.list().len(), "key store open on PostgreSQL"),
+        None => tracing::info!(
+            dir = %data_dir.join(KEYS_SUBDIR).display(),
+            keys = store.list().len(),
+            "key store open"
+        ),
+    }
     Ok(Arc::new(store))
 }
 
@@ -132,8 +163,7 @@ fn write_admin_token_file(path: &Path, token: &AdminToken) -> Result<(), StartEr
     }
 }
 
-/// Writes counted usage to disk every [`USAGE_FLUSH_INTERVAL`] until the task is
-/// aborted. Failures are logged and the counters stay pending for the next round.
+/// Writes counted usage every [`USAGE_FLUSH_INTERVAL`] until the task is aborted. Failures are logged and the counters stay pending for the next round.
 pub(crate) async fn flush_usage_periodically(store: Arc<KeyStore>) {
     let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,20 +174,24 @@ pub(crate) async fn flush_usage_periodically(store: Arc<KeyStore>) {
     }
 }
 
-/// Writes counted usage to disk now (on a blocking thread), logging a failure.
+/// Writes counted usage now (sled flushes on a blocking thread), logging a failure.
 pub(crate) async fn flush_usage(store: &Arc<KeyStore>) {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.flush_usage()).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::debug!(keys = n, "usage written"),
-        Ok(Err(e)) => tracing::warn!("usage not written, will retry: {e}"),
-        Err(e) => tracing::warn!("usage flush task failed: {e}"),
+    match store.flush_usage().await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(keys = n, "usage written"),
+        Err(e) => tracing::warn!("usage not written, will retry: {e}"),
     }
 }
 
-/// Runs `relay-server keys ...` against `data_dir` and prints the result as JSON.
-pub(crate) fn run_offline(command: &KeysCommand, data_dir: &Path) -> ExitCode {
-    match offline(command, data_dir) {
+/// Runs `relay-server keys ...` against `data_dir` (or the `--database-url` database)
+/// and prints the result as JSON.
+pub(crate) fn run_offline(command: &KeysCommand, database_url: Option<&str>, data_dir: &Path) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .and_then(|rt| rt.block_on(offline(command, database_url, data_dir)).map_err(|e| e.to_string()));
+    match result {
         Ok(value) => {
             // A closed stdout (`| head`) is not worth a panic: report it and fail.
             let mut out = std::io::stdout().lock();
@@ -176,19 +210,23 @@ pub(crate) fn run_offline(command: &KeysCommand, data_dir: &Path) -> ExitCode {
     }
 }
 
-fn offline(command: &KeysCommand, data_dir: &Path) -> Result<serde_json::Value, KeystoreError> {
-    let store = KeyStore::open(&data_dir.join(KEYS_SUBDIR))?;
+async fn offline(
+    command: &KeysCommand,
+    database_url: Option<&str>,
+    data_dir: &Path,
+) -> Result<serde_json::Value, KeystoreError> {
+    let store = open_store(database_url, data_dir).await?;
     let now = unix_now();
     Ok(match command {
         KeysCommand::Create { name, expires_at, tenant } => {
             let options = CreateOptions { tenant: tenant.clone(), expires_at: *expires_at };
-            let (key, info) = store.create(name, options, now)?;
+            let (key, info) = store.create(name, options, now).await?;
             created_key_json(&key, &info)
         }
         KeysCommand::List => {
             let keys: Vec<_> = store.list().iter().map(|k| key_json(k, now)).collect();
             serde_json::json!({ "keys": keys })
         }
-        KeysCommand::Revoke { name } => key_json(&store.revoke(name, now)?, now),
+        KeysCommand::Revoke { name } => key_json(&store.revoke(name, now).await?, now),
     })
 }

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     let cli = settings.cli;
     init_tracing(cli.log_format);
     if let Some(Command::Keys(command)) = &cli.command {
-        return keys::run_offline(command, &cli.discovery.data_dir);
+        return keys::run_offline(command, cli.keys.database_url.as_deref(), &cli.discovery.data_dir);
     }
     // Every connection is a file descriptor: raise the soft limit to the hard one (the
     // operator sets the hard one, e.g. LimitNOFILE in the systemd unit).
@@ -62,19 +62,19 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    // After the certificate check, so a bad path exits 2 without touching the data dir.
-    let keystore = match keys::open_for_server(&cli.keys, &cli.discovery.data_dir) {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("error: {}", e.message);
-            return ExitCode::from(e.exit_code);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // After the certificate check, so a bad path exits 2 without touching the data dir.
+    let keystore = match runtime.block_on(keys::open_for_server(&cli.keys, &cli.discovery.data_dir)) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            return ExitCode::from(e.exit_code);
         }
     };
     match runtime.block_on(run(cli, keystore, tls)) {
@@ -100,6 +100,12 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyho
     }
 
     let state = AppState::with_keystore(config, keystore.clone())?;
+    if let Some(location) = keystore.database_location() {
+        // /readyz answers 503 and relay_dependency_up{dependency="postgres"} is 0 while
+        // the key store's PostgreSQL is unreachable.
+        let health = state.dependencies().register("postgres", location.to_owned());
+        keystore.set_health_observer(Box::new(move |up, detail| health.set_up(up, &detail)));
+    }
 
     // Before "listening" is printed: a SIGTERM right after start must shut down cleanly
     // (and flush usage), not kill the process.

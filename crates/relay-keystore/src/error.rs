@@ -9,10 +9,12 @@ use std::path::PathBuf;
 
 /// What the key store refuses or fails at, and why.
 ///
-/// For the transport: [`KeystoreError::Storage`], [`KeystoreError::Corrupt`] and
-/// [`KeystoreError::Random`] are server faults (503); [`KeystoreError::NotFound`] is 404;
+/// For the transport: [`KeystoreError::Storage`], [`KeystoreError::Database`],
+/// [`KeystoreError::Task`], [`KeystoreError::Corrupt`] and [`KeystoreError::Random`]
+/// are server faults (503); [`KeystoreError::NotFound`] is 404;
 /// [`KeystoreError::NameTaken`] is 409; the other request errors are 400.
-/// [`KeystoreError::DataDir`], [`KeystoreError::Locked`] and the `--api-key` variants only
+/// [`KeystoreError::DataDir`], [`KeystoreError::Locked`], [`KeystoreError::DatabaseUrl`],
+/// [`KeystoreError::DatabaseUnreachable`] and the `--api-key` variants only
 /// come from start-up calls and should stop the server with the message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -35,6 +37,30 @@ pub enum KeystoreError {
     /// The embedded database failed; the request may succeed later.
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// A PostgreSQL query failed (the connection was lost, or the server refused it);
+    /// the request may succeed later. The relay answers 503 `storage_unavailable`.
+    #[error("PostgreSQL at {location} failed: {reason}")]
+    Database {
+        /// `host:port` of the database, never credentials.
+        location: String,
+        /// What the driver or the server said.
+        reason: String,
+    },
+    /// No connection to PostgreSQL could be made (at start: the server stops).
+    #[error("cannot reach PostgreSQL at {location}: {reason}")]
+    DatabaseUnreachable {
+        /// `host:port` of the database, never credentials.
+        location: String,
+        /// What the driver said.
+        reason: String,
+    },
+    /// The database URL does not parse (the message never repeats the URL, which may
+    /// hold a password).
+    #[error("invalid PostgreSQL URL: {0}")]
+    DatabaseUrl(String),
+    /// A background task of the store (a blocking sled write) failed.
+    #[error("key store task failed: {0}")]
+    Task(String),
     /// A stored record does not decode: the data directory was damaged or written by an
     /// incompatible version.
     #[error("stored record {record} is unreadable: {reason}")]

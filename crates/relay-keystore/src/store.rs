@@ -1,50 +1,60 @@
-//! [`KeyStore`]: the keys on disk (sled) and in memory.
+//! [`KeyStore`]: the keys in memory, committed to a [`Backend`] (sled by default,
+//! PostgreSQL for a deployment of several instances).
 //!
-//! Every key is loaded into memory at open, so [`KeyStore::verify`] reads no disk.
-//! Writes (create, revoke, preconfigure, admin token) take one mutex, write to sled,
-//! flush it, and only then change memory, so an `Ok` means the change survives a crash.
-//!
-//! On disk (trees of one sled database): `keys` (name -> [`KeyRecord`] as JSON, holding
-//! the key's SHA-256, never the key), `usage` (name -> [`Usage`] as JSON, rewritten by
-//! [`KeyStore::flush_usage`]), `meta` (schema version, admin token SHA-256).
+//! Every key is loaded into memory at open, so [`KeyStore::verify`] reads no storage.
+//! Writes (create, revoke, preconfigure, admin token) take one async mutex, commit to
+//! the backend (sled: written and flushed on a blocking thread; PostgreSQL: a committed
+//! transaction), and only then change memory, so an `Ok` means the change survives a
+//! crash. With PostgreSQL, other instances' changes arrive through LISTEN/NOTIFY
+//! ([`crate::pg::listen`]) and are applied to the same memory.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{KeystoreError, VerifyError};
+use crate::pg::{HealthObserver, PgStore};
 use crate::record::{
     CreateOptions, KeyInfo, KeyOrigin, KeyRecord, KeyStatus, Usage, VerifiedKey, is_expired,
 };
 use crate::secret::{ApiKey, KeyDigest, PreconfiguredKey, is_valid_name};
+use crate::sled_store::SledStore;
+use crate::storage::{Backend, Loaded, StoredKey, UsageWrite};
 use crate::usage::UsageCounters;
 
-const KEYS_TREE: &str = "keys";
-const USAGE_TREE: &str = "usage";
-pub(crate) const META_TREE: &str = "meta";
-const SCHEMA_VERSION_KEY: &str = "schema_version";
-const SCHEMA_VERSION: &str = "1";
-
-/// The API key store of one data directory. Open it once per process and share it
-/// (`Arc<KeyStore>`); all methods take `&self` and are safe to call from many threads.
+/// The API key store of one data directory or one PostgreSQL database. Open it once
+/// per process and share it (`Arc<KeyStore>`); all methods take `&self` and are safe
+/// to call from many threads. The write methods are async and need a tokio runtime.
 ///
-/// Dropping the store writes pending usage counters (best effort, failures logged); call
-/// [`KeyStore::flush_usage`] at shutdown to see a failure.
+/// Dropping a sled store writes pending usage counters (best effort, failures logged);
+/// call [`KeyStore::flush_usage`] at shutdown to see a failure.
 pub struct KeyStore {
-    db: sled::Db,
-    keys: sled::Tree,
-    usage: sled::Tree,
-    pub(crate) meta: sled::Tree,
-    state: RwLock<State>,
-    /// Held across "check, write to sled, flush, update memory" so two writers cannot
-    /// both pass a check (e.g. the same name) before either writes.
-    pub(crate) writes: Mutex<()>,
-    /// Held across a usage flush, so two concurrent flushes cannot write an older
-    /// snapshot over a newer one.
-    usage_flush: Mutex<()>,
-    /// SHA-256 of the admin token, if one was set or generated.
-    pub(crate) admin_digest: RwLock<Option<KeyDigest>>,
+    memory: Arc<Memory>,
+    pub(crate) backend: Backend,
+    /// Held across "check, commit, update memory" so two writers in this process cannot
+    /// both pass a check (e.g. the same name) before either writes. Async: it is held
+    /// across the commit.
+    pub(crate) writes: tokio::sync::Mutex<()>,
+    /// Held across a usage flush, so two concurrent flushes cannot interleave.
+    usage_flush: tokio::sync::Mutex<()>,
+    /// PostgreSQL: the task that LISTENs and reconnects; aborted on drop.
+    supervisor: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// What verification reads: the keys and the admin token's digest. Shared with the
+/// PostgreSQL listener, which applies other instances' changes.
+#[derive(Default)]
+pub(crate) struct Memory {
+    state: RwLock<State>,
+    /// SHA-256 of the admin token, if one was set or generated.
+    admin_digest: RwLock<Option<KeyDigest>>,
+    /// Told the name of each key another instance revoked, once it is applied here.
+    on_revoked_elsewhere: RwLock<Option<RevocationObserver>>,
+}
+
+/// Told the name of a key that another instance sharing the database revoked, once
+/// this instance knows (the relay closes the rooms that key created here).
+pub type RevocationObserver = Box<dyn Fn(&str) + Send + Sync>;
 
 /// One key in memory. Entries are never removed (a revoked name stays taken), so their
 /// indices in [`State::entries`] are stable.
@@ -71,8 +81,86 @@ struct State {
     by_bucket: HashMap<u64, Vec<usize>>,
 }
 
+impl Memory {
+    fn new(loaded: &Loaded) -> Memory {
+        let memory = Memory::default();
+        memory.apply_loaded(loaded);
+        memory
+    }
+
+    /// Applies everything a backend holds (at open, or after a reconnect): keys are
+    /// added or updated, usage bases replaced, the admin digest replaced. Keys found
+    /// revoked that were not are passed to the revocation observer.
+    pub(crate) fn apply_loaded(&self, loaded: &Loaded) {
+        for key in &loaded.keys {
+            if self.apply_key(key, true) {
+                self.revoked_elsewhere(&key.name);
+            }
+        }
+        self.set_admin(loaded.admin);
+    }
+
+    /// Tells the revocation observer, if any, that `name` was revoked elsewhere.
+    pub(crate) fn revoked_elsewhere(&self, name: &str) {
+        if let Some(observer) =
+            self.on_revoked_elsewhere.read().unwrap_or_else(PoisonError::into_inner).as_ref()
+        {
+            observer(name);
+        }
+    }
+
+    /// Adds or updates one key as the backend holds it; with `with_usage`, also
+    /// replaces its usage base. Returns whether this revoked a key known here as not
+    /// revoked.
+    pub(crate) fn apply_key(&self, key: &StoredKey, with_usage: bool) -> bool {
+        let mut state = self.write_state();
+        match state.by_name.get(&key.name).copied() {
+            Some(i) => {
+                let Some(entry) = state.entries.get_mut(i) else { return false };
+                let newly_revoked = entry.revoked_at.is_none() && key.record.revoked_at.is_some();
+                let digest_changed = !entry.digest.ct_eq(&key.digest);
+                entry.digest = key.digest;
+                entry.tenant.clone_from(&key.record.tenant);
+                entry.expires_at = key.record.expires_at;
+                entry.revoked_at = key.record.revoked_at;
+                entry.origin = key.record.origin;
+                if with_usage {
+                    entry.usage.set_base(key.usage);
+                }
+                if digest_changed {
+                    state.rebuild_buckets();
+                }
+                newly_revoked
+            }
+            None => {
+                // Created keys are live at once; preconfigured ones wait for this
+                // instance's `preconfigure`.
+                let configured = key.record.origin == KeyOrigin::Created;
+                state.insert(&key.name, key.digest, &key.record, configured, key.usage);
+                false
+            }
+        }
+    }
+
+    pub(crate) fn set_admin(&self, digest: Option<KeyDigest>) {
+        *self.admin_digest.write().unwrap_or_else(PoisonError::into_inner) = digest;
+    }
+
+    pub(crate) fn admin(&self) -> Option<KeyDigest> {
+        *self.admin_digest.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl KeyStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the embedded store in `dir`.
     ///
     /// Fails with [`KeystoreError::Locked`] when another process, or another `KeyStore`
     /// in this one, has `dir` open; with [`KeystoreError::DataDir`] when `dir` cannot be
@@ -80,37 +168,90 @@ impl KeyStore {
     /// decode. Preconfigured keys stay disabled until [`KeyStore::preconfigure`] lists
     /// them.
     pub fn open(dir: &Path) -> Result<Self, KeystoreError> {
-        let data_dir_error =
-            |source: std::io::Error| KeystoreError::DataDir { path: dir.to_path_buf(), source };
-        std::fs::create_dir_all(dir).map_err(data_dir_error)?;
-        let db = open_db(dir)?;
-        let keys = db.open_tree(KEYS_TREE)?;
-        let usage = db.open_tree(USAGE_TREE)?;
-        let meta = db.open_tree(META_TREE)?;
-        check_schema(&db, &meta)?;
-        let state = load_state(&keys, &usage)?;
-        let admin_digest = crate::admin::load_admin_digest(&meta)?;
-        tracing::debug!(dir = %dir.display(), keys = state.entries.len(), "key store opened");
-        Ok(Self {
-            db,
-            keys,
-            usage,
-            meta,
-            state: RwLock::new(state),
-            writes: Mutex::new(()),
-            usage_flush: Mutex::new(()),
-            admin_digest: RwLock::new(admin_digest),
-        })
+        let (store, loaded) = SledStore::open(dir)?;
+        tracing::debug!(dir = %dir.display(), keys = loaded.keys.len(), "key store opened");
+        Ok(Self::with_backend(Backend::Sled(store), &loaded, None))
+    }
+
+    /// Opens the store in the PostgreSQL database at `url` (`postgres://...`), shared
+    /// with every other instance opened on it: applies the schema migrations (once,
+    /// under an advisory lock, however many instances start at once), reads every key
+    /// and starts following other instances' changes (LISTEN/NOTIFY). Needs a tokio
+    /// runtime.
+    ///
+    /// Fails with [`KeystoreError::DatabaseUrl`] for a URL that does not parse, with
+    /// [`KeystoreError::DatabaseUnreachable`] when no connection can be made (its
+    /// message names the host and port, never the password), and with
+    /// [`KeystoreError::Database`] when the schema cannot be applied.
+    pub async fn open_postgres(url: &str) -> Result<Self, KeystoreError> {
+        let (store, loaded, listener, target) = PgStore::open(url).await?;
+        tracing::debug!(location = %store.location(), keys = loaded.keys.len(), "key store opened on PostgreSQL");
+        let health = store.health.clone();
+        let mut keystore = Self::with_backend(Backend::Postgres(store), &loaded, None);
+        keystore.supervisor = Some(crate::pg::listen::spawn_supervisor(
+            listener,
+            target,
+            Arc::downgrade(&keystore.memory),
+            health,
+        ));
+        Ok(keystore)
+    }
+
+    fn with_backend(
+        backend: Backend,
+        loaded: &Loaded,
+        supervisor: Option<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        Self {
+            memory: Arc::new(Memory::new(loaded)),
+            backend,
+            writes: tokio::sync::Mutex::new(()),
+            usage_flush: tokio::sync::Mutex::new(()),
+            supervisor,
+        }
+    }
+
+    /// `"sled"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sled(_) => "sled",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Where the store is, for messages: the database's `host:port` (never
+    /// credentials); `None` for the embedded store.
+    pub fn database_location(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sled(_) => None,
+            Backend::Postgres(store) => Some(store.location()),
+        }
+    }
+
+    /// Sets who is told when PostgreSQL becomes unreachable or reachable again
+    /// (`(up, detail)`, called on every report; the observer keeps transitions). A
+    /// no-op for the embedded store.
+    pub fn set_health_observer(&self, observer: HealthObserver) {
+        if let Backend::Postgres(store) = &self.backend {
+            store.health.set(observer);
+        }
+    }
+
+    /// Sets who is told the name of each key another instance revoked, once this one
+    /// applied it (PostgreSQL only; a revocation through this store is not reported:
+    /// its caller knows). The relay closes the rooms that key created here.
+    pub fn set_revocation_observer(&self, observer: RevocationObserver) {
+        *self.memory.on_revoked_elsewhere.write().unwrap_or_else(PoisonError::into_inner) = Some(observer);
     }
 
     /// Creates a key named `name` at `now` (unix seconds) and returns it with its info.
     /// The key is shown here only: the store keeps its SHA-256.
     ///
     /// Refuses an invalid name or tenant (1 to 64 characters of `A-Z a-z 0-9 . _ -`),
-    /// a name already used (also by a revoked key) with [`KeystoreError::NameTaken`],
-    /// and an expiry not after `now` with [`KeystoreError::ExpiryInPast`]. Durable on
-    /// `Ok`.
-    pub fn create(
+    /// a name already used (also by a revoked key, also on another instance) with
+    /// [`KeystoreError::NameTaken`], and an expiry not after `now` with
+    /// [`KeystoreError::ExpiryInPast`]. Durable on `Ok`.
+    pub async fn create(
         &self,
         name: &str,
         options: CreateOptions,
@@ -126,8 +267,8 @@ impl KeyStore {
         if options.expires_at != 0 && options.expires_at <= now {
             return Err(KeystoreError::ExpiryInPast { expires_at: options.expires_at, now });
         }
-        let _writing = self.lock_writes();
-        if self.read_state().by_name.contains_key(name) {
+        let _writing = self.writes.lock().await;
+        if self.memory.read_state().by_name.contains_key(name) {
             return Err(KeystoreError::NameTaken { name: name.to_owned() });
         }
         // 128 random bits: a digest clash with an existing key is not a practical event,
@@ -142,16 +283,12 @@ impl KeyStore {
             revoked_at: None,
             origin: KeyOrigin::Created,
         };
-        let value = encode_record(name, &record)?;
-        if self.keys.compare_and_swap(name, None::<&[u8]>, Some(value))?.is_err() {
+        if !self.backend.insert_new(name, &record).await? {
             return Err(KeystoreError::NameTaken { name: name.to_owned() });
         }
-        if let Err(e) = self.db.flush() {
-            // Undo so a later restart does not find a key the caller was told failed.
-            let _ = self.keys.remove(name);
-            return Err(e.into());
-        }
-        let info = self.write_state().insert(name, digest, &record, true, Usage::default());
+        let stored = StoredKey { name: name.to_owned(), digest, record, usage: Usage::default() };
+        let _ = self.memory.apply_key(&stored, false);
+        let info = self.get(name).ok_or_else(|| KeystoreError::NotFound { name: name.to_owned() })?;
         tracing::info!(key = name, tenant = %info.tenant, expires_at = info.expires_at, "API key created");
         Ok((key, info))
     }
@@ -173,13 +310,17 @@ impl KeyStore {
     ///   [`VerifyError::Unknown`]) until listed again; their usage and revocation stay.
     ///
     /// Nothing is written unless every value is accepted. Durable on `Ok`.
-    pub fn preconfigure(&self, keys: &[PreconfiguredKey], now: u64) -> Result<Vec<KeyInfo>, KeystoreError> {
+    pub async fn preconfigure(
+        &self,
+        keys: &[PreconfiguredKey],
+        now: u64,
+    ) -> Result<Vec<KeyInfo>, KeystoreError> {
         PreconfiguredKey::check_unique(keys)?;
-        let _writing = self.lock_writes();
+        let _writing = self.writes.lock().await;
         // Decide everything first, so a refused value leaves the store untouched.
-        let mut writes: Vec<(&str, KeyDigest, KeyRecord)> = Vec::new();
+        let mut writes: Vec<(String, KeyDigest, KeyRecord)> = Vec::new();
         {
-            let state = self.read_state();
+            let state = self.memory.read_state();
             for pk in keys {
                 let digest = pk.key.digest();
                 if let Some(other) = state.find(&digest).filter(|e| e.name != pk.name) {
@@ -203,7 +344,7 @@ impl KeyStore {
                         let mut record = entry.record();
                         record.sha256 = digest.to_hex();
                         tracing::info!(key = %pk.name, "preconfigured key replaced by a new --api-key value");
-                        writes.push((&pk.name, digest, record));
+                        writes.push((pk.name.clone(), digest, record));
                     }
                     None => {
                         let record = KeyRecord {
@@ -214,20 +355,17 @@ impl KeyStore {
                             revoked_at: None,
                             origin: KeyOrigin::Preconfigured,
                         };
-                        writes.push((&pk.name, digest, record));
+                        writes.push((pk.name.clone(), digest, record));
                     }
                 }
             }
         }
-        for (name, _, record) in &writes {
-            self.keys.insert(*name, encode_record(name, record)?)?;
-        }
-        if !writes.is_empty() {
-            self.db.flush()?;
-        }
-        let mut state = self.write_state();
+        let records: Vec<(String, KeyRecord)> =
+            writes.iter().map(|(n, _, r)| (n.clone(), r.clone())).collect();
+        self.backend.put_records(records).await?;
+        let mut state = self.memory.write_state();
         for (name, digest, record) in &writes {
-            match state.by_name.get(*name).copied() {
+            match state.by_name.get(name.as_str()).copied() {
                 Some(i) => {
                     if let Some(entry) = state.entries.get_mut(i) {
                         entry.digest = *digest;
@@ -247,13 +385,13 @@ impl KeyStore {
         Ok(keys.iter().filter_map(|pk| state.get(&pk.name).map(Entry::info)).collect())
     }
 
-    /// Checks a presented key (standard base64 text, or 32 hexadecimal characters) at `now` (unix seconds) and returns
-    /// its name and tenant. In memory, constant-time digest comparison; call it per
-    /// request or per connection.
+    /// Checks a presented key (standard base64 text, or 32 hexadecimal characters) at
+    /// `now` (unix seconds) and returns its name and tenant. In memory, constant-time
+    /// digest comparison; call it per request or per connection.
     pub fn verify(&self, presented: &str, now: u64) -> Result<VerifiedKey, VerifyError> {
         let key = ApiKey::parse_base64_or_hex(presented).ok_or(VerifyError::Malformed)?;
         let digest = key.digest();
-        let state = self.read_state();
+        let state = self.memory.read_state();
         let entry = state.find(&digest).ok_or(VerifyError::Unknown)?;
         if entry.revoked_at.is_some() {
             return Err(VerifyError::Revoked);
@@ -270,32 +408,31 @@ impl KeyStore {
     /// Revokes the key `name` at `now` (unix seconds). Revoking a revoked key changes
     /// nothing and returns its info. Durable on `Ok`; [`KeystoreError::NotFound`] for
     /// an unknown name.
-    pub fn revoke(&self, name: &str, now: u64) -> Result<KeyInfo, KeystoreError> {
-        let _writing = self.lock_writes();
-        let mut record = {
-            let state = self.read_state();
+    pub async fn revoke(&self, name: &str, now: u64) -> Result<KeyInfo, KeystoreError> {
+        let _writing = self.writes.lock().await;
+        let digest = {
+            let state = self.memory.read_state();
             let entry = state.get(name).ok_or_else(|| KeystoreError::NotFound { name: name.to_owned() })?;
             if entry.revoked_at.is_some() {
                 return Ok(entry.info());
             }
-            entry.record()
+            entry.digest
         };
-        record.revoked_at = Some(now);
-        self.keys.insert(name, encode_record(name, &record)?)?;
-        self.db.flush()?;
-        let mut state = self.write_state();
-        let i = state.by_name.get(name).copied();
-        let entry = i
-            .and_then(|i| state.entries.get_mut(i))
+        let record = self
+            .backend
+            .revoke(name, now)
+            .await?
             .ok_or_else(|| KeystoreError::NotFound { name: name.to_owned() })?;
-        entry.revoked_at = Some(now);
+        let digest = record.digest().unwrap_or(digest);
+        self.memory
+            .apply_key(&StoredKey { name: name.to_owned(), digest, record, usage: Usage::default() }, false);
         tracing::info!(key = name, "API key revoked");
-        Ok(entry.info())
+        self.get(name).ok_or_else(|| KeystoreError::NotFound { name: name.to_owned() })
     }
 
     /// Every key (revoked and expired ones too), sorted by name.
     pub fn list(&self) -> Vec<KeyInfo> {
-        let state = self.read_state();
+        let state = self.memory.read_state();
         let mut all: Vec<KeyInfo> = state.entries.iter().map(Entry::info).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -303,14 +440,15 @@ impl KeyStore {
 
     /// The key named `name`, if any.
     pub fn get(&self, name: &str) -> Option<KeyInfo> {
-        self.read_state().get(name).map(Entry::info)
+        self.memory.read_state().get(name).map(Entry::info)
     }
 
     /// Whether key `name` would be accepted at `now` (unix seconds), and if not, why;
     /// `None` for an unknown name. A read lock and no allocation: live connections
-    /// call it periodically to end when their key is revoked or expires.
+    /// call it periodically to end when their key is revoked or expires (also when
+    /// another instance revoked it: its change is applied here through NOTIFY).
     pub fn status(&self, name: &str, now: u64) -> Option<KeyStatus> {
-        let state = self.read_state();
+        let state = self.memory.read_state();
         let entry = state.get(name)?;
         Some(if entry.revoked_at.is_some() {
             KeyStatus::Revoked
@@ -332,81 +470,95 @@ impl KeyStore {
         bytes: u64,
         rooms: u64,
     ) -> Result<(), KeystoreError> {
-        let state = self.read_state();
+        let state = self.memory.read_state();
         let entry = state.get(name).ok_or_else(|| KeystoreError::NotFound { name: name.to_owned() })?;
         entry.usage.add(messages, bytes, rooms);
         Ok(())
     }
 
-    /// Writes the usage of every key changed since the last call, then flushes sled.
-    /// Returns how many keys were written. Call it periodically and at shutdown; on an
-    /// error the counters stay pending for the next call.
-    pub fn flush_usage(&self) -> Result<usize, KeystoreError> {
-        let _flushing = self.usage_flush.lock().unwrap_or_else(PoisonError::into_inner);
-        let pending: Vec<(String, Usage)> = {
-            let state = self.read_state();
+    /// Writes the usage counted since the last call and returns for how many keys.
+    /// sled: each changed key's total is written and flushed. PostgreSQL: each changed
+    /// key's delta is added to the shared totals (`messages = messages + delta`), then
+    /// every key's totals (all instances') are read back, so [`KeyStore::list`] shows
+    /// the deployment's usage as of this call plus what is pending here. Call it
+    /// periodically and at shutdown; on an error the counts stay pending for the next
+    /// call.
+    pub async fn flush_usage(&self) -> Result<usize, KeystoreError> {
+        let _flushing = self.usage_flush.lock().await;
+        let writes: Vec<UsageWrite> = {
+            let state = self.memory.read_state();
             state
                 .entries
                 .iter()
-                .filter_map(|e| e.usage.take_if_dirty().map(|u| (e.name.clone(), u)))
+                .filter_map(|e| {
+                    e.usage.take_pending().map(|delta| UsageWrite {
+                        name: e.name.clone(),
+                        delta,
+                        total: e.usage.snapshot(),
+                    })
+                })
                 .collect()
         };
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        let result = self.write_usage(&pending);
-        if result.is_err() {
-            let state = self.read_state();
-            for (name, _) in &pending {
-                if let Some(entry) = state.get(name) {
-                    entry.usage.mark_dirty();
+        let written = writes.len();
+        let restore: Vec<(String, Usage)> = writes.iter().map(|w| (w.name.clone(), w.delta)).collect();
+        match self.backend.write_usage(writes).await {
+            Ok(totals) => {
+                if let Some(totals) = totals {
+                    let state = self.memory.read_state();
+                    for (name, usage) in totals {
+                        if let Some(entry) = state.get(&name) {
+                            entry.usage.set_base(usage);
+                        }
+                    }
                 }
+                Ok(written)
+            }
+            Err(e) => {
+                let state = self.memory.read_state();
+                for (name, delta) in restore {
+                    if let Some(entry) = state.get(&name) {
+                        entry.usage.restore(delta);
+                    }
+                }
+                Err(e)
             }
         }
-        result.map(|()| pending.len())
     }
 
-    fn write_usage(&self, pending: &[(String, Usage)]) -> Result<(), KeystoreError> {
-        for (name, usage) in pending {
-            let value = serde_json::to_vec(usage).map_err(|e| KeystoreError::Corrupt {
-                record: format!("{USAGE_TREE}/{name}"),
-                reason: e.to_string(),
-            })?;
-            self.usage.insert(name.as_bytes(), value)?;
-        }
-        self.db.flush()?;
-        Ok(())
-    }
-
-    pub(crate) fn lock_writes(&self) -> MutexGuard<'_, ()> {
-        self.writes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn flush_db(&self) -> Result<(), KeystoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.memory
     }
 }
 
 impl Drop for KeyStore {
     fn drop(&mut self) {
-        if let Err(e) = self.flush_usage() {
-            tracing::warn!(error = %e, "key store closed without writing pending usage");
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.abort();
+        }
+        // sled only: a synchronous last write of pending usage (PostgreSQL needs the
+        // runtime; the server calls `flush_usage` at shutdown).
+        if let Backend::Sled(store) = &self.backend {
+            let state = self.memory.read_state();
+            let totals: Vec<(String, Usage)> = state
+                .entries
+                .iter()
+                .filter_map(|e| e.usage.take_pending().map(|_| (e.name.clone(), e.usage.snapshot())))
+                .collect();
+            if !totals.is_empty()
+                && let Err(e) = store.write_usage(&totals)
+            {
+                tracing::warn!(error = %e, "key store closed without writing pending usage");
+            }
         }
     }
 }
 
 impl std::fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyStore").field("keys", &self.read_state().entries.len()).finish()
+        f.debug_struct("KeyStore")
+            .field("backend", &self.backend_name())
+            .field("keys", &self.memory.read_state().entries.len())
+            .finish()
     }
 }
 
@@ -487,142 +639,5 @@ impl Entry {
             revoked_at: self.revoked_at,
             origin: self.origin,
         }
-    }
-}
-
-/// How long `open` waits for a lock that a store just dropped in this process may still
-/// hold: sled releases its file lock from a background flusher thread, a moment after
-/// the last handle is dropped. A server that really runs holds it far longer.
-const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Opens the sled database in `dir`, waiting up to [`LOCK_RELEASE_WAIT`] for its lock.
-fn open_db(dir: &Path) -> Result<sled::Db, KeystoreError> {
-    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
-    loop {
-        match sled::Config::new().path(dir).open().map_err(|e| open_error(dir, e)) {
-            Err(KeystoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Maps sled's open failure: its lock failure (an `Other` I/O error whose text starts
-/// with "could not acquire lock", sled 0.34) to [`KeystoreError::Locked`], other I/O
-/// failures to [`KeystoreError::DataDir`].
-fn open_error(dir: &Path, e: sled::Error) -> KeystoreError {
-    match e {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            KeystoreError::Locked { path: dir.to_path_buf() }
-        }
-        sled::Error::Io(source) => KeystoreError::DataDir { path: dir.to_path_buf(), source },
-        other => KeystoreError::Storage(other),
-    }
-}
-
-/// Writes the schema version on first open; refuses a data directory written by a
-/// future layout.
-fn check_schema(db: &sled::Db, meta: &sled::Tree) -> Result<(), KeystoreError> {
-    match meta.get(SCHEMA_VERSION_KEY)? {
-        None => {
-            meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
-            db.flush()?;
-            Ok(())
-        }
-        Some(v) if v.as_ref() == SCHEMA_VERSION.as_bytes() => Ok(()),
-        Some(v) => Err(KeystoreError::Corrupt {
-            record: format!("{META_TREE}/{SCHEMA_VERSION_KEY}"),
-            reason: format!(
-                "schema {} is not the supported schema {SCHEMA_VERSION}",
-                String::from_utf8_lossy(&v)
-            ),
-        }),
-    }
-}
-
-fn load_state(keys: &sled::Tree, usage: &sled::Tree) -> Result<State, KeystoreError> {
-    let mut state = State::default();
-    for item in keys.iter() {
-        let (name, value) = item?;
-        let name = String::from_utf8(name.to_vec()).map_err(|_| KeystoreError::Corrupt {
-            record: format!("{KEYS_TREE}/<non-UTF-8 name>"),
-            reason: "name is not UTF-8".to_owned(),
-        })?;
-        let corrupt =
-            |reason: String| KeystoreError::Corrupt { record: format!("{KEYS_TREE}/{name}"), reason };
-        let record: KeyRecord = serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
-        let digest = record.digest().ok_or_else(|| corrupt("sha256 is not 64 hex digits".into()))?;
-        let counted = match usage.get(name.as_bytes())? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| KeystoreError::Corrupt {
-                record: format!("{USAGE_TREE}/{name}"),
-                reason: e.to_string(),
-            })?,
-            None => Usage::default(),
-        };
-        // Created keys are live at once; preconfigured ones wait for `preconfigure`.
-        let configured = record.origin == KeyOrigin::Created;
-        state.insert(&name, digest, &record, configured, counted);
-    }
-    Ok(state)
-}
-
-fn encode_record(name: &str, record: &KeyRecord) -> Result<Vec<u8>, KeystoreError> {
-    serde_json::to_vec(record)
-        .map_err(|e| KeystoreError::Corrupt { record: format!("{KEYS_TREE}/{name}"), reason: e.to_string() })
-}
-
-/// Where a test store lives: a fresh temporary directory.
-#[cfg(test)]
-pub(crate) fn test_dir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temporary directory")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lock_failure_maps_to_locked() {
-        let dir = test_dir();
-        let first = KeyStore::open(dir.path()).expect("first open");
-        let err = KeyStore::open(dir.path()).expect_err("second open must fail");
-        assert!(matches!(err, KeystoreError::Locked { .. }), "{err:?}");
-        assert!(err.to_string().starts_with("database locked: is a relay-server already running"));
-        drop(first);
-    }
-
-    #[test]
-    fn a_file_as_data_dir_is_a_data_dir_error() {
-        let dir = test_dir();
-        let file = dir.path().join("not-a-dir");
-        std::fs::write(&file, b"x").expect("write file");
-        let err = KeyStore::open(&file).expect_err("a file is not a directory");
-        assert!(matches!(err, KeystoreError::DataDir { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn a_future_schema_is_refused() {
-        let dir = test_dir();
-        {
-            let db = sled::open(dir.path()).expect("sled");
-            let meta = db.open_tree(META_TREE).expect("tree");
-            meta.insert(SCHEMA_VERSION_KEY, "2").expect("insert");
-            db.flush().expect("flush");
-        }
-        let err = KeyStore::open(dir.path()).expect_err("schema 2");
-        assert!(matches!(err, KeystoreError::Corrupt { .. }), "{err}");
-    }
-
-    #[test]
-    fn a_damaged_record_is_refused_without_panicking() {
-        let dir = test_dir();
-        {
-            let db = sled::open(dir.path()).expect("sled");
-            db.open_tree(KEYS_TREE).expect("tree").insert("k", "{not json").expect("insert");
-            db.flush().expect("flush");
-        }
-        let err = KeyStore::open(dir.path()).expect_err("bad record");
-        assert_eq!(err.to_string().split(':').next(), Some("stored record keys/k is unreadable"));
     }
 }

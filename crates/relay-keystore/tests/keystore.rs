@@ -52,11 +52,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[test]
-fn create_verify_list() {
+#[tokio::test]
+async fn create_verify_list() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    let (key, info) = store.create("backend", until(NOW + 60), NOW).expect("create");
+    let (key, info) = store.create("backend", until(NOW + 60), NOW).await.expect("create");
     assert_eq!(key.to_base64().len(), 24);
     assert_eq!(info.name, "backend");
     assert_eq!(info.tenant, "backend");
@@ -69,18 +69,18 @@ fn create_verify_list() {
     let caller = store.verify(&key.to_base64(), NOW).expect("verify");
     assert_eq!((caller.name.as_str(), caller.tenant.as_str()), ("backend", "backend"));
 
-    store.create("another", never(), NOW).expect("create");
+    store.create("another", never(), NOW).await.expect("create");
     let names: Vec<String> = store.list().into_iter().map(|k| k.name).collect();
     assert_eq!(names, ["another", "backend"]);
     assert_eq!(store.get("backend"), Some(info));
     assert_eq!(store.get("nobody"), None);
 }
 
-#[test]
-fn refusals_say_why() {
+#[tokio::test]
+async fn refusals_say_why() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    let (key, _) = store.create("k", until(NOW + 10), NOW).expect("create");
+    let (key, _) = store.create("k", until(NOW + 10), NOW).await.expect("create");
     let text = key.to_base64();
 
     assert_eq!(store.verify("AAAAAAAAAAAAAAAAAAAAAA==", NOW), Err(VerifyError::Unknown));
@@ -91,69 +91,72 @@ fn refusals_say_why() {
     assert_eq!(store.verify(&text, NOW + 10), Err(VerifyError::Expired));
     assert_eq!(store.get("k").expect("k").status(NOW + 10), KeyStatus::Expired);
 
-    let revoked = store.revoke("k", NOW + 5).expect("revoke");
+    let revoked = store.revoke("k", NOW + 5).await.expect("revoke");
     assert_eq!(revoked.revoked_at, Some(NOW + 5));
     assert_eq!(store.verify(&text, NOW + 6), Err(VerifyError::Revoked));
     assert_eq!(store.verify(&text, NOW + 60), Err(VerifyError::Revoked), "revoked wins");
-    let again = store.revoke("k", NOW + 7).expect("revoking twice is fine");
+    let again = store.revoke("k", NOW + 7).await.expect("revoking twice is fine");
     assert_eq!(again.revoked_at, Some(NOW + 5), "first revocation time kept");
 
-    assert!(matches!(store.revoke("nobody", NOW), Err(KeystoreError::NotFound { .. })));
+    assert!(matches!(store.revoke("nobody", NOW).await, Err(KeystoreError::NotFound { .. })));
 }
 
-#[test]
-fn create_refuses_taken_names_bad_names_and_past_expiry() {
+#[tokio::test]
+async fn create_refuses_taken_names_bad_names_and_past_expiry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    store.create("taken", never(), NOW).expect("create");
-    let err = store.create("taken", never(), NOW).expect_err("name taken");
+    store.create("taken", never(), NOW).await.expect("create");
+    let err = store.create("taken", never(), NOW).await.expect_err("name taken");
     assert!(matches!(&err, KeystoreError::NameTaken { name } if name == "taken"), "{err:?}");
-    store.revoke("taken", NOW).expect("revoke");
+    store.revoke("taken", NOW).await.expect("revoke");
     assert!(
-        matches!(store.create("taken", never(), NOW), Err(KeystoreError::NameTaken { .. })),
+        matches!(store.create("taken", never(), NOW).await, Err(KeystoreError::NameTaken { .. })),
         "a revoked name stays taken"
     );
 
     for bad in ["", "has space", "a/b", &"x".repeat(65), "naïve"] {
-        assert!(matches!(store.create(bad, never(), NOW), Err(KeystoreError::InvalidName { .. })), "{bad:?}");
+        assert!(
+            matches!(store.create(bad, never(), NOW).await, Err(KeystoreError::InvalidName { .. })),
+            "{bad:?}"
+        );
     }
     let bad_tenant = CreateOptions { tenant: Some("a b".into()), expires_at: 0 };
-    assert!(matches!(store.create("ok", bad_tenant, NOW), Err(KeystoreError::InvalidTenant { .. })));
+    assert!(matches!(store.create("ok", bad_tenant, NOW).await, Err(KeystoreError::InvalidTenant { .. })));
     for past in [NOW - 1, NOW] {
-        let err = store.create("late", until(past), NOW).expect_err("expiry in the past");
+        let err = store.create("late", until(past), NOW).await.expect_err("expiry in the past");
         assert!(matches!(err, KeystoreError::ExpiryInPast { .. }), "{err:?}");
     }
     assert_eq!(store.list().len(), 1, "refused creates leave nothing behind");
 }
 
-#[test]
-fn keys_of_one_tenant_share_its_namespace() {
+#[tokio::test]
+async fn keys_of_one_tenant_share_its_namespace() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     let shared = || CreateOptions { tenant: Some("wallet".into()), expires_at: 0 };
-    let (phone, _) = store.create("wallet-phone", shared(), NOW).expect("create");
-    let (backend, _) = store.create("wallet-backend", shared(), NOW).expect("create");
-    let (other, _) = store.create("other", never(), NOW).expect("create");
+    let (phone, _) = store.create("wallet-phone", shared(), NOW).await.expect("create");
+    let (backend, _) = store.create("wallet-backend", shared(), NOW).await.expect("create");
+    let (other, _) = store.create("other", never(), NOW).await.expect("create");
     let tenant = |k: &ApiKey| store.verify(&k.to_base64(), NOW).expect("verify").tenant;
     assert_eq!(tenant(&phone), "wallet");
     assert_eq!(tenant(&backend), "wallet");
     assert_eq!(tenant(&other), "other");
 }
 
-#[test]
-fn restart_keeps_keys_expiry_revocation_and_usage() {
+#[tokio::test]
+async fn restart_keeps_keys_expiry_revocation_and_usage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (kept, gone, expiring) = {
         let store = open(dir.path());
-        let (kept, _) = store.create("kept", never(), NOW).expect("create");
-        let (gone, _) = store.create("gone", never(), NOW).expect("create");
+        let (kept, _) = store.create("kept", never(), NOW).await.expect("create");
+        let (gone, _) = store.create("gone", never(), NOW).await.expect("create");
         let shared = CreateOptions { tenant: Some("team".into()), expires_at: NOW + 100 };
-        let (expiring, _) = store.create("expiring", shared, NOW).expect("create");
-        store.revoke("gone", NOW + 1).expect("revoke");
+        let (expiring, _) = store.create("expiring", shared, NOW).await.expect("create");
+        store.revoke("gone", NOW + 1).await.expect("revoke");
         store.record_usage("kept", 3, 300, 1).expect("usage");
         store.record_usage("kept", 2, 200, 0).expect("usage");
-        assert_eq!(store.flush_usage().expect("flush usage"), 1);
-        assert_eq!(store.flush_usage().expect("nothing new"), 0);
+        assert_eq!(store.flush_usage().await.expect("flush usage"), 1);
+        assert_eq!(store.flush_usage().await.expect("nothing new"), 0);
         (kept, gone, expiring)
     };
 
@@ -167,12 +170,12 @@ fn restart_keeps_keys_expiry_revocation_and_usage() {
     assert_eq!(store.list().len(), 3);
 }
 
-#[test]
-fn usage_counts_in_memory_and_is_written_on_drop_too() {
+#[tokio::test]
+async fn usage_counts_in_memory_and_is_written_on_drop_too() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = open(dir.path());
-        store.create("k", never(), NOW).expect("create");
+        store.create("k", never(), NOW).await.expect("create");
         store.record_usage("k", 1, 10, 0).expect("usage");
         assert_eq!(store.get("k").expect("k").usage.bytes, 10, "visible before a flush");
         assert!(matches!(store.record_usage("nobody", 1, 1, 1), Err(KeystoreError::NotFound { .. })));
@@ -182,13 +185,13 @@ fn usage_counts_in_memory_and_is_written_on_drop_too() {
     assert_eq!(store.get("k").expect("k").usage, Usage { messages: u64::MAX, bytes: 10, rooms: 0 });
 }
 
-#[test]
-fn preconfigured_keys_never_expire_and_follow_the_flags() {
+#[tokio::test]
+async fn preconfigured_keys_never_expire_and_follow_the_flags() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seed = preconfigured(&format!("{SEED_KEY},AdminKey"));
     {
         let store = open(dir.path());
-        let infos = store.preconfigure(std::slice::from_ref(&seed), NOW).expect("preconfigure");
+        let infos = store.preconfigure(std::slice::from_ref(&seed), NOW).await.expect("preconfigure");
         assert_eq!(infos.len(), 1);
         assert_eq!(infos[0].origin, KeyOrigin::Preconfigured);
         assert_eq!(infos[0].expires_at, 0);
@@ -199,7 +202,7 @@ fn preconfigured_keys_never_expire_and_follow_the_flags() {
         // Restarted without the flag: the key is kept but refused.
         let store = open(dir.path());
         assert_eq!(store.verify(SEED_KEY, NOW), Err(VerifyError::Unknown));
-        store.preconfigure(&[], NOW).expect("no flags");
+        store.preconfigure(&[], NOW).await.expect("no flags");
         assert_eq!(store.verify(SEED_KEY, NOW), Err(VerifyError::Unknown));
         let info = store.get("AdminKey").expect("still listed");
         assert!(!info.configured);
@@ -207,23 +210,23 @@ fn preconfigured_keys_never_expire_and_follow_the_flags() {
     }
     // Passed again: accepted again, with its first creation time.
     let store = open(dir.path());
-    store.preconfigure(&[seed], NOW + 1000).expect("preconfigure");
+    store.preconfigure(&[seed], NOW + 1000).await.expect("preconfigure");
     assert!(store.verify(SEED_KEY, NOW).is_ok());
     assert_eq!(store.get("AdminKey").expect("listed").created_at, NOW);
 }
 
-#[test]
-fn revoked_preconfigured_key_stays_revoked_after_restart_and_preconfigure() {
+#[tokio::test]
+async fn revoked_preconfigured_key_stays_revoked_after_restart_and_preconfigure() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seed = preconfigured(&format!("{SEED_KEY},AdminKey"));
     {
         let store = open(dir.path());
-        store.preconfigure(std::slice::from_ref(&seed), NOW).expect("preconfigure");
-        store.revoke("AdminKey", NOW + 1).expect("revoke");
+        store.preconfigure(std::slice::from_ref(&seed), NOW).await.expect("preconfigure");
+        store.revoke("AdminKey", NOW + 1).await.expect("revoke");
     }
     for _restart in 0..2 {
         let store = open(dir.path());
-        let infos = store.preconfigure(std::slice::from_ref(&seed), NOW + 2).expect("again");
+        let infos = store.preconfigure(std::slice::from_ref(&seed), NOW + 2).await.expect("again");
         assert_eq!(infos[0].revoked_at, Some(NOW + 1));
         assert_eq!(store.verify(SEED_KEY, NOW + 3), Err(VerifyError::Revoked));
     }
@@ -231,44 +234,50 @@ fn revoked_preconfigured_key_stays_revoked_after_restart_and_preconfigure() {
     let store = open(dir.path());
     let fresh = ApiKey::generate().expect("random");
     let rotated = PreconfiguredKey { key: fresh.clone(), name: "AdminKey".into() };
-    store.preconfigure(&[rotated], NOW + 4).expect("accepted, stays revoked");
+    store.preconfigure(&[rotated], NOW + 4).await.expect("accepted, stays revoked");
     assert_eq!(store.verify(&fresh.to_base64(), NOW + 5), Err(VerifyError::Unknown));
     assert_eq!(store.verify(SEED_KEY, NOW + 5), Err(VerifyError::Revoked));
 }
 
-#[test]
-fn preconfigured_key_rotation_replaces_the_old_key() {
+#[tokio::test]
+async fn preconfigured_key_rotation_replaces_the_old_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    store.preconfigure(&[preconfigured(&format!("{SEED_KEY},svc"))], NOW).expect("first");
+    store.preconfigure(&[preconfigured(&format!("{SEED_KEY},svc"))], NOW).await.expect("first");
     store.record_usage("svc", 1, 1, 1).expect("usage");
     let fresh = ApiKey::generate().expect("random");
-    store.preconfigure(&[PreconfiguredKey { key: fresh.clone(), name: "svc".into() }], NOW).expect("rotate");
+    store
+        .preconfigure(&[PreconfiguredKey { key: fresh.clone(), name: "svc".into() }], NOW)
+        .await
+        .expect("rotate");
     assert_eq!(store.verify(SEED_KEY, NOW), Err(VerifyError::Unknown));
     assert_eq!(store.verify(&fresh.to_base64(), NOW).expect("new key").name, "svc");
     drop(store);
     let store = open(dir.path());
     store
         .preconfigure(&[PreconfiguredKey { key: fresh.clone(), name: "svc".into() }], NOW)
+        .await
         .expect("same again");
     assert!(store.verify(&fresh.to_base64(), NOW).is_ok());
     assert_eq!(store.get("svc").expect("svc").usage.rooms, 1, "usage kept across rotation");
 }
 
-#[test]
-fn preconfigure_refuses_clashes_and_writes_nothing() {
+#[tokio::test]
+async fn preconfigure_refuses_clashes_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
-    let (created, _) = store.create("web", never(), NOW).expect("create");
+    let (created, _) = store.create("web", never(), NOW).await.expect("create");
 
     let other = ApiKey::generate().expect("random");
     let err = store
         .preconfigure(&[PreconfiguredKey { key: other.clone(), name: "web".into() }], NOW)
+        .await
         .expect_err("name of a created key");
     assert!(matches!(err, KeystoreError::PreconfiguredNameConflict { .. }), "{err:?}");
 
     let err = store
         .preconfigure(&[PreconfiguredKey { key: created.clone(), name: "alias".into() }], NOW)
+        .await
         .expect_err("same key under another name");
     assert!(matches!(&err, KeystoreError::DuplicateKey { existing, .. } if existing == "web"));
     assert!(!format!("{err} {err:?}").contains(&created.to_base64()));
@@ -277,7 +286,7 @@ fn preconfigure_refuses_clashes_and_writes_nothing() {
         PreconfiguredKey { key: ApiKey::generate().expect("random"), name: "a".into() },
         PreconfiguredKey { key: ApiKey::generate().expect("random"), name: "a".into() },
     ];
-    let err = store.preconfigure(&list, NOW).expect_err("repeated name");
+    let err = store.preconfigure(&list, NOW).await.expect_err("repeated name");
     assert!(matches!(
         err,
         KeystoreError::ApiKeyArgAt { position: 2, problem: ApiKeyArgProblem::RepeatedName { first: 1 } }
@@ -286,30 +295,31 @@ fn preconfigure_refuses_clashes_and_writes_nothing() {
     // A good value before a clashing one is not written either.
     let good = PreconfiguredKey { key: ApiKey::generate().expect("random"), name: "good".into() };
     let bad = PreconfiguredKey { key: other, name: "web".into() };
-    assert!(store.preconfigure(&[good, bad], NOW).is_err());
+    assert!(store.preconfigure(&[good, bad], NOW).await.is_err());
     assert_eq!(store.get("good"), None);
     assert_eq!(store.list().len(), 1);
 
     // The created key's own value under its own name is accepted.
     store
         .preconfigure(&[PreconfiguredKey { key: created.clone(), name: "web".into() }], NOW)
+        .await
         .expect("same key, same name");
     assert!(store.verify(&created.to_base64(), NOW).is_ok());
 }
 
-#[test]
-fn only_digests_are_on_disk() {
+#[tokio::test]
+async fn only_digests_are_on_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = AdminToken::new("operator-chosen-admin-token").expect("token");
     let (created, generated_token) = {
         let store = open(dir.path());
-        let (created, _) = store.create("created-key", never(), NOW).expect("create");
-        store.preconfigure(&[preconfigured(&format!("{SEED_KEY},seed-key"))], NOW).expect("pre");
-        store.set_admin_token(&token).expect("set admin token");
+        let (created, _) = store.create("created-key", never(), NOW).await.expect("create");
+        store.preconfigure(&[preconfigured(&format!("{SEED_KEY},seed-key"))], NOW).await.expect("pre");
+        store.set_admin_token(&token).await.expect("set admin token");
         store.record_usage("created-key", 1, 1, 1).expect("usage");
-        store.flush_usage().expect("flush");
+        store.flush_usage().await.expect("flush");
         let generated = AdminToken::generate().expect("random");
-        store.set_admin_token(&generated).expect("set generated token");
+        store.set_admin_token(&generated).await.expect("set generated token");
         (created, generated)
     };
     let seed = ApiKey::parse(SEED_KEY).expect("seed key");
@@ -331,14 +341,14 @@ fn only_digests_are_on_disk() {
     assert!(!store.verify_admin_token(token.as_str()), "replaced token no longer valid");
 }
 
-#[test]
-fn admin_token_start_up_flow() {
+#[tokio::test]
+async fn admin_token_start_up_flow() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = {
         let store = open(dir.path());
         assert!(!store.has_admin_token());
         assert!(!store.verify_admin_token(""), "no token: nothing verifies");
-        let first = store.ensure_admin_token(None).expect("ensure").expect("generated at first start");
+        let first = store.ensure_admin_token(None).await.expect("ensure").expect("generated at first start");
         assert!(store.has_admin_token());
         assert!(store.verify_admin_token(first.as_str()));
         assert!(!store.verify_admin_token("wrong"));
@@ -347,18 +357,18 @@ fn admin_token_start_up_flow() {
     };
     {
         let store = open(dir.path());
-        assert_eq!(store.ensure_admin_token(None).expect("ensure"), None, "printed only once");
+        assert_eq!(store.ensure_admin_token(None).await.expect("ensure"), None, "printed only once");
         assert!(store.verify_admin_token(first.as_str()));
     }
     let chosen = AdminToken::new("my-secret-auth").expect("token");
     let store = open(dir.path());
-    assert_eq!(store.ensure_admin_token(Some(&chosen)).expect("ensure"), None);
+    assert_eq!(store.ensure_admin_token(Some(&chosen)).await.expect("ensure"), None);
     assert!(store.verify_admin_token("my-secret-auth"));
     assert!(!store.verify_admin_token(first.as_str()));
 }
 
-#[test]
-fn second_open_of_a_data_dir_is_locked() {
+#[tokio::test]
+async fn second_open_of_a_data_dir_is_locked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     let err = KeyStore::open(dir.path()).expect_err("already open");
@@ -368,17 +378,16 @@ fn second_open_of_a_data_dir_is_locked() {
     open(dir.path());
 }
 
-#[test]
-fn concurrent_verifies_while_keys_are_created_and_revoked() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_verifies_while_keys_are_created_and_revoked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(open(dir.path()));
-    let keys: Vec<(String, String)> = (0..20)
-        .map(|i| {
-            let name = format!("k{i}");
-            let (key, _) = store.create(&name, never(), NOW).expect("create");
-            (name, key.to_base64())
-        })
-        .collect();
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for i in 0..20 {
+        let name = format!("k{i}");
+        let (key, _) = store.create(&name, never(), NOW).await.expect("create");
+        keys.push((name, key.to_base64()));
+    }
     let keys = Arc::new(keys);
     let verifiers: Vec<_> = (0..4)
         .map(|t| {
@@ -399,17 +408,17 @@ fn concurrent_verifies_while_keys_are_created_and_revoked() {
         .collect();
     let writer = {
         let store = Arc::clone(&store);
-        std::thread::spawn(move || {
+        tokio::spawn(async move {
             for i in 0..5 {
-                store.create(&format!("new{i}"), never(), NOW).expect("create");
+                store.create(&format!("new{i}"), never(), NOW).await.expect("create");
             }
-            store.revoke("k0", NOW).expect("revoke");
+            store.revoke("k0", NOW).await.expect("revoke");
         })
     };
+    writer.await.expect("writer task");
     for handle in verifiers {
         handle.join().expect("verifier thread");
     }
-    writer.join().expect("writer thread");
     let total: u64 = store.list().iter().map(|k| k.usage.messages).sum();
     assert_eq!(total, 4 * 500);
     assert_eq!(store.list().len(), 25);

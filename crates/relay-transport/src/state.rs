@@ -226,8 +226,22 @@ impl AppState {
                 dependencies,
             }),
         };
-        if state.inner.keystore.is_some() {
+        if let Some(store) = &state.inner.keystore {
             tokio::spawn(close_rooms_of_lapsed_keys(Arc::downgrade(&state.inner)));
+            // A key revoked on another instance sharing the database: close the rooms it
+            // created here, as a revocation through this instance does. Weak: the store
+            // must not keep the state alive.
+            let weak = Arc::downgrade(&state.inner);
+            store.set_revocation_observer(Box::new(move |name| {
+                if let Some(inner) = weak.upgrade() {
+                    let closed = AppState { inner }.close_rooms_of_key(name);
+                    tracing::info!(
+                        key = name,
+                        rooms_closed = closed,
+                        "key revoked on another instance: its rooms closed"
+                    );
+                }
+            }));
         }
         Ok(state)
     }

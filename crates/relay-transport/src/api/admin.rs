@@ -435,8 +435,9 @@ async fn create_key(
     options: CreateOptions,
     status: StatusCode,
 ) -> Result<Response<Body>, ApiError> {
-    let created = blocking(move || store.create(&name, options, unix_now())).await?;
-    let (key, info) = created.map_err(|e| store_error(&e))?;
+    // The store commits (sled: flushed on a blocking thread; PostgreSQL: a committed
+    // transaction) before it answers.
+    let (key, info) = store.create(&name, options, unix_now()).await.map_err(|e| store_error(&e))?;
     Ok(json(status, &created_key_json(&key, &info)))
 }
 
@@ -448,18 +449,10 @@ async fn revoke_key(
     name: String,
 ) -> Result<Response<Body>, ApiError> {
     let revoked = name.clone();
-    let info = blocking(move || store.revoke(&name, unix_now())).await?.map_err(|e| store_error(&e))?;
+    let info = store.revoke(&name, unix_now()).await.map_err(|e| store_error(&e))?;
     let closed = state.close_rooms_of_key(&revoked);
     tracing::info!(key = revoked.as_str(), rooms_closed = closed, "rooms of a revoked key closed");
     Ok(json(StatusCode::OK, &key_json(&info, unix_now())))
-}
-
-/// Runs a store write (it flushes to disk) off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        tracing::error!("key store task failed: {e}");
-        ApiError::new(ErrorCode::StorageUnavailable, "the key store task failed")
-    })
 }
 
 /// The status and code for a store refusal or failure (messages never hold a secret).
@@ -471,6 +464,9 @@ fn store_error(e: &KeystoreError) -> ApiError {
         KeystoreError::InvalidTenant { .. } => ErrorCode::BadTenant,
         KeystoreError::ExpiryInPast { .. } => ErrorCode::BadExpiry,
         KeystoreError::Storage(_)
+        | KeystoreError::Database { .. }
+        | KeystoreError::DatabaseUnreachable { .. }
+        | KeystoreError::Task(_)
         | KeystoreError::Corrupt { .. }
         | KeystoreError::Random(_)
         | KeystoreError::DataDir { .. }

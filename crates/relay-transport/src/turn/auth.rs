@@ -110,7 +110,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(KeyStore::open(dir.path()).unwrap());
         let now = unix_now();
-        store.create("backend", CreateOptions { tenant: None, expires_at: 0 }, now).unwrap();
+        store.create("backend", CreateOptions { tenant: None, expires_at: 0 }, now).await.unwrap();
         let turn = TurnConfig {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             secret: Some("north".to_owned()),
@@ -128,7 +128,7 @@ mod tests {
         assert_eq!(auth.password_of(&(now + 60).to_string()), None, "no key with keys enforced");
         assert!(key_still_allowed(&state, &live));
 
-        store.revoke("backend", now).unwrap();
+        store.revoke("backend", now).await.unwrap();
         assert_eq!(auth.password_of(&live), None, "revoked key");
         assert!(!key_still_allowed(&state, &live));
         assert!(key_still_allowed(&state, "babble"));
