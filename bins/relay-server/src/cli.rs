@@ -28,6 +28,13 @@ pub(crate) struct Cli {
     #[arg(long, env = "RELAY_INSECURE_API_KEYS_NOT_ENFORCED")]
     pub(crate) insecure_api_keys_not_enforced: bool,
 
+    /// PostgreSQL holding the state instances share (postgres://user:password@host:port/db;
+    /// no TLS). Set: discovery groups and the relay registry live there, shared by every
+    /// instance with the same URL; unreachable at start, the server exits 2 naming it.
+    /// Unset: each instance keeps its own in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+
     /// Log format on stderr.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,

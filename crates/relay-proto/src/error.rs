@@ -147,6 +147,9 @@ error_codes! {
     UpgradeRequired = ("upgrade_required", 426),
     /// 429: over a rate limit; `Retry-After` says when to come back.
     RateLimited = ("rate_limited", 429),
+    /// 429: the API key already owns as many live discovery groups as
+    /// `--max-groups-per-key` allows.
+    TooManyGroupsForKey = ("too_many_groups_for_key", 429),
     // ---- 500, 503 ----
     /// 500: a relay bug.
     Internal = ("internal", 500),
