@@ -205,6 +205,9 @@ async fn postgres_lost_while_running_gives_503_and_readyz_names_it_then_recovers
     let ready = http_request(relay.addr, "GET", "/readyz", &[], b"").await.unwrap();
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.text());
     assert_eq!(ready.json()["unavailable"], json!(["postgres"]));
+    let metrics = http_request(relay.addr, "GET", "/metrics", &[], b"").await.unwrap();
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.text().contains(r#"relay_dependency_up{dependency="postgres"} 0"#), "{}", metrics.text());
     // What does not need PostgreSQL keeps working.
     let health = http_request(relay.addr, "GET", "/healthz", &[], b"").await.unwrap();
     assert_eq!(health.status, StatusCode::OK);
@@ -216,7 +219,23 @@ async fn postgres_lost_while_running_gives_503_and_readyz_names_it_then_recovers
     .await;
     let resp = call(relay.addr, "GET", "/groups/kept", ALICE, "").await;
     assert_eq!(resp.status, StatusCode::OK, "the acknowledged group survived: {}", resp.text());
+    let metrics = http_request(relay.addr, "GET", "/metrics", &[], b"").await.unwrap().text();
+    assert!(metrics.contains(r#"relay_dependency_up{dependency="postgres"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"relay_dependency_failures_total{dependency="postgres"} 1"#), "{metrics}");
     let output = relay.output();
     assert!(output.contains("postgres at"), "the outage and the recovery are logged: {output}");
     assert!(!output.contains("hunter2"));
+}
+
+#[tokio::test]
+async fn print_config_masks_the_database_url() {
+    let out =
+        run_binary(&["--print-config", "--database-url", "postgres://relay:hunter2@db.internal:5432/relay"])
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(r#"database_url = "***""#), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(stdout.contains("max_groups_per_key = 1000"), "{stdout}");
 }

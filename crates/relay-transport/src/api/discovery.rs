@@ -43,6 +43,7 @@ use crate::state::AppState;
 /// `POST /group`.
 #[utoipa::path(
     post, path = "/group", operation_id = "create_group", tag = "discovery", summary = "Create a group, or replace the live group its ID names",
+    params(("tenant" = Option<String>, Query, description = "Admin token only: act in this tenant (default: the open tenant; for the list, every tenant keyed <tenant>/<ID>); ignored for API keys")),
     request_body = relay_proto::rest::GroupRequest,
     responses(
         (status = 201, description = "The group's ID, as a JSON string", body = String),
@@ -68,6 +69,7 @@ pub(crate) async fn create(
 /// `PATCH /group` (ID in the body) and `PATCH /groups/{ID}`.
 #[utoipa::path(
     patch, path = "/group", operation_id = "update_group", tag = "discovery", summary = "Change the group named in the body",
+    params(("tenant" = Option<String>, Query, description = "Admin token only: act in this tenant (default: the open tenant; for the list, every tenant keyed <tenant>/<ID>); ignored for API keys")),
     request_body = relay_proto::rest::GroupRequest,
     responses(
         (status = 200, description = "The group's ID, as a JSON string", body = String),
@@ -90,7 +92,7 @@ pub(crate) async fn update(
 /// `PATCH /groups/{ID}`: as `PATCH /group`, with the ID in the path.
 #[utoipa::path(
     patch, path = "/groups/{ID}", operation_id = "update_group_by_id", tag = "discovery", summary = "Change the group named in the path",
-    params(("ID" = String, Path, description = "The group's ID")),
+    params(("ID" = String, Path, description = "The group's ID"), ("tenant" = Option<String>, Query, description = "Admin token only: act in this tenant (default: the open tenant; for the list, every tenant keyed <tenant>/<ID>); ignored for API keys")),
     request_body = relay_proto::rest::GroupRequest,
     responses(
         (status = 200, description = "The group's ID, as a JSON string", body = String),
@@ -124,7 +126,7 @@ async fn update_named(
 /// `GET /groups`.
 #[utoipa::path(
     get, path = "/groups", operation_id = "list_groups", tag = "discovery", summary = "Live groups, keyed by ID",
-    params(("app-id" = Option<String>, Query, description = "Only the groups of this application")),
+    params(("app-id" = Option<String>, Query, description = "Only the groups of this application"), ("tenant" = Option<String>, Query, description = "Admin token only: act in this tenant (default: the open tenant; for the list, every tenant keyed <tenant>/<ID>); ignored for API keys")),
     responses(
         (status = 200, description = "Live groups keyed by ID", body = std::collections::BTreeMap<String, relay_proto::rest::Group>),
         (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
@@ -149,7 +151,7 @@ pub(crate) async fn list(
 /// `GET /groups/{ID}`.
 #[utoipa::path(
     get, path = "/groups/{ID}", operation_id = "get_group", tag = "discovery", summary = "One group",
-    params(("ID" = String, Path, description = "The group's ID")),
+    params(("ID" = String, Path, description = "The group's ID"), ("tenant" = Option<String>, Query, description = "Admin token only: act in this tenant (default: the open tenant; for the list, every tenant keyed <tenant>/<ID>); ignored for API keys")),
     responses(
         (status = 200, description = "The group", body = relay_proto::rest::Group),
         (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
@@ -178,7 +180,7 @@ pub(crate) async fn get(
 /// `DELETE /groups/{ID}`.
 #[utoipa::path(
     delete, path = "/groups/{ID}", operation_id = "delete_group", tag = "discovery", summary = "Delete a group",
-    params(("ID" = String, Path, description = "The group's ID")),
+    params(("ID" = String, Path, description = "The group's ID"), ("tenant" = Option<String>, Query, description = "Admin token only: act in this tenant (default: the open tenant; for the list, every tenant keyed <tenant>/<ID>); ignored for API keys")),
     responses(
         (status = 200, description = "Disco's sentence: `The group with ID {ID} has been deleted successfully`", body = String, content_type = "text/plain"),
         (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
