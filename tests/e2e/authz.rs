@@ -3,7 +3,7 @@
 //! key (before any upgrade for WebSockets); every admin route with no token, a wrong
 //! token and an API key in its place; and tenants that never meet: another tenant's
 //! mailbox namespace never sees a message, a room's mailbox is reachable only through
-//! the room, and a group is changed only by the key that created it.
+//! the room, and another tenant's group is invisible (404).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -245,14 +245,20 @@ async fn tenants_never_meet_in_the_mailbox_and_rooms_are_reachable_only_by_their
     assert_eq!(next_binary(&mut bob_ns, Duration::from_millis(300)).await, None, "room message in globex");
     assert_eq!(next_binary(&mut alice_ns, Duration::from_millis(300)).await, None, "room message in acme");
 
-    // Groups: bob cannot change or delete alice's group; alice can.
+    // Groups: bob, of another tenant, does not even see alice's group; alice can delete it.
     let resp = request(addr, "POST", "/group", Some(&alice), r#"{"ID": "owned", "AppID": "authz"}"#).await;
     assert_eq!(resp.status, StatusCode::CREATED);
-    for (method, path, body) in
-        [("PATCH", "/groups/owned", r#"{"Name": "taken over"}"#), ("DELETE", "/groups/owned", "")]
-    {
+    for (method, path, body) in [
+        ("GET", "/groups/owned", ""),
+        ("PATCH", "/groups/owned", r#"{"Name": "taken over"}"#),
+        ("DELETE", "/groups/owned", ""),
+    ] {
         let resp = request(addr, method, path, Some(&bob), body).await;
-        assert_eq!((resp.status, code(&resp).as_str()), (StatusCode::FORBIDDEN, "not_owner"), "{method}");
+        assert_eq!(
+            (resp.status, code(&resp).as_str()),
+            (StatusCode::NOT_FOUND, "group_not_found"),
+            "{method}"
+        );
     }
     let resp = request(addr, "DELETE", "/groups/owned", Some(&alice), "").await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());

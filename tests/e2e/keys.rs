@@ -699,14 +699,25 @@ async fn usage_is_counted_listed_and_kept_across_a_restart() -> anyhow::Result<(
 }
 
 /// With keys enforced, a discovery group can be changed or deleted only by the key that
-/// created it, or by the admin token; another key gets 403 `not_owner`, no key 401.
+/// created it, or by the admin token (naming the tenant); another key of the same
+/// tenant gets 403 `not_owner`, a key of another tenant 404, no key 401.
 #[tokio::test]
 async fn group_change_by_another_key_is_403() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let relay = start(dir.path(), &[]).await?;
     let owner = format!("Bearer {}", sodot_create(&relay, "owner", 0).await?);
     let other = format!("Bearer {}", sodot_create(&relay, "other", 0).await?);
-    let admin = format!("Bearer {TOKEN}");
+    let admin_auth = format!("Bearer {TOKEN}");
+    let created = http_request(
+        relay.addr,
+        "POST",
+        "/v1/admin/keys",
+        &[("authorization", &admin_auth), ("content-type", "application/json")],
+        json!({"name": "colleague", "tenant": "owner"}).to_string().as_bytes(),
+    )
+    .await?;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let colleague = format!("Bearer {}", created.json()["key"].as_str().unwrap_or_default());
     let group = json!({"ID": "g1", "Name": "office group", "AppID": "BabbleChat", "Peers": []});
 
     let created = post_json(relay.addr, "/group", &[("authorization", &owner)], &group).await?;
@@ -723,14 +734,18 @@ async fn group_change_by_another_key_is_403() -> anyhow::Result<()> {
         }
     };
     for method in ["PATCH", "DELETE"] {
-        let resp = call(method, other.clone(), patch.clone().into_bytes()).await?;
+        let resp = call(method, colleague.clone(), patch.clone().into_bytes()).await?;
         assert_eq!(resp.status, StatusCode::FORBIDDEN, "{method} by another key: {}", resp.text());
         assert_eq!(resp.json()["error"]["code"], "not_owner");
+        let resp = call(method, other.clone(), patch.clone().into_bytes()).await?;
+        assert_eq!(resp.status, StatusCode::NOT_FOUND, "{method} by another tenant: {}", resp.text());
+        assert_eq!(resp.json()["error"]["code"], "group_not_found");
     }
-    // The owner may change it; the admin token may delete it.
+    // The owner may change it; the admin token, naming the tenant, may delete it.
     let resp = call("PATCH", owner.clone(), patch.into_bytes()).await?;
     assert_eq!(resp.status, StatusCode::OK, "PATCH by owner: {}", resp.text());
-    let resp = call("DELETE", admin, Vec::new()).await?;
+    let headers = [("authorization", admin_auth.as_str())];
+    let resp = http_request(relay.addr, "DELETE", "/groups/g1?tenant=owner", &headers, b"").await?;
     assert_eq!(resp.status, StatusCode::OK, "DELETE by admin: {}", resp.text());
     let gone = http_request(relay.addr, "GET", "/groups/g1", &[("authorization", &owner)], b"").await?;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);

@@ -92,9 +92,10 @@ pub(crate) struct KeyArgs {
     pub(crate) admin_token_file: Option<PathBuf>,
 
     /// PostgreSQL for state shared by every instance of a deployment
-    /// (`postgres://user:password@host:5432/db`): API keys, the admin token and usage
-    /// totals live there instead of under --data-dir. Unreachable at start: exit 2.
-    /// Unset: the embedded store under --data-dir.
+    /// (`postgres://user:password@host:5432/db`, no TLS): API keys, the admin token and
+    /// usage totals, discovery groups and the relay registry live there instead of under
+    /// --data-dir. Unreachable at start: exit 2 naming it. Unset: the embedded stores
+    /// under --data-dir.
     #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub(crate) database_url: Option<String>,
 }

@@ -7,7 +7,19 @@ use std::time::Duration;
 
 use crate::announce::Announcer;
 use anyhow::{Context, bail};
-use relay_discovery::{DiscoveryConfig, GroupTtl, RegistryConfig, RegistryToken};
+use relay_discovery::{DEFAULT_MAX_GROUPS_PER_KEY, DiscoveryConfig, GroupTtl, RegistryConfig, RegistryToken};
+
+/// Largest group TTL (`--group-ttl`, `--max-group-ttl`) accepted: 10 years. Keeps
+/// `LastUpdated + TTL` far from overflowing, in memory and in PostgreSQL's bigint.
+const MAX_GROUP_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Largest `--group-ttl-heartbeat`: one day.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
+/// Shortest `--group-ttl-heartbeat`: 100 ms.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Largest `--relay-ttl`: 30 days.
+const MAX_RELAY_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest `--max-groups-per-key`.
+const MAX_GROUPS_PER_KEY_LIMIT: usize = 1_000_000;
 
 /// Discovery flags.
 #[derive(Debug, clap::Args)]
@@ -21,9 +33,14 @@ pub(crate) struct DiscoveryArgs {
     #[arg(long, env = "RELAY_GROUP_TTL_HEARTBEAT", default_value = "1m", value_parser = parse_duration,
           visible_alias = "ttl-hearbeat")]
     pub(crate) group_ttl_heartbeat: Duration,
-    /// Largest per-group `TTL` a client may ask for.
+    /// Largest per-group `TTL` a client may ask for (at most 10 years).
     #[arg(long, env = "RELAY_MAX_GROUP_TTL", default_value = "168h", value_parser = parse_duration)]
     pub(crate) max_group_ttl: Duration,
+    /// The most live discovery groups one API key may own in its tenant (1 to
+    /// 1,000,000); over it, creating one answers 429 `too_many_groups_for_key`. With keys
+    /// not enforced, the most all callers together may own. The admin token is not limited.
+    #[arg(long, env = "RELAY_MAX_GROUPS_PER_KEY", default_value_t = DEFAULT_MAX_GROUPS_PER_KEY)]
+    pub(crate) max_groups_per_key: usize,
     /// Directory for persistent state (groups live in `<dir>/discovery`, API keys, the
     /// admin token hash and usage in `<dir>/keys`). One server per directory; back it up.
     #[arg(long, env = "RELAY_DATA_DIR", default_value = "./relay-data", global = true)]
@@ -47,20 +64,39 @@ pub(crate) struct DiscoveryArgs {
 }
 
 impl DiscoveryArgs {
-    /// The transport's discovery settings, after checking the durations.
+    /// The transport's discovery settings, after checking every duration and limit is
+    /// in its range (the server exits 2 naming the flag otherwise).
     pub(crate) fn config(&self) -> anyhow::Result<DiscoveryConfig> {
+        if self.max_group_ttl < Duration::from_secs(1) || self.max_group_ttl > MAX_GROUP_TTL {
+            bail!(
+                "--max-group-ttl must be between 1s and {}h (10 years), got {:?}",
+                MAX_GROUP_TTL.as_secs() / 3600,
+                self.max_group_ttl
+            );
+        }
         if self.group_ttl < Duration::from_secs(1) || self.group_ttl > self.max_group_ttl {
-            bail!("--group-ttl must be between 1s and --max-group-ttl ({:?})", self.max_group_ttl);
+            bail!(
+                "--group-ttl must be between 1s and --max-group-ttl ({:?}), got {:?}",
+                self.max_group_ttl,
+                self.group_ttl
+            );
         }
-        if self.group_ttl_heartbeat.is_zero() {
-            bail!("--group-ttl-heartbeat must be more than zero");
+        if self.group_ttl_heartbeat < MIN_HEARTBEAT || self.group_ttl_heartbeat > MAX_HEARTBEAT {
+            bail!("--group-ttl-heartbeat must be between 100ms and 24h, got {:?}", self.group_ttl_heartbeat);
         }
-        if self.relay_ttl < Duration::from_secs(1) {
-            bail!("--relay-ttl must be at least 1s");
+        if self.relay_ttl < Duration::from_secs(1) || self.relay_ttl > MAX_RELAY_TTL {
+            bail!("--relay-ttl must be between 1s and 720h (30 days), got {:?}", self.relay_ttl);
+        }
+        if !(1..=MAX_GROUPS_PER_KEY_LIMIT).contains(&self.max_groups_per_key) {
+            bail!(
+                "--max-groups-per-key must be between 1 and {MAX_GROUPS_PER_KEY_LIMIT}, got {}",
+                self.max_groups_per_key
+            );
         }
         Ok(DiscoveryConfig {
             group_ttl: GroupTtl { default: self.group_ttl, max: self.max_group_ttl },
             group_ttl_heartbeat: self.group_ttl_heartbeat,
+            max_groups_per_key: self.max_groups_per_key,
             registry: RegistryConfig {
                 token: self.registry_token.clone(),
                 default_ttl: self.relay_ttl,

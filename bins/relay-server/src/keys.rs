@@ -45,6 +45,7 @@ impl StartError {
                 | KeystoreError::PreconfiguredNameConflict { .. }
                 | KeystoreError::DuplicateKey { .. }
                 | KeystoreError::InvalidAdminToken(_)
+                | KeystoreError::SchemaNewer { .. }
         );
         match e {
             // Says which engine and where (never the password), and which setting.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use relay_keystore::KeyStore;
-use relay_transport::{AppState, TlsHandle, serve};
+use relay_transport::{AppState, Discovery, TlsHandle, serve};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -52,6 +52,14 @@ fn main() -> ExitCode {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
+    // Every discovery duration and limit in range, before anything is opened.
+    let discovery_config = match cli.discovery.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
     let tls = match (&cli.ops.chain_path, &cli.ops.key_path) {
         (Some(chain), Some(key)) => match TlsHandle::load(chain, key) {
             Ok(tls) => Some(tls),
@@ -77,7 +85,22 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code);
         }
     };
-    match runtime.block_on(run(cli, keystore, tls)) {
+    // Discovery on PostgreSQL when --database-url is set: unreachable, exit 2 naming it.
+    let discovery = match cli.keys.database_url.as_deref() {
+        Some(url) => match runtime.block_on(Discovery::open_postgres(&discovery_config, url)) {
+            Ok(discovery) => {
+                let location = discovery.shared_location().unwrap_or_default().to_owned();
+                tracing::info!(location, "discovery groups and the relay registry are in PostgreSQL");
+                Some(discovery)
+            }
+            Err(e) => {
+                eprintln!("error: --database-url: {e}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        },
+        None => None,
+    };
+    match runtime.block_on(run(cli, keystore, tls, discovery)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -86,7 +109,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyhow::Result<()> {
+async fn run(
+    cli: Cli,
+    keystore: Arc<KeyStore>,
+    tls: Option<TlsHandle>,
+    discovery: Option<Discovery>,
+) -> anyhow::Result<()> {
     let mut config = cli.server_config()?;
     config.tls = tls.clone();
     let announcer = cli.discovery.announcer(config.room_id_prefix.map(|p| p.to_string()))?;
@@ -99,7 +127,10 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyho
         );
     }
 
-    let state = AppState::with_keystore(config, keystore.clone())?;
+    let state = match discovery {
+        Some(discovery) => AppState::with_discovery(config, Some(keystore.clone()), discovery)?,
+        None => AppState::with_keystore(config, keystore.clone())?,
+    };
     if let Some(location) = keystore.database_location() {
         // /readyz answers 503 and relay_dependency_up{dependency="postgres"} is 0 while
         // the key store's PostgreSQL is unreachable.
@@ -130,6 +161,7 @@ async fn run(cli: Cli, keystore: Arc<KeyStore>, tls: Option<TlsHandle>) -> anyho
     tracing::info!(listen = %addrs.join(" "), scheme, "listening");
 
     tokio::spawn(state.discovery().sweeper());
+    tokio::spawn(state.discovery_storage_monitor());
     if let Some(announcer) = announcer {
         tokio::spawn(announcer.run());
     }

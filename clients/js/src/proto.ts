@@ -91,6 +91,7 @@ export const ERROR_CODES = {
   upgrade_required: 426,
   rate_limited: 429,
   too_many_rooms_for_key: 429,
+  too_many_groups_for_key: 429,
   internal: 500,
   storage_error: 500,
   no_key_store: 503,

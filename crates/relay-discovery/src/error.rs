@@ -38,9 +38,24 @@ pub enum DiscoveryError {
     /// The registration token is missing or wrong.
     #[error("missing or wrong registry token")]
     BadRegistryToken,
+    /// The key already owns as many live groups as `--max-groups-per-key` allows.
+    #[error(
+        "this API key already owns {max} live groups, the most --max-groups-per-key allows; delete some or let them expire"
+    )]
+    TooManyGroups {
+        /// The limit.
+        max: usize,
+    },
     /// The sled database failed.
     #[error("storage failed: {0}")]
     Storage(#[from] sled::Error),
+    /// The shared database (PostgreSQL) cannot be reached: the request may succeed
+    /// once it is back. The text names the engine and where, never credentials.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The shared database answered with an error, or a storage task failed.
+    #[error("storage failed: {0}")]
+    Backend(String),
     /// A stored record cannot be decoded (written by an incompatible version?).
     #[error("stored group {key:?} cannot be decoded: {source}")]
     Corrupt {

@@ -57,11 +57,16 @@ pub struct Group {
     pub ttl_secs: Option<u64>,
 }
 
-/// A stored group with the API key name that created it.
+/// A stored group with its tenant and the API key name that created it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupRecord {
     /// The group as clients see it.
     pub group: Group,
+    /// The tenant of the key that created it: groups are keyed by (tenant, ID), so two
+    /// tenants may both have a group `g1`. Empty for the open tenant (keys not
+    /// enforced, the admin token, and records written before tenants existed).
+    #[serde(default)]
+    pub tenant: String,
     /// Name of the API key that created the group; `None` when it was created with keys
     /// not enforced (then, with keys enforced, only the admin may change it).
     #[serde(default)]

@@ -3,13 +3,12 @@
 //! Nothing here reads the clock: every operation takes `now` in unix seconds, and the
 //! sweeper takes a clock function, so tests move time by hand.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::DiscoveryError;
 use crate::group::{Group, GroupInput, GroupRecord};
-use crate::store::GroupStore;
+use crate::store::{GroupStore, Quota, Write, expires_at};
 
 /// How long groups live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,27 +25,44 @@ impl Default for GroupTtl {
     }
 }
 
-/// The group service: a [`GroupStore`] plus TTL rules and ownership checks.
+/// The group service: a [`GroupStore`] plus TTL rules, tenants, ownership checks and
+/// the per-key limit.
 ///
-/// A group is live while `LastUpdated + ttl > now`; an expired group is invisible to
-/// every operation at once, and [`Groups::sweep`] removes it from the store later.
+/// Groups are keyed by (tenant, ID): a tenant sees only its own groups, and two
+/// tenants may use the same ID. A group is live while `LastUpdated + ttl > now`; an
+/// expired group is invisible to every operation at once, and [`Groups::sweep`]
+/// removes it from the store later. Every change is one atomic read-modify-write of
+/// the store, so it holds across instances sharing a PostgreSQL database.
 pub struct Groups {
     store: Arc<dyn GroupStore>,
     ttl: GroupTtl,
-    /// Serializes read-modify-write operations, so an ownership check and the write it
-    /// allows see the same record. Writes are rare; reads do not take it.
-    write: Mutex<()>,
+    max_per_key: usize,
 }
 
+/// Whether a caller may change a stored group (ownership), asked inside the store's
+/// read-modify-write.
+pub type MayChange = Box<dyn FnOnce(&GroupRecord) -> bool + Send>;
+
 impl Groups {
-    /// A service over `store` with the given TTL rules.
-    pub fn new(store: Arc<dyn GroupStore>, ttl: GroupTtl) -> Groups {
-        Groups { store, ttl, write: Mutex::new(()) }
+    /// A service over `store` with the given TTL rules and at most `max_per_key` live
+    /// groups per owner and tenant (for callers the limit applies to).
+    pub fn new(store: Arc<dyn GroupStore>, ttl: GroupTtl, max_per_key: usize) -> Groups {
+        Groups { store, ttl, max_per_key }
     }
 
     /// The TTL rules.
     pub fn ttl(&self) -> GroupTtl {
         self.ttl
+    }
+
+    /// The most live groups one key may own (`--max-groups-per-key`).
+    pub fn max_per_key(&self) -> usize {
+        self.max_per_key
+    }
+
+    /// The store, e.g. to check that it answers.
+    pub fn store(&self) -> &Arc<dyn GroupStore> {
+        &self.store
     }
 
     /// The TTL of `group` in seconds: its own, or the default.
@@ -56,44 +72,56 @@ impl Groups {
 
     /// Whether `group` is still live at `now`.
     pub fn is_live(&self, group: &Group, now: u64) -> bool {
-        group.last_updated.saturating_add(self.ttl_secs_of(group)) > now
+        expires_at(group, self.ttl.default.as_secs()) > now
     }
 
-    /// Creates a group (Disco's `POST /group`). Without an ID, a UUID v4 is generated.
-    /// With the ID of a live group, that group is replaced in place (absent fields
-    /// become empty, as in Disco) and keeps its owner, if `may_change` allows it; with
-    /// any other ID, a group is created under that ID, owned by `owner`.
-    pub fn upsert(
+    fn quota(&self, limited: bool, now: u64) -> Option<Quota> {
+        limited.then_some(Quota { max: self.max_per_key, now, default_ttl_secs: self.ttl.default.as_secs() })
+    }
+
+    /// Creates a group in `tenant` (Disco's `POST /group`). Without an ID, a UUID v4 is
+    /// generated. With the ID of a live group of the tenant, that group is replaced in
+    /// place (absent fields become empty, as in Disco) and keeps its owner, if
+    /// `may_change` allows it; with any other ID, a group is created under that ID,
+    /// owned by `owner`. When `limited`, a create beyond the per-key limit is refused
+    /// with [`DiscoveryError::TooManyGroups`].
+    pub async fn upsert(
         &self,
+        tenant: &str,
         input: GroupInput,
         owner: Option<&str>,
         now: u64,
-        may_change: impl FnOnce(&GroupRecord) -> bool,
+        limited: bool,
+        may_change: MayChange,
     ) -> Result<Group, DiscoveryError> {
         self.check_ttl(input.ttl_secs)?;
-        let _write = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let (id, owner) = match input.id.clone() {
-            None => (uuid::Uuid::new_v4().to_string(), owner.map(str::to_owned)),
-            Some(id) => match self.live_record(&id, now)? {
-                Some(existing) if !may_change(&existing) => return Err(DiscoveryError::NotOwner(id)),
-                Some(existing) => (id, existing.owner),
-                None => (id, owner.map(str::to_owned)),
-            },
-        };
-        let group = input.into_group(id, now);
-        self.store.put(&GroupRecord { group: group.clone(), owner })?;
-        Ok(group)
+        let id = input.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let (owner, record_tenant, record_id) = (owner.map(str::to_owned), tenant.to_owned(), id.clone());
+        let default_ttl = self.ttl.default.as_secs();
+        let decide = Box::new(move |stored: Option<GroupRecord>| {
+            let live = stored.filter(|r| expires_at(&r.group, default_ttl) > now);
+            let (owner, creates) = match live {
+                Some(existing) if !may_change(&existing) => return Err(DiscoveryError::NotOwner(record_id)),
+                Some(existing) => (existing.owner, false),
+                None => (owner, true),
+            };
+            let record =
+                GroupRecord { group: input.into_group(record_id, now), tenant: record_tenant, owner };
+            Ok(Write::Put { record, creates })
+        });
+        written_group(self.store.modify(tenant, &id, self.quota(limited, now), decide).await?)
     }
 
-    /// Changes the fields `input` names on the live group `id` (Disco's `PATCH`) and
-    /// refreshes its `LastUpdated`. `id` is the path's ID, if the request had one; else
-    /// the body's `ID` is used.
-    pub fn update(
+    /// Changes the fields `input` names on the live group `id` of `tenant` (Disco's
+    /// `PATCH`) and refreshes its `LastUpdated`. `id` is the path's ID, if the request
+    /// had one; else the body's `ID` is used.
+    pub async fn update(
         &self,
+        tenant: &str,
         id: Option<&str>,
         input: GroupInput,
         now: u64,
-        may_change: impl FnOnce(&GroupRecord) -> bool,
+        may_change: MayChange,
     ) -> Result<Group, DiscoveryError> {
         let id = match (id, input.id.as_deref()) {
             (Some(path), Some(body)) if path != body => {
@@ -103,74 +131,81 @@ impl Groups {
             (None, None) => return Err(DiscoveryError::MissingId),
         };
         self.check_ttl(input.ttl_secs)?;
-        let _write = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut record =
-            self.live_record(&id, now)?.ok_or_else(|| DiscoveryError::GroupNotFound(id.clone()))?;
-        if !may_change(&record) {
-            return Err(DiscoveryError::NotOwner(id));
-        }
-        input.merge_into(&mut record.group, now);
-        self.store.put(&record)?;
-        Ok(record.group)
+        let (record_id, default_ttl) = (id.clone(), self.ttl.default.as_secs());
+        let decide = Box::new(move |stored: Option<GroupRecord>| {
+            let mut record = stored
+                .filter(|r| expires_at(&r.group, default_ttl) > now)
+                .ok_or_else(|| DiscoveryError::GroupNotFound(record_id.clone()))?;
+            if !may_change(&record) {
+                return Err(DiscoveryError::NotOwner(record_id));
+            }
+            input.merge_into(&mut record.group, now);
+            Ok(Write::Put { record, creates: false })
+        });
+        written_group(self.store.modify(tenant, &id, None, decide).await?)
     }
 
-    /// Deletes the live group `id`.
-    pub fn delete(
+    /// Deletes the live group `id` of `tenant`.
+    pub async fn delete(
         &self,
+        tenant: &str,
         id: &str,
         now: u64,
-        may_change: impl FnOnce(&GroupRecord) -> bool,
+        may_change: MayChange,
     ) -> Result<(), DiscoveryError> {
-        let _write = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let record =
-            self.live_record(id, now)?.ok_or_else(|| DiscoveryError::GroupNotFound(id.to_owned()))?;
-        if !may_change(&record) {
-            return Err(DiscoveryError::NotOwner(id.to_owned()));
-        }
-        self.store.remove(id)?;
+        let (record_id, default_ttl) = (id.to_owned(), self.ttl.default.as_secs());
+        let decide = Box::new(move |stored: Option<GroupRecord>| {
+            let record = stored
+                .filter(|r| expires_at(&r.group, default_ttl) > now)
+                .ok_or_else(|| DiscoveryError::GroupNotFound(record_id.clone()))?;
+            if !may_change(&record) {
+                return Err(DiscoveryError::NotOwner(record_id));
+            }
+            Ok(Write::Remove)
+        });
+        self.store.modify(tenant, id, None, decide).await?;
         Ok(())
     }
 
-    /// The live group `id`.
-    pub fn get(&self, id: &str, now: u64) -> Result<Group, DiscoveryError> {
-        self.live_record(id, now)?
+    /// The live group `id` of `tenant`.
+    pub async fn get(&self, tenant: &str, id: &str, now: u64) -> Result<Group, DiscoveryError> {
+        self.record(tenant, id, now)
+            .await?
             .map(|r| r.group)
             .ok_or_else(|| DiscoveryError::GroupNotFound(id.to_owned()))
     }
 
-    /// The live group `id` with its owner.
-    pub fn record(&self, id: &str, now: u64) -> Result<Option<GroupRecord>, DiscoveryError> {
-        self.live_record(id, now)
+    /// The live group `id` of `tenant` with its owner.
+    pub async fn record(
+        &self,
+        tenant: &str,
+        id: &str,
+        now: u64,
+    ) -> Result<Option<GroupRecord>, DiscoveryError> {
+        Ok(self.store.get(tenant, id).await?.filter(|r| self.is_live(&r.group, now)))
     }
 
-    /// Every live group, keyed by ID (Disco's `GET /groups`); only those of `app_id`
-    /// when it is given and not empty.
-    pub fn list(&self, app_id: Option<&str>, now: u64) -> Result<BTreeMap<String, Group>, DiscoveryError> {
+    /// Every live group of `tenant` (of every tenant when `None`: the operator's view),
+    /// in (tenant, ID) order; only those of `app_id` when it is given and not empty.
+    pub async fn list(
+        &self,
+        tenant: Option<&str>,
+        app_id: Option<&str>,
+        now: u64,
+    ) -> Result<Vec<GroupRecord>, DiscoveryError> {
         let app_id = app_id.filter(|a| !a.is_empty());
         Ok(self
             .store
-            .all()?
+            .list(tenant)
+            .await?
             .into_iter()
-            .map(|r| r.group)
-            .filter(|g| self.is_live(g, now) && app_id.is_none_or(|a| g.app_id == a))
-            .map(|g| (g.id.clone(), g))
+            .filter(|r| self.is_live(&r.group, now) && app_id.is_none_or(|a| r.group.app_id == a))
             .collect())
     }
 
-    /// Removes every group expired at `now` from the store; how many were removed.
-    pub fn sweep(&self, now: u64) -> Result<usize, DiscoveryError> {
-        let _write = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut removed = 0;
-        for record in self.store.all()? {
-            if !self.is_live(&record.group, now) && self.store.remove(&record.group.id)? {
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    fn live_record(&self, id: &str, now: u64) -> Result<Option<GroupRecord>, DiscoveryError> {
-        Ok(self.store.get(id)?.filter(|r| self.is_live(&r.group, now)))
+    /// Removes every group expired at `now` from the store; how many this call removed.
+    pub async fn sweep(&self, now: u64) -> Result<usize, DiscoveryError> {
+        self.store.remove_expired(now, self.ttl.default.as_secs()).await
     }
 
     fn check_ttl(&self, ttl_secs: Option<u64>) -> Result<(), DiscoveryError> {
@@ -183,6 +218,16 @@ impl Groups {
     }
 }
 
+/// The group a [`Write::Put`] stored.
+fn written_group(write: Write) -> Result<Group, DiscoveryError> {
+    match write {
+        Write::Put { record, .. } => Ok(record.group),
+        Write::Remove => {
+            Err(DiscoveryError::Backend("the store removed a group it was asked to write".into()))
+        }
+    }
+}
+
 /// Runs [`Groups::sweep`] every `heartbeat` (Disco's `--ttl-heartbeat`), with the time
 /// from `clock` (unix seconds; [`unix_now`] in a server). Runs until dropped: spawn it.
 pub async fn sweep_forever(groups: Arc<Groups>, heartbeat: Duration, clock: impl Fn() -> u64) {
@@ -190,7 +235,7 @@ pub async fn sweep_forever(groups: Arc<Groups>, heartbeat: Duration, clock: impl
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match groups.sweep(clock()) {
+        match groups.sweep(clock()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "swept expired groups"),
             Err(e) => tracing::warn!("sweeping expired groups failed: {e}"),
@@ -211,152 +256,200 @@ mod tests {
     use crate::store::MemoryGroupStore;
 
     const T0: u64 = 1_583_773_505;
+    const T: &str = "tenant-a";
 
     fn groups() -> Groups {
         let ttl = GroupTtl { default: Duration::from_secs(300), max: Duration::from_secs(3600) };
-        Groups::new(Arc::new(MemoryGroupStore::new()), ttl)
+        Groups::new(Arc::new(MemoryGroupStore::new()), ttl, 3)
     }
 
     fn input(json: &str) -> GroupInput {
         GroupInput::from_json(json.as_bytes()).unwrap()
     }
 
-    fn anyone(_: &GroupRecord) -> bool {
-        true
+    fn anyone() -> MayChange {
+        Box::new(|_| true)
     }
 
-    #[test]
-    fn a_group_expires_at_last_updated_plus_ttl_and_is_invisible_before_the_sweep() {
+    fn owner_is(key: &'static str) -> MayChange {
+        Box::new(move |r| r.owner.as_deref() == Some(key))
+    }
+
+    #[tokio::test]
+    async fn a_group_expires_at_last_updated_plus_ttl_and_is_invisible_before_the_sweep() {
         let g = groups();
-        let id = g.upsert(input(r#"{"Name":"g","AppID":"A"}"#), None, T0, anyone).unwrap().id;
+        let id =
+            g.upsert(T, input(r#"{"Name":"g","AppID":"A"}"#), None, T0, true, anyone()).await.unwrap().id;
         assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
-        assert_eq!(g.get(&id, T0 + 299).unwrap().last_updated, T0);
-        assert!(matches!(g.get(&id, T0 + 300), Err(DiscoveryError::GroupNotFound(_))));
-        assert!(g.list(None, T0 + 300).unwrap().is_empty());
-        assert!(g.list(Some("A"), T0 + 299).unwrap().contains_key(&id));
+        assert_eq!(g.get(T, &id, T0 + 299).await.unwrap().last_updated, T0);
+        assert!(matches!(g.get(T, &id, T0 + 300).await, Err(DiscoveryError::GroupNotFound(_))));
+        assert!(g.list(Some(T), None, T0 + 300).await.unwrap().is_empty());
+        assert_eq!(g.list(Some(T), Some("A"), T0 + 299).await.unwrap()[0].group.id, id);
         assert!(matches!(
-            g.update(Some(&id), input("{}"), T0 + 300, anyone),
+            g.update(T, Some(&id), input("{}"), T0 + 300, anyone()).await,
             Err(DiscoveryError::GroupNotFound(_))
         ));
-        assert!(matches!(g.delete(&id, T0 + 300, anyone), Err(DiscoveryError::GroupNotFound(_))));
+        assert!(matches!(g.delete(T, &id, T0 + 300, anyone()).await, Err(DiscoveryError::GroupNotFound(_))));
         // Still in the store until swept.
-        assert_eq!(g.sweep(T0 + 299).unwrap(), 0);
-        assert_eq!(g.sweep(T0 + 300).unwrap(), 1);
-        assert!(g.store.all().unwrap().is_empty());
+        assert_eq!(g.sweep(T0 + 299).await.unwrap(), 0);
+        assert_eq!(g.sweep(T0 + 300).await.unwrap(), 1);
+        assert!(g.store.list(None).await.unwrap().is_empty());
     }
 
-    #[test]
-    fn an_update_refreshes_the_ttl() {
+    #[tokio::test]
+    async fn an_update_refreshes_the_ttl() {
         let g = groups();
-        let id = g.upsert(input(r#"{"Name":"g"}"#), None, T0, anyone).unwrap().id;
-        let updated = g.update(Some(&id), input(r#"{"Name":"h"}"#), T0 + 200, anyone).unwrap();
+        let id = g.upsert(T, input(r#"{"Name":"g"}"#), None, T0, true, anyone()).await.unwrap().id;
+        let updated = g.update(T, Some(&id), input(r#"{"Name":"h"}"#), T0 + 200, anyone()).await.unwrap();
         assert_eq!((updated.name.as_str(), updated.last_updated), ("h", T0 + 200));
-        assert_eq!(g.get(&id, T0 + 499).unwrap().name, "h");
-        assert_eq!(g.sweep(T0 + 499).unwrap(), 0);
-        assert!(g.get(&id, T0 + 500).is_err());
+        assert_eq!(g.get(T, &id, T0 + 499).await.unwrap().name, "h");
+        assert_eq!(g.sweep(T0 + 499).await.unwrap(), 0);
+        assert!(g.get(T, &id, T0 + 500).await.is_err());
     }
 
-    #[test]
-    fn a_per_group_ttl_overrides_the_default_within_bounds() {
+    #[tokio::test]
+    async fn a_per_group_ttl_overrides_the_default_within_bounds() {
         let g = groups();
-        let id = g.upsert(input(r#"{"Name":"g","TTL":10}"#), None, T0, anyone).unwrap().id;
-        assert!(g.get(&id, T0 + 9).is_ok());
-        assert!(g.get(&id, T0 + 10).is_err());
-        let long = g.upsert(input(r#"{"TTL":3600}"#), None, T0, anyone).unwrap().id;
-        assert!(g.get(&long, T0 + 3599).is_ok());
+        let id = g.upsert(T, input(r#"{"Name":"g","TTL":10}"#), None, T0, true, anyone()).await.unwrap().id;
+        assert!(g.get(T, &id, T0 + 9).await.is_ok());
+        assert!(g.get(T, &id, T0 + 10).await.is_err());
+        let long = g.upsert(T, input(r#"{"TTL":3600}"#), None, T0, true, anyone()).await.unwrap().id;
+        assert!(g.get(T, &long, T0 + 3599).await.is_ok());
         for bad in [r#"{"TTL":0}"#, r#"{"TTL":3601}"#] {
-            let err = g.upsert(input(bad), None, T0, anyone).unwrap_err();
+            let err = g.upsert(T, input(bad), None, T0, true, anyone()).await.unwrap_err();
             assert!(matches!(&err, DiscoveryError::InvalidField { field, .. } if field == "TTL"), "{err}");
         }
-        assert!(g.update(Some(&id), input(r#"{"TTL":0}"#), T0, anyone).is_err());
+        assert!(g.update(T, Some(&id), input(r#"{"TTL":0}"#), T0, anyone()).await.is_err());
     }
 
-    #[test]
-    fn an_upsert_with_an_id_replaces_in_place_or_creates_with_that_id() {
+    #[tokio::test]
+    async fn an_upsert_with_an_id_replaces_in_place_or_creates_with_that_id() {
         let g = groups();
-        let created =
-            g.upsert(input(r#"{"ID":"2","Name":"a","AppID":"X"}"#), Some("k1"), T0, anyone).unwrap();
+        let created = g
+            .upsert(T, input(r#"{"ID":"2","Name":"a","AppID":"X"}"#), Some("k1"), T0, true, anyone())
+            .await
+            .unwrap();
         assert_eq!(created.id, "2");
-        let replaced = g.upsert(input(r#"{"ID":"2","Name":"b"}"#), Some("k2"), T0 + 5, anyone).unwrap();
+        let replaced =
+            g.upsert(T, input(r#"{"ID":"2","Name":"b"}"#), Some("k2"), T0 + 5, true, anyone()).await.unwrap();
         assert_eq!((replaced.name.as_str(), replaced.app_id.as_str()), ("b", ""));
-        let record = g.record("2", T0 + 5).unwrap().unwrap();
+        let record = g.record(T, "2", T0 + 5).await.unwrap().unwrap();
         assert_eq!(record.owner.as_deref(), Some("k1"), "an in-place replace keeps the owner");
-        assert_eq!(g.list(None, T0 + 5).unwrap().len(), 1);
+        assert_eq!(record.tenant, T);
+        assert_eq!(g.list(Some(T), None, T0 + 5).await.unwrap().len(), 1);
     }
 
-    #[test]
-    fn an_expired_id_can_be_taken_by_a_new_owner() {
+    #[tokio::test]
+    async fn an_expired_id_can_be_taken_by_a_new_owner() {
         let g = groups();
-        g.upsert(input(r#"{"ID":"2"}"#), Some("k1"), T0, anyone).unwrap();
-        g.upsert(input(r#"{"ID":"2"}"#), Some("k2"), T0 + 300, |_| false).unwrap();
-        assert_eq!(g.record("2", T0 + 300).unwrap().unwrap().owner.as_deref(), Some("k2"));
+        g.upsert(T, input(r#"{"ID":"2"}"#), Some("k1"), T0, true, anyone()).await.unwrap();
+        g.upsert(T, input(r#"{"ID":"2"}"#), Some("k2"), T0 + 300, true, Box::new(|_| false)).await.unwrap();
+        assert_eq!(g.record(T, "2", T0 + 300).await.unwrap().unwrap().owner.as_deref(), Some("k2"));
     }
 
-    #[test]
-    fn only_callers_allowed_by_may_change_can_change_or_delete() {
+    #[tokio::test]
+    async fn only_callers_allowed_by_may_change_can_change_or_delete() {
         let g = groups();
-        g.upsert(input(r#"{"ID":"2","Name":"a"}"#), Some("k1"), T0, anyone).unwrap();
-        let owner_is_k2 = |r: &GroupRecord| r.owner.as_deref() == Some("k2");
+        g.upsert(T, input(r#"{"ID":"2","Name":"a"}"#), Some("k1"), T0, true, anyone()).await.unwrap();
         assert!(matches!(
-            g.upsert(input(r#"{"ID":"2"}"#), Some("k2"), T0, owner_is_k2),
+            g.upsert(T, input(r#"{"ID":"2"}"#), Some("k2"), T0, true, owner_is("k2")).await,
             Err(DiscoveryError::NotOwner(_))
         ));
         assert!(matches!(
-            g.update(Some("2"), input("{}"), T0, owner_is_k2),
+            g.update(T, Some("2"), input("{}"), T0, owner_is("k2")).await,
             Err(DiscoveryError::NotOwner(_))
         ));
-        assert!(matches!(g.delete("2", T0, owner_is_k2), Err(DiscoveryError::NotOwner(_))));
-        assert_eq!(g.get("2", T0).unwrap().name, "a");
-        g.delete("2", T0, |r| r.owner.as_deref() == Some("k1")).unwrap();
-        assert!(g.get("2", T0).is_err());
+        assert!(matches!(g.delete(T, "2", T0, owner_is("k2")).await, Err(DiscoveryError::NotOwner(_))));
+        assert_eq!(g.get(T, "2", T0).await.unwrap().name, "a");
+        g.delete(T, "2", T0, owner_is("k1")).await.unwrap();
+        assert!(g.get(T, "2", T0).await.is_err());
     }
 
-    #[test]
-    fn an_update_needs_an_id_and_refuses_two_different_ones() {
+    #[tokio::test]
+    async fn tenants_have_their_own_ids_and_never_see_each_other() {
         let g = groups();
-        g.upsert(input(r#"{"ID":"2","Name":"a","AppID":"X"}"#), None, T0, anyone).unwrap();
+        g.upsert("a", input(r#"{"ID":"g1","Name":"of a"}"#), Some("ka"), T0, true, anyone()).await.unwrap();
+        g.upsert("b", input(r#"{"ID":"g1","Name":"of b"}"#), Some("kb"), T0, true, anyone()).await.unwrap();
+        assert_eq!(g.get("a", "g1", T0).await.unwrap().name, "of a");
+        assert_eq!(g.get("b", "g1", T0).await.unwrap().name, "of b");
+        assert!(matches!(g.get("c", "g1", T0).await, Err(DiscoveryError::GroupNotFound(_))));
         assert!(matches!(
-            g.update(None, input(r#"{"Name":"b"}"#), T0, anyone),
+            g.update("c", Some("g1"), input("{}"), T0, anyone()).await,
+            Err(DiscoveryError::GroupNotFound(_))
+        ));
+        assert!(matches!(g.delete("c", "g1", T0, anyone()).await, Err(DiscoveryError::GroupNotFound(_))));
+        assert_eq!(g.list(Some("a"), None, T0).await.unwrap().len(), 1);
+        assert_eq!(g.list(None, None, T0).await.unwrap().len(), 2);
+        g.delete("a", "g1", T0, anyone()).await.unwrap();
+        assert_eq!(g.get("b", "g1", T0).await.unwrap().name, "of b");
+    }
+
+    #[tokio::test]
+    async fn a_key_may_own_at_most_max_per_key_live_groups() {
+        let g = groups();
+        for i in 0..3 {
+            g.upsert(T, input(&format!(r#"{{"ID":"{i}"}}"#)), Some("k1"), T0, true, anyone()).await.unwrap();
+        }
+        let err = g.upsert(T, input(r#"{"ID":"3"}"#), Some("k1"), T0, true, anyone()).await.unwrap_err();
+        assert!(matches!(err, DiscoveryError::TooManyGroups { max: 3 }), "{err}");
+        // Replacing one of its own is no new group; another key and the unlimited admin go on.
+        g.upsert(T, input(r#"{"ID":"0","Name":"again"}"#), Some("k1"), T0, true, anyone()).await.unwrap();
+        g.upsert(T, input(r#"{"ID":"3"}"#), Some("k2"), T0, true, anyone()).await.unwrap();
+        g.upsert(T, input(r#"{"ID":"4"}"#), None, T0, false, anyone()).await.unwrap();
+        // Deleted or expired groups free their places.
+        g.delete(T, "1", T0, anyone()).await.unwrap();
+        g.upsert(T, input(r#"{"ID":"5"}"#), Some("k1"), T0, true, anyone()).await.unwrap();
+        g.upsert(T, input(r#"{"ID":"6"}"#), Some("k1"), T0 + 300, true, anyone()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_update_needs_an_id_and_refuses_two_different_ones() {
+        let g = groups();
+        g.upsert(T, input(r#"{"ID":"2","Name":"a","AppID":"X"}"#), None, T0, true, anyone()).await.unwrap();
+        assert!(matches!(
+            g.update(T, None, input(r#"{"Name":"b"}"#), T0, anyone()).await,
             Err(DiscoveryError::MissingId)
         ));
         assert!(matches!(
-            g.update(Some("2"), input(r#"{"ID":"3"}"#), T0, anyone),
+            g.update(T, Some("2"), input(r#"{"ID":"3"}"#), T0, anyone()).await,
             Err(DiscoveryError::IdMismatch { .. })
         ));
-        let by_body = g.update(None, input(r#"{"ID":"2","Name":"b"}"#), T0, anyone).unwrap();
+        let by_body = g.update(T, None, input(r#"{"ID":"2","Name":"b"}"#), T0, anyone()).await.unwrap();
         assert_eq!((by_body.name.as_str(), by_body.app_id.as_str()), ("b", "X"), "fields not named are kept");
         assert!(matches!(
-            g.update(Some("9"), input("{}"), T0, anyone),
+            g.update(T, Some("9"), input("{}"), T0, anyone()).await,
             Err(DiscoveryError::GroupNotFound(_))
         ));
     }
 
-    #[test]
-    fn list_filters_by_app_id() {
+    #[tokio::test]
+    async fn list_filters_by_app_id() {
         let g = groups();
-        g.upsert(input(r#"{"ID":"1","AppID":"A"}"#), None, T0, anyone).unwrap();
-        g.upsert(input(r#"{"ID":"2","AppID":"B"}"#), None, T0, anyone).unwrap();
-        let ids = |app: Option<&str>| g.list(app, T0).unwrap().into_keys().collect::<Vec<_>>();
-        assert_eq!(ids(Some("A")), ["1"]);
-        assert_eq!(ids(Some("")), ["1", "2"]);
-        assert_eq!(ids(None), ["1", "2"]);
-        assert!(ids(Some("C")).is_empty());
+        g.upsert(T, input(r#"{"ID":"1","AppID":"A"}"#), None, T0, true, anyone()).await.unwrap();
+        g.upsert(T, input(r#"{"ID":"2","AppID":"B"}"#), None, T0, true, anyone()).await.unwrap();
+        let ids = async |app: Option<&str>| {
+            g.list(Some(T), app, T0).await.unwrap().into_iter().map(|r| r.group.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(Some("A")).await, ["1"]);
+        assert_eq!(ids(Some("")).await, ["1", "2"]);
+        assert_eq!(ids(None).await, ["1", "2"]);
+        assert!(ids(Some("C")).await.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_removes_expired_groups_every_heartbeat() {
         let g = Arc::new(groups());
-        g.upsert(input(r#"{"ID":"1"}"#), None, T0, anyone).unwrap();
+        g.upsert(T, input(r#"{"ID":"1"}"#), None, T0, true, anyone()).await.unwrap();
         let now = Arc::new(AtomicU64::new(T0));
         let clock = now.clone();
         let sweeper = tokio::spawn(sweep_forever(g.clone(), Duration::from_secs(60), move || {
             clock.load(Ordering::SeqCst)
         }));
         tokio::time::sleep(Duration::from_secs(61)).await;
-        assert_eq!(g.store.all().unwrap().len(), 1, "not expired yet");
+        assert_eq!(g.store.list(None).await.unwrap().len(), 1, "not expired yet");
         now.store(T0 + 300, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert!(g.store.all().unwrap().is_empty(), "swept at the next heartbeat");
+        assert!(g.store.list(None).await.unwrap().is_empty(), "swept at the next heartbeat");
         sweeper.abort();
     }
 }

@@ -1,12 +1,14 @@
 //! The relay registry: relays announce themselves with a registration token and a TTL,
 //! clients list the live ones.
 //!
-//! Entries live in memory only: a relay re-announces every third of its TTL, so after a
-//! registry restart the live relays are back within one TTL, and dead ones never return.
+//! Entries live in a [`RegistryStore`]: in memory ([`MemoryRegistryStore`]; a relay
+//! re-announces every third of its TTL, so after a registry restart the live relays are
+//! back within one TTL, and dead ones never return), or in PostgreSQL
+//! ([`crate::PgRegistryStore`]), shared by every instance of the registry.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -121,17 +123,105 @@ pub struct RelayEntry {
     pub ttl_secs: u64,
 }
 
-/// The registry: announced relays by URL.
-#[derive(Debug)]
-pub struct RelayRegistry {
-    config: RegistryConfig,
+/// Where registry entries are kept.
+#[async_trait::async_trait]
+pub trait RegistryStore: Send + Sync {
+    /// Records an announcement of `announcement.url` granted `ttl_secs` at `now`,
+    /// keeping `registered_at` of an entry still live at `now`. Atomic.
+    async fn announce(
+        &self,
+        announcement: Announcement,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<RelayEntry, DiscoveryError>;
+    /// The entries live at `now` (`expires_at > now`), by URL.
+    async fn list_live(&self, now: u64) -> Result<Vec<RelayEntry>, DiscoveryError>;
+    /// Removes the entries expired at `now`; how many this call removed. Idempotent.
+    async fn remove_expired(&self, now: u64) -> Result<usize, DiscoveryError>;
+}
+
+/// Registry entries in memory.
+#[derive(Debug, Default)]
+pub struct MemoryRegistryStore {
     entries: Mutex<BTreeMap<String, RelayEntry>>,
 }
 
+impl MemoryRegistryStore {
+    /// An empty store.
+    pub fn new() -> MemoryRegistryStore {
+        MemoryRegistryStore::default()
+    }
+}
+
+/// The entry an announcement at `now` makes, after `previous`.
+pub(crate) fn entry_after(
+    previous: Option<&RelayEntry>,
+    announcement: Announcement,
+    ttl_secs: u64,
+    now: u64,
+) -> RelayEntry {
+    let registered_at = match previous {
+        Some(old) if old.expires_at > now => old.registered_at,
+        _ => now,
+    };
+    RelayEntry {
+        url: announcement.url,
+        room_id_prefix: announcement.room_id_prefix,
+        registered_at,
+        last_announced_at: now,
+        expires_at: now.saturating_add(ttl_secs),
+        ttl_secs,
+    }
+}
+
+#[async_trait::async_trait]
+impl RegistryStore for MemoryRegistryStore {
+    async fn announce(
+        &self,
+        announcement: Announcement,
+        ttl_secs: u64,
+        now: u64,
+    ) -> Result<RelayEntry, DiscoveryError> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = entry_after(entries.get(&announcement.url), announcement, ttl_secs, now);
+        entries.insert(entry.url.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    async fn list_live(&self, now: u64) -> Result<Vec<RelayEntry>, DiscoveryError> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(entries.values().filter(|e| e.expires_at > now).cloned().collect())
+    }
+
+    async fn remove_expired(&self, now: u64) -> Result<usize, DiscoveryError> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = entries.len();
+        entries.retain(|_, e| e.expires_at > now);
+        Ok(before - entries.len())
+    }
+}
+
+/// The registry: the token check and TTL rules over a [`RegistryStore`].
+pub struct RelayRegistry {
+    config: RegistryConfig,
+    store: Arc<dyn RegistryStore>,
+}
+
+impl fmt::Debug for RelayRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayRegistry").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
 impl RelayRegistry {
-    /// An empty registry.
+    /// An empty registry in memory.
     pub fn new(config: RegistryConfig) -> RelayRegistry {
-        RelayRegistry { config, entries: Mutex::new(BTreeMap::new()) }
+        RelayRegistry::with_store(config, Arc::new(MemoryRegistryStore::new()))
+    }
+
+    /// A registry over `store`.
+    pub fn with_store(config: RegistryConfig, store: Arc<dyn RegistryStore>) -> RelayRegistry {
+        RelayRegistry { config, store }
     }
 
     /// Whether `token` may announce: the check [`RelayRegistry::announce`] starts with,
@@ -146,7 +236,7 @@ impl RelayRegistry {
 
     /// Records (or refreshes) an announcement presented with `token`. A relay already
     /// live keeps its `registered_at`.
-    pub fn announce(
+    pub async fn announce(
         &self,
         token: Option<&str>,
         announcement: Announcement,
@@ -163,29 +253,17 @@ impl RelayRegistry {
             }
             Some(t) => t,
         };
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let registered_at = match entries.get(&announcement.url) {
-            Some(old) if old.expires_at > now => old.registered_at,
-            _ => now,
-        };
-        let entry = RelayEntry {
-            url: announcement.url,
-            room_id_prefix: announcement.room_id_prefix,
-            registered_at,
-            last_announced_at: now,
-            expires_at: now.saturating_add(ttl_secs),
-            ttl_secs,
-        };
-        entries.insert(entry.url.clone(), entry.clone());
-        Ok(entry)
+        self.store.announce(announcement, ttl_secs, now).await
     }
 
-    /// The relays live at `now` (`expires_at > now`), by URL. Expired entries are
-    /// dropped on the way.
-    pub fn list_live(&self, now: u64) -> Vec<RelayEntry> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|_, e| e.expires_at > now);
-        entries.values().cloned().collect()
+    /// The relays live at `now` (`expires_at > now`), by URL.
+    pub async fn list_live(&self, now: u64) -> Result<Vec<RelayEntry>, DiscoveryError> {
+        self.store.list_live(now).await
+    }
+
+    /// Removes the entries expired at `now` from the store; how many this call removed.
+    pub async fn sweep(&self, now: u64) -> Result<usize, DiscoveryError> {
+        self.store.remove_expired(now).await
     }
 }
 
@@ -246,7 +324,7 @@ pub fn validate_room_id_prefix(prefix: &str) -> Result<(), DiscoveryError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn registry() -> RelayRegistry {
@@ -261,40 +339,56 @@ mod tests {
         Announcement { url: url.into(), room_id_prefix: Some("1a2b3c4d".into()), ttl_secs: ttl }
     }
 
-    #[test]
-    fn an_announcement_lives_for_its_ttl_and_a_refresh_keeps_registered_at() {
-        let r = registry();
-        let e = r.announce(Some("s3cret"), announcement("https://a.example", Some(10)), 100).unwrap();
+    /// The contract every registry store keeps; the PostgreSQL one runs it too.
+    pub(crate) async fn exercise(store: Arc<dyn RegistryStore>) {
+        let r = RelayRegistry::with_store(registry().config, store);
+        let e = r.announce(Some("s3cret"), announcement("https://a.example", Some(10)), 100).await.unwrap();
         assert_eq!((e.registered_at, e.expires_at, e.ttl_secs), (100, 110, 10));
-        let e = r.announce(Some("s3cret"), announcement("https://a.example", Some(10)), 105).unwrap();
+        let e = r.announce(Some("s3cret"), announcement("https://a.example", Some(10)), 105).await.unwrap();
         assert_eq!((e.registered_at, e.last_announced_at, e.expires_at), (100, 105, 115));
-        r.announce(Some("s3cret"), announcement("wss://b.example:8443/x", None), 105).unwrap();
-        let urls = |now| r.list_live(now).into_iter().map(|e| e.url).collect::<Vec<_>>();
-        assert_eq!(urls(114), ["https://a.example", "wss://b.example:8443/x"]);
-        assert_eq!(urls(115), ["wss://b.example:8443/x"]);
-        assert!(urls(135).is_empty());
-        let e = r.announce(Some("s3cret"), announcement("https://a.example", None), 200).unwrap();
+        r.announce(Some("s3cret"), announcement("wss://b.example:8443/x", None), 105).await.unwrap();
+        let urls = async |now| r.list_live(now).await.unwrap().into_iter().map(|e| e.url).collect::<Vec<_>>();
+        assert_eq!(urls(114).await, ["https://a.example", "wss://b.example:8443/x"]);
+        assert_eq!(urls(115).await, ["wss://b.example:8443/x"]);
+        assert!(urls(135).await.is_empty());
+        let e = r.announce(Some("s3cret"), announcement("https://a.example", None), 200).await.unwrap();
         assert_eq!(e.registered_at, 200, "an expired relay registers anew");
+        assert_eq!(r.sweep(200).await.unwrap(), 1, "b expired at 135");
+        assert_eq!(r.sweep(200).await.unwrap(), 0, "idempotent");
+        assert_eq!(urls(200).await, ["https://a.example"]);
     }
 
-    #[test]
-    fn announcements_need_the_token() {
+    #[tokio::test]
+    async fn an_announcement_lives_for_its_ttl_and_a_refresh_keeps_registered_at() {
+        exercise(Arc::new(MemoryRegistryStore::new())).await;
+    }
+
+    #[tokio::test]
+    async fn announcements_need_the_token() {
         let r = registry();
         let a = announcement("https://a.example", None);
-        assert!(matches!(r.announce(None, a.clone(), 1), Err(DiscoveryError::BadRegistryToken)));
-        assert!(matches!(r.announce(Some("s3cre"), a.clone(), 1), Err(DiscoveryError::BadRegistryToken)));
-        assert!(matches!(r.announce(Some("s3cretx"), a.clone(), 1), Err(DiscoveryError::BadRegistryToken)));
+        assert!(matches!(r.announce(None, a.clone(), 1).await, Err(DiscoveryError::BadRegistryToken)));
+        assert!(matches!(
+            r.announce(Some("s3cre"), a.clone(), 1).await,
+            Err(DiscoveryError::BadRegistryToken)
+        ));
+        assert!(matches!(
+            r.announce(Some("s3cretx"), a.clone(), 1).await,
+            Err(DiscoveryError::BadRegistryToken)
+        ));
         let closed = RelayRegistry::new(RegistryConfig::default());
-        assert!(matches!(closed.announce(Some("s3cret"), a, 1), Err(DiscoveryError::RegistryClosed)));
-        assert!(r.list_live(1).is_empty());
+        assert!(matches!(closed.announce(Some("s3cret"), a, 1).await, Err(DiscoveryError::RegistryClosed)));
+        assert!(r.list_live(1).await.unwrap().is_empty());
     }
 
-    #[test]
-    fn ttl_must_be_positive_and_capped() {
+    #[tokio::test]
+    async fn ttl_must_be_positive_and_capped() {
         let r = registry();
         for ttl in [0, 601] {
-            let err =
-                r.announce(Some("s3cret"), announcement("https://a.example", Some(ttl)), 1).unwrap_err();
+            let err = r
+                .announce(Some("s3cret"), announcement("https://a.example", Some(ttl)), 1)
+                .await
+                .unwrap_err();
             assert!(
                 matches!(&err, DiscoveryError::InvalidField { field, .. } if field == "ttl_secs"),
                 "{err}"

@@ -54,6 +54,15 @@ pub enum KeystoreError {
         /// What the driver said.
         reason: String,
     },
+    /// The database was migrated by a newer relay than this one (at start: the server
+    /// exits 2; upgrade it).
+    #[error("PostgreSQL at {location}: {reason}")]
+    SchemaNewer {
+        /// `host:port` of the database, never credentials.
+        location: String,
+        /// Which versions: the database's and this binary's.
+        reason: String,
+    },
     /// The database URL does not parse (the message never repeats the URL, which may
     /// hold a password).
     #[error("invalid PostgreSQL URL: {0}")]

@@ -150,6 +150,9 @@ error_codes! {
     /// 429: the API key has `--max-rooms-per-key` live rooms already; other keys still
     /// create rooms.
     TooManyRoomsForKey = ("too_many_rooms_for_key", 429),
+    /// 429: the API key already owns as many live discovery groups as
+    /// `--max-groups-per-key` allows.
+    TooManyGroupsForKey = ("too_many_groups_for_key", 429),
     // ---- 500, 503 ----
     /// 500: a relay bug.
     Internal = ("internal", 500),
@@ -157,7 +160,8 @@ error_codes! {
     StorageError = ("storage_error", 500),
     /// 503: the server runs without a key store (keys and admin API unavailable).
     NoKeyStore = ("no_key_store", 503),
-    /// 503: the key store is failing; try again later.
+    /// 503: a storage engine the request needs (the key store, PostgreSQL, Redis) is
+    /// failing or unreachable; try again later.
     StorageUnavailable = ("storage_unavailable", 503),
     /// 503: the relay holds as many rooms as it may.
     TooManyRooms = ("too_many_rooms", 503),

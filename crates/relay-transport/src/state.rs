@@ -13,13 +13,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::caller::{Caller, Lease, UsageMeter};
 use crate::config::ServerConfig;
-use crate::dependency::Dependencies;
+use crate::dependency::{Dependencies, DependencyHealth};
 use crate::error::TransportError;
 use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
 #[cfg(feature = "busy-poll")]
 use crate::net::busy_poll::BusyPoll;
 use crate::ratelimit::RateLimiter;
 use crate::stats::StatsRing;
+
+/// How often discovery's PostgreSQL is checked while it answers.
+pub(crate) const STORAGE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// First retry delay once discovery's PostgreSQL stopped answering.
+const STORAGE_RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest retry delay while discovery's PostgreSQL does not answer.
+pub(crate) const STORAGE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The state every connection shares: configuration, the core's rooms and mailbox, and
 /// the shutdown signal. Cheap to clone; one per server, shared by all its listeners.
@@ -63,6 +70,8 @@ pub(crate) struct Inner {
     stats: StatsRing,
     /// The external engines (PostgreSQL, Redis) and whether each is reachable now.
     dependencies: Dependencies,
+    /// PostgreSQL's health as discovery sees it, when discovery's state is there.
+    discovery_health: Option<DependencyHealth>,
 }
 
 /// One open connection's place, under `max_connections` and its address's
@@ -130,13 +139,26 @@ impl AppState {
     /// give a store with [`AppState::with_keystore`]. Must run inside a tokio runtime
     /// (the mailbox starts its sweeper task); fails if a store cannot be opened.
     pub fn new(config: ServerConfig) -> Result<AppState, TransportError> {
-        AppState::build(config, None)
+        AppState::build(config, None, None)
     }
 
     /// As [`AppState::new`], with the key store that verifies API keys, serves the
     /// admin routes and counts usage.
     pub fn with_keystore(config: ServerConfig, keystore: Arc<KeyStore>) -> Result<AppState, TransportError> {
-        AppState::build(config, Some(keystore))
+        AppState::build(config, Some(keystore), None)
+    }
+
+    /// As [`AppState::new`] or [`AppState::with_keystore`], with discovery already
+    /// opened, e.g. on PostgreSQL ([`Discovery::open_postgres`]) instead of the sled or
+    /// memory store `config.data_dir` selects. A discovery on PostgreSQL registers
+    /// `postgres` with [`AppState::dependencies`]; spawn
+    /// [`AppState::discovery_storage_monitor`] to follow it.
+    pub fn with_discovery(
+        config: ServerConfig,
+        keystore: Option<Arc<KeyStore>>,
+        discovery: Discovery,
+    ) -> Result<AppState, TransportError> {
+        AppState::build(config, keystore, Some(discovery))
     }
 
     /// The key store, if the server has one.
@@ -144,7 +166,11 @@ impl AppState {
         self.inner.keystore.as_ref()
     }
 
-    fn build(mut config: ServerConfig, keystore: Option<Arc<KeyStore>>) -> Result<AppState, TransportError> {
+    fn build(
+        mut config: ServerConfig,
+        keystore: Option<Arc<KeyStore>>,
+        discovery: Option<Discovery>,
+    ) -> Result<AppState, TransportError> {
         if config.turn.listen.is_some() && config.turn.secret.is_none() {
             // Documented in docs/turn.md: without --turn-secret, credentials last one run.
             let secret = crate::turn::credentials::generate_secret()
@@ -157,10 +183,14 @@ impl AppState {
                 config.busy_poll
             )));
         }
-        let discovery = Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
-            let dir = config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
-            TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))
-        })?;
+        let discovery = match discovery {
+            Some(discovery) => discovery,
+            None => Discovery::open(&config.discovery, config.data_dir.as_deref()).map_err(|e| {
+                let dir =
+                    config.data_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
+                TransportError::Config(format!("cannot open the discovery store in {dir}: {e}"))
+            })?,
+        };
         let (shutdown_tx, _) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
         let connection_slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
@@ -179,6 +209,8 @@ impl AppState {
         #[cfg(not(feature = "busy-poll"))]
         let busy_poll_totals = None;
         let dependencies = Dependencies::default();
+        let discovery_health =
+            discovery.shared_location().map(|location| dependencies.register("postgres", location));
         let metrics = Metrics::new(live_sources(
             &config,
             &connection_slots,
@@ -224,6 +256,7 @@ impl AppState {
                 metrics,
                 stats,
                 dependencies,
+                discovery_health,
             }),
         };
         if let Some(store) = &state.inner.keystore {
@@ -250,6 +283,44 @@ impl AppState {
     /// here and reports what it sees; `/readyz` and `/metrics` read it.
     pub fn dependencies(&self) -> &Dependencies {
         &self.inner.dependencies
+    }
+
+    /// Discovery's storage failed as unreachable (PostgreSQL): marks `postgres` down
+    /// for `/readyz` until [`AppState::discovery_storage_monitor`] sees it back.
+    pub(crate) fn discovery_storage_failed(&self, detail: &str) {
+        if let Some(health) = &self.inner.discovery_health {
+            health.set_up(false, &detail);
+        }
+    }
+
+    /// Follows discovery's PostgreSQL: a `SELECT 1` every [`STORAGE_CHECK_INTERVAL`]
+    /// while it answers; once it does not (or a request found it unreachable), again
+    /// with a backoff from 1 s doubling to [`STORAGE_RETRY_MAX`] until it answers, then
+    /// `postgres` is up again (`/readyz`, `relay_dependency_up`, one log line each way;
+    /// the pool opens fresh connections by itself). Returns at once for local storage.
+    /// Spawn it once.
+    pub fn discovery_storage_monitor(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let state = self.clone();
+        async move {
+            let Some(health) = state.inner.discovery_health.clone() else { return };
+            let mut retry = STORAGE_RETRY_MIN;
+            loop {
+                let wait = if health.is_up() { STORAGE_CHECK_INTERVAL } else { retry };
+                tokio::time::sleep(wait).await;
+                match state.discovery().check_storage().await {
+                    Ok(()) => {
+                        retry = STORAGE_RETRY_MIN;
+                        health.set_up(true, &"a check query answered");
+                    }
+                    Err(e) => {
+                        if !health.is_up() {
+                            retry = (retry * 2).min(STORAGE_RETRY_MAX);
+                        }
+                        health.set_up(false, &e);
+                    }
+                }
+            }
+        }
     }
 
     /// Groups and the relay registry. Spawn [`Discovery::sweeper`] to purge expired groups.

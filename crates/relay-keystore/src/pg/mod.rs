@@ -157,9 +157,12 @@ impl PgStore {
     ) -> Result<(PgStore, Loaded, listen::Listener, Target), KeystoreError> {
         let target = Target::parse(url)?;
         let mut listener = listen::Listener::connect(&target).await?;
-        let applied = migrate::migrate(listener.client_mut()).await.map_err(|e| KeystoreError::Database {
-            location: target.location.clone(),
-            reason: e.to_string(),
+        let applied = migrate::migrate(listener.client_mut()).await.map_err(|e| {
+            let (location, reason) = (target.location.clone(), e.to_string());
+            match e {
+                migrate::MigrateError::Newer { .. } => KeystoreError::SchemaNewer { location, reason },
+                migrate::MigrateError::Db(_) => KeystoreError::Database { location, reason },
+            }
         })?;
         if !applied.is_empty() {
             tracing::info!(location = %target.location, versions = ?applied, "key store schema migrated");

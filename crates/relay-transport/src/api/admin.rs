@@ -466,6 +466,7 @@ fn store_error(e: &KeystoreError) -> ApiError {
         KeystoreError::Storage(_)
         | KeystoreError::Database { .. }
         | KeystoreError::DatabaseUnreachable { .. }
+        | KeystoreError::SchemaNewer { .. }
         | KeystoreError::Task(_)
         | KeystoreError::Corrupt { .. }
         | KeystoreError::Random(_)
