@@ -26,6 +26,7 @@ mod metrics;
 mod nginx;
 mod openapi;
 mod ratelimit;
+mod redis_mailbox;
 mod revocation;
 mod rooms;
 mod startup_checks;
