@@ -44,7 +44,12 @@ pub(crate) async fn push_latency(t: &Target, iterations: u64, payload: usize) ->
 /// two instances sharing the mailbox through Redis, beside the same figure with both
 /// on `a` (local), in one run: with flags 0 (the whole frame travels in the Redis
 /// notice) and with the one-receiver flag (stored in Redis, then taken by `b`).
-pub(crate) async fn cross_push(a: &Target, b: &Target, iterations: u64, payload: usize) -> anyhow::Result<Vec<Metric>> {
+pub(crate) async fn cross_push(
+    a: &Target,
+    b: &Target,
+    iterations: u64,
+    payload: usize,
+) -> anyhow::Result<Vec<Metric>> {
     let mut metrics = push_latency_between(a, a, iterations, payload, 0, "local push", Goal::None).await?;
     metrics.extend(push_latency_between(a, b, iterations, payload, 0, "cross push", Goal::None).await?);
     let once = push_latency_between(a, b, iterations, payload, ONE_RECEIVER, "cross push 1-recv", Goal::None);
@@ -113,7 +118,8 @@ async fn push_latency_between(
         check(&got, &id)?;
     }
     let mut metrics = latency_metrics(what, payload, &warm, &cold, p50_goal);
-    let max = Metric::new(format!("{what} max (us), pipelined"), warm.max() as f64, Better::Lower, Goal::None);
+    let max =
+        Metric::new(format!("{what} max (us), pipelined"), warm.max() as f64, Better::Lower, Goal::None);
     metrics.insert(2, max);
     Ok(metrics)
 }

@@ -151,7 +151,11 @@ impl Workload {
     fn peer_speaks(self) -> bool {
         !matches!(
             self,
-            Workload::Scaling | Workload::Fanout | Workload::P2pLatency | Workload::Joins | Workload::CrossPush
+            Workload::Scaling
+                | Workload::Fanout
+                | Workload::P2pLatency
+                | Workload::Joins
+                | Workload::CrossPush
         )
     }
 
