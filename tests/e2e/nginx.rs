@@ -6,6 +6,10 @@
 //! the other instance gets 404, which the test checks directly) and the parties
 //! exchange messages; the room-scoped mailbox is routed with its room.
 //!
+//! `contrib/nginx-shared-state.conf` runs the same way in front of two instances
+//! sharing the mailbox through Redis: the unscoped mailbox from any instance, rooms
+//! still by prefix.
+//!
 //! Also: the allow-list `location` of `/console` and the admin paths lets 127.0.0.1
 //! through as shipped, and refuses them (403) once that address is off the list.
 //!

@@ -320,3 +320,42 @@ async fn redis_restarted_mid_run_gives_clear_errors_and_recovers() {
     assert!(a.output().contains("unreachable"), "the loss is logged: {}", a.output());
     drop(own);
 }
+
+/// The namespace's byte budget counts what the namespace holds in Redis, whichever
+/// instance stored it: one-receiver messages nobody waits for live only there.
+#[tokio::test]
+async fn the_namespace_budget_holds_across_instances() {
+    let Some(redis) = TestRedis::create().await else { return };
+    let args = [
+        "--insecure-api-keys-not-enforced",
+        "--redis-url",
+        &redis.url,
+        "--redis-prefix",
+        &redis.prefix,
+        "--max-namespace-held-bytes",
+        "400",
+    ];
+    let a = RelayProcess::start(&args).await.expect("start relay A");
+    let b = RelayProcess::start(&args).await.expect("start relay B");
+    let payload = [0x77u8; 200]; // 236-byte frames: one fits in 400 bytes, two do not
+    let mut on_a = mailbox(&a).await;
+    let first = frame(id_of("budget 1"), 60, ONCE, &payload);
+    send(&mut on_a, first.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut on_b = mailbox(&b).await;
+    send(&mut on_b, frame(id_of("budget 2"), 60, ONCE, &payload)).await;
+    let (code, reason) = expect_close(&mut on_b).await;
+    assert_eq!((code, reason.as_str()), (1013, "namespace storage full"), "refused by A's message in Redis");
+
+    // Taken from B, the first frees the budget: B's next publish is stored.
+    let mut asker = mailbox(&b).await;
+    send(&mut asker, ask(id_of("budget 1"), 30)).await;
+    assert_eq!(recv_binary(&mut asker).await, first);
+    let mut again = mailbox(&b).await;
+    let third = frame(id_of("budget 3"), 60, ONCE, &payload);
+    send(&mut again, third.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut on_a, ask(id_of("budget 3"), 30)).await;
+    assert_eq!(recv_binary(&mut on_a).await, third, "stored once the budget was freed");
+    expect_nothing(&mut again).await;
+}

@@ -59,6 +59,10 @@ pub(crate) const REASON_UNAVAILABLE: &str = "shared mailbox storage (Redis) unav
 /// The close reason of a publish the namespace's shared budget refused.
 const REASON_FULL: &str = "namespace storage full";
 
+/// The close reason of a connection with `send_queue_frames` frames already waiting
+/// for Redis: it sends faster than Redis answers.
+pub(crate) const REASON_BACKLOG: &str = "too many frames waiting for Redis";
+
 /// Stores a publish: KEYS message, held set, held counter; ARGV frame, TTL ms, member,
 /// length, budget, namespace key lifetime ms. Returns 1 stored, 0 an earlier publish
 /// of the ID lives, -1 over the budget.
@@ -152,6 +156,9 @@ pub(crate) struct Link {
     id: u64,
     tx: mpsc::Sender<&'static str>,
     rx: mpsc::Receiver<&'static str>,
+    /// Frames of this connection waiting for Redis, at most `send_queue_frames`: a
+    /// client sending faster than Redis answers is closed, not buffered without end.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl RedisMailbox {
@@ -218,7 +225,9 @@ impl RedisMailbox {
         let (tx, rx) = mpsc::channel(1);
         let id = self.shared.next_link.fetch_add(1, Ordering::Relaxed);
         self.shared.lock_links().insert(id, tx.clone());
-        Link { shared: self.shared.clone(), id, tx, rx }
+        let bound = self.shared.mailbox.limits().send_queue_frames.max(1);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(bound));
+        Link { shared: self.shared.clone(), id, tx, rx, in_flight }
     }
 
     /// The local mailbox this one extends.
@@ -228,18 +237,39 @@ impl RedisMailbox {
 
     /// Stores a publish of `link`'s connection in Redis and tells the other instances,
     /// in the background. A refusal or a failure reaches the connection through `link`.
-    pub(crate) fn publish(&self, link: &Link, namespace: &Namespace, frame: Bytes, header: &MailboxHeader) {
+    /// Returns false, doing nothing, when the connection already has `send_queue_frames`
+    /// frames waiting for Redis.
+    #[must_use]
+    pub(crate) fn publish(
+        &self,
+        link: &Link,
+        namespace: &Namespace,
+        frame: Bytes,
+        header: &MailboxHeader,
+    ) -> bool {
+        let Ok(permit) = link.in_flight.clone().try_acquire_owned() else { return false };
         let shared = self.shared.clone();
         let (namespace, header, tx) = (namespace.clone(), *header, link.tx.clone());
-        tokio::spawn(async move { shared.store(&namespace, frame, &header, Some(&tx)).await });
+        tokio::spawn(async move {
+            shared.store(&namespace, frame, &header, Some(&tx)).await;
+            drop(permit);
+        });
+        true
     }
 
     /// Looks an ask of `link`'s connection up in Redis, in the background; a message
-    /// found goes to the namespace's local waiters (the asker among them).
-    pub(crate) fn ask(&self, link: &Link, namespace: &Namespace, id: &MessageId) {
+    /// found goes to the namespace's local waiters (the asker among them). Returns
+    /// false as [`RedisMailbox::publish`] does.
+    #[must_use]
+    pub(crate) fn ask(&self, link: &Link, namespace: &Namespace, id: &MessageId) -> bool {
+        let Ok(permit) = link.in_flight.clone().try_acquire_owned() else { return false };
         let shared = self.shared.clone();
         let (namespace, id, tx) = (namespace.clone(), *id, link.tx.clone());
-        tokio::spawn(async move { shared.take_and_deliver(&namespace, &id, Some(&tx)).await });
+        tokio::spawn(async move {
+            shared.take_and_deliver(&namespace, &id, Some(&tx)).await;
+            drop(permit);
+        });
+        true
     }
 }
 

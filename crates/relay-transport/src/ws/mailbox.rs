@@ -9,8 +9,9 @@
 //! still handled by the local core first (a local asker is answered at once); a
 //! publish is then also stored in Redis for the other instances, and an ask the local
 //! store cannot answer is looked up there. A one-receiver publish nobody here waits for
-//! goes to Redis only, so exactly one asker anywhere gets it. A refusal from Redis or
-//! Redis lost closes the connection with 1013 and a reason.
+//! goes to Redis only, so exactly one asker anywhere gets it. A refusal from Redis,
+//! Redis lost, or `send_queue_frames` frames of the connection already waiting for
+//! Redis close the connection with 1013 and a reason.
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -27,7 +28,7 @@ use relay_proto::CloseCode;
 use crate::caller::{Lease, UsageMeter};
 use crate::config::ServerConfig;
 use crate::metrics::WsKind;
-use crate::redis_mailbox::{Link, RedisMailbox};
+use crate::redis_mailbox::{Link, REASON_BACKLOG, RedisMailbox};
 use crate::state::{AppState, DrainGuard};
 use crate::ws::WsStream;
 use crate::ws::driver::{self, End, Flow, Session};
@@ -51,37 +52,40 @@ struct MailboxSession {
 
 impl MailboxSession {
     /// Handles a frame of a mailbox shared across instances: locally first, then Redis.
-    fn handle_shared(&mut self, frame: Bytes, now: Instant) -> Result<(), MailboxError> {
-        let Some((redis, link)) = &self.shared else { return self.conn.handle_frame_deferred(frame, now) };
+    fn handle_shared(&mut self, frame: Bytes, now: Instant) -> Result<(), End> {
+        let Some((redis, link)) = &self.shared else {
+            return self.conn.handle_frame_deferred(frame, now).map_err(|e| close_for(&e));
+        };
+        let backlog = End::Close(CloseCode::TryAgainLater, REASON_BACKLOG);
+        let local = |e: MailboxError| close_for(&e);
         let max = redis.mailbox().limits().max_message_bytes;
         let header = match MailboxHeader::parse(&frame) {
             // Malformed or too big: the core names the refusal.
             Some(header) if frame.len() <= max => header,
-            _ => return self.conn.handle_frame_deferred(frame, now),
+            _ => return self.conn.handle_frame_deferred(frame, now).map_err(local),
         };
         let namespace = &self.conn.namespace().clone();
-        match header.kind {
+        let sent = match header.kind {
             FrameKind::Ask => {
                 let held = self.conn.holds(&header.id);
-                self.conn.handle_frame_deferred(frame, now)?;
-                if !held && header.ttl_secs > 0 {
-                    redis.ask(link, namespace, &header.id);
-                }
+                self.conn.handle_frame_deferred(frame, now).map_err(local)?;
+                held || header.ttl_secs == 0 || redis.ask(link, namespace, &header.id)
             }
             FrameKind::Publish if header.one_receiver() => {
                 if redis.mailbox().is_waiting(namespace, &header.id) {
                     // Taken at once by a local asker: nobody else may get it.
-                    self.conn.handle_frame_deferred(frame, now)?;
+                    self.conn.handle_frame_deferred(frame, now).map_err(local)?;
+                    true
                 } else {
-                    redis.publish(link, namespace, frame, &header);
+                    redis.publish(link, namespace, frame, &header)
                 }
             }
             FrameKind::Publish => {
-                self.conn.handle_frame_deferred(frame.clone(), now)?;
-                redis.publish(link, namespace, frame, &header);
+                self.conn.handle_frame_deferred(frame.clone(), now).map_err(local)?;
+                redis.publish(link, namespace, frame, &header)
             }
-        }
-        Ok(())
+        };
+        if sent { Ok(()) } else { Err(backlog) }
     }
 }
 
@@ -100,7 +104,7 @@ impl Session for MailboxSession {
         let payload = frame.len().checked_sub(HEADER_LEN).filter(|&n| n > 0);
         match self.handle_shared(frame, now) {
             Ok(()) => Ok(payload),
-            Err(e) => Err(Flow::End(close_for(&e))),
+            Err(end) => Err(Flow::End(end)),
         }
     }
 
