@@ -324,6 +324,15 @@ impl Shared {
         }
     }
 
+    /// A command failed: Redis is down, and the connection it was for is told even if
+    /// it opened after the others were closed.
+    fn failed(&self, e: &redis::RedisError, tx: Option<&Sender>) {
+        self.down(e);
+        if let Some(tx) = tx {
+            let _ = tx.try_send(REASON_UNAVAILABLE);
+        }
+    }
+
     async fn store(&self, namespace: &Namespace, frame: Bytes, header: &MailboxHeader, tx: Option<&Sender>) {
         let max_ttl = self.mailbox.limits().max_mailbox_ttl;
         let ttl = Duration::from_secs(u64::from(header.ttl_secs)).min(max_ttl);
@@ -361,7 +370,7 @@ impl Shared {
                 }
             }
             Ok(_) => {} // an earlier publish of the ID lives: the first wins
-            Err(e) => self.down(&e),
+            Err(e) => self.failed(&e, tx),
         }
     }
 
@@ -392,7 +401,7 @@ impl Shared {
             Ok(Some(frame)) => Bytes::from(frame),
             Ok(None) => return,
             Err(e) => {
-                self.down(&e);
+                self.failed(&e, tx);
                 return;
             }
         };
