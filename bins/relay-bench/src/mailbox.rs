@@ -50,10 +50,12 @@ pub(crate) async fn cross_push(
     iterations: u64,
     payload: usize,
 ) -> anyhow::Result<Vec<Metric>> {
-    let mut metrics = push_latency_between(a, a, iterations, payload, 0, "local push", Goal::None).await?;
-    metrics.extend(push_latency_between(a, b, iterations, payload, 0, "cross push", Goal::None).await?);
+    let local = push_latency_between(a, a, iterations, payload, 0, "local push", Goal::None);
+    let mut metrics = local.await.context("local push")?;
+    let cross = push_latency_between(a, b, iterations, payload, 0, "cross push", Goal::None);
+    metrics.extend(cross.await.context("cross push")?);
     let once = push_latency_between(a, b, iterations, payload, ONE_RECEIVER, "cross push 1-recv", Goal::None);
-    metrics.extend(once.await?);
+    metrics.extend(once.await.context("cross push, one receiver")?);
     Ok(metrics)
 }
 
@@ -94,7 +96,7 @@ async fn push_latency_between(
         let id = message_id(run, 0, i);
         let start = Instant::now();
         send_binary(&mut publisher, mailbox_frame(&id, 30, flags, &body)).await?;
-        let got = next_binary(&mut asker, WAIT).await?;
+        let got = next_binary(&mut asker, WAIT).await.with_context(|| format!("pipelined message {i}"))?;
         if i >= warmup {
             record(&mut warm, start);
         }
@@ -113,7 +115,7 @@ async fn push_latency_between(
         tokio::time::sleep(Duration::from_micros(300)).await;
         let start = Instant::now();
         send_binary(&mut publisher, mailbox_frame(&id, 30, flags, &body)).await?;
-        let got = next_binary(&mut asker, WAIT).await?;
+        let got = next_binary(&mut asker, WAIT).await.with_context(|| format!("message {i} after idle"))?;
         record(&mut cold, start);
         check(&got, &id)?;
     }
