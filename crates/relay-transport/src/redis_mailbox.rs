@@ -21,8 +21,9 @@
 //!   the notice).
 //!
 //! Failures: the connection manager reconnects with backoff; a health task pings every
-//! [`HEALTH_INTERVAL`] and keeps the pub/sub connection subscribed. While either is
-//! lost the `redis` dependency is down (`/readyz` 503, `relay_dependency_up`), every
+//! [`HEALTH_INTERVAL`] and keeps the pub/sub connection subscribed. A lost or refused
+//! connection, or [`PINGS_DOWN`] pings in a row without an answer, and the `redis`
+//! dependency is down (`/readyz` 503, `relay_dependency_up`), every
 //! mailbox connection is closed with 1013 and a reason, and new mailbox handshakes get
 //! 503 `storage_unavailable`. Rooms never touch Redis.
 
@@ -45,6 +46,10 @@ use crate::dependency::{Dependencies, DependencyHealth, redacted_location};
 
 /// How often the health task pings Redis.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Failed pings in a row (every [`HEALTH_INTERVAL`]) before Redis counts as down when
+/// nothing else (a lost connection, a refused command) said so first.
+pub const PINGS_DOWN: u32 = 2;
 
 /// How long one connection attempt, and one command, may take before it counts as a
 /// failure.
@@ -324,10 +329,16 @@ impl Shared {
         }
     }
 
-    /// A command failed: Redis is down, and the connection it was for is told even if
-    /// it opened after the others were closed.
+    /// A command failed: the connection it was for is told (even one opened after the
+    /// others were closed). A lost or refused connection means Redis is down; a command
+    /// that only timed out (a busy Redis or machine) is left to the health task, which
+    /// marks Redis down after [`PINGS_DOWN`] failed pings in a row.
     fn failed(&self, e: &redis::RedisError, tx: Option<&Sender>) {
-        self.down(e);
+        if e.is_timeout() {
+            tracing::warn!("a Redis command timed out after {IO_TIMEOUT:?}: {e}");
+        } else {
+            self.down(e);
+        }
         if let Some(tx) = tx {
             let _ = tx.try_send(REASON_UNAVAILABLE);
         }
@@ -511,17 +522,30 @@ async fn listen(shared: Weak<Shared>, mut first: Option<redis::aio::PubSub>) {
 async fn watch_health(shared: Weak<Shared>) {
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed_in_a_row = 0;
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
         let mut conn = s.manager.clone();
         let ping =
             tokio::time::timeout(IO_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await;
-        match ping {
-            Ok(Ok(_)) if s.subscribed.load(Ordering::Acquire) => s.health.set_up(true, &"ping answered"),
-            Ok(Ok(_)) => s.down(&"the pub/sub connection is not subscribed"),
-            Ok(Err(e)) => s.down(&e),
-            Err(_) => s.down(&format!("no answer to PING in {IO_TIMEOUT:?}")),
+        let failure = match ping {
+            Ok(Ok(_)) if s.subscribed.load(Ordering::Acquire) => {
+                failed_in_a_row = 0;
+                s.health.set_up(true, &"ping answered");
+                continue;
+            }
+            Ok(Ok(_)) => "the pub/sub connection is not subscribed".to_string(),
+            Ok(Err(e)) if !e.is_timeout() => {
+                s.down(&e);
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer to PING in {IO_TIMEOUT:?}"),
+        };
+        failed_in_a_row += 1;
+        if failed_in_a_row >= PINGS_DOWN {
+            s.down(&failure);
         }
     }
 }
