@@ -18,7 +18,7 @@ const QUIET: Duration = Duration::from_millis(700);
 
 /// A frame laid out by hand: `[0..32)` id, `[32..34)` ttl u16 LE, `[34..36)` flags u16
 /// LE, then the payload. Independent of the crate's encoder on purpose.
-fn frame(id: [u8; 32], ttl_secs: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(id: [u8; 32], ttl_secs: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(36 + payload.len());
     f.extend_from_slice(&id);
     f.push((ttl_secs & 0xff) as u8);
@@ -29,11 +29,11 @@ fn frame(id: [u8; 32], ttl_secs: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn ask(id: [u8; 32], ttl_secs: u16) -> Vec<u8> {
+pub(crate) fn ask(id: [u8; 32], ttl_secs: u16) -> Vec<u8> {
     frame(id, ttl_secs, 0, &[])
 }
 
-fn id_of(tag: &str) -> [u8; 32] {
+pub(crate) fn id_of(tag: &str) -> [u8; 32] {
     let mut id = [0u8; 32];
     for (i, b) in tag.bytes().take(32).enumerate() {
         id[i] = b;
@@ -41,7 +41,7 @@ fn id_of(tag: &str) -> [u8; 32] {
     id
 }
 
-async fn send(ws: &mut Ws, bytes: Vec<u8>) {
+pub(crate) async fn send(ws: &mut Ws, bytes: Vec<u8>) {
     tokio::time::timeout(STEP_TIMEOUT, ws.send(Message::Binary(bytes.into())))
         .await
         .expect("send timed out")
@@ -49,7 +49,7 @@ async fn send(ws: &mut Ws, bytes: Vec<u8>) {
 }
 
 /// The next data or close message, skipping pings and pongs.
-async fn next_message(ws: &mut Ws, wait: Duration) -> Option<Message> {
+pub(crate) async fn next_message(ws: &mut Ws, wait: Duration) -> Option<Message> {
     tokio::time::timeout(wait, async {
         loop {
             match ws.next().await {
@@ -64,7 +64,7 @@ async fn next_message(ws: &mut Ws, wait: Duration) -> Option<Message> {
     .flatten()
 }
 
-async fn recv_binary(ws: &mut Ws) -> Vec<u8> {
+pub(crate) async fn recv_binary(ws: &mut Ws) -> Vec<u8> {
     match next_message(ws, STEP_TIMEOUT).await {
         Some(Message::Binary(b)) => b.to_vec(),
         other => panic!("expected a binary frame, got {other:?}"),
@@ -72,14 +72,14 @@ async fn recv_binary(ws: &mut Ws) -> Vec<u8> {
 }
 
 /// Asserts nothing arrives within [`QUIET`].
-async fn expect_nothing(ws: &mut Ws) {
+pub(crate) async fn expect_nothing(ws: &mut Ws) {
     if let Ok(m) = tokio::time::timeout(QUIET, next_message(ws, QUIET)).await {
         assert!(m.is_none(), "expected nothing, got {m:?}");
     }
 }
 
 /// Reads until the relay's close frame and returns its code and reason.
-async fn expect_close(ws: &mut Ws) -> (u16, String) {
+pub(crate) async fn expect_close(ws: &mut Ws) -> (u16, String) {
     loop {
         match next_message(ws, STEP_TIMEOUT).await {
             Some(Message::Close(Some(c))) => return (u16::from(c.code), c.reason.to_string()),
@@ -97,7 +97,7 @@ fn room_path(room: &RoomId) -> String {
     format!("/v1/rooms/{room}/msg-relay")
 }
 
-async fn connect(addr: SocketAddr, path: &str) -> Ws {
+pub(crate) async fn connect(addr: SocketAddr, path: &str) -> Ws {
     tokio::time::timeout(STEP_TIMEOUT, ws_connect(addr, path))
         .await
         .expect("connect timed out")

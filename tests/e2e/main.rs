@@ -29,6 +29,7 @@ mod nginx;
 mod openapi;
 mod proxy;
 mod ratelimit;
+mod redis_mailbox;
 mod revocation;
 mod rooms;
 mod scaleout_discovery;

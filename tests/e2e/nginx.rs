@@ -6,6 +6,10 @@
 //! the other instance gets 404, which the test checks directly) and the parties
 //! exchange messages; the room-scoped mailbox is routed with its room.
 //!
+//! `contrib/nginx-shared-state.conf` runs the same way in front of two instances
+//! sharing the mailbox through Redis: the unscoped mailbox from any instance, rooms
+//! still by prefix.
+//!
 //! Also: the allow-list `location`s of `/console`, the admin paths and `/metrics` let
 //! 127.0.0.1 through as shipped, and refuse them (403) once that address is off the
 //! list; the access log holds no admin token, API key or resume token, whether sent in
@@ -59,10 +63,15 @@ fn nginx_binary() -> Option<PathBuf> {
 /// a line it rewrites is no longer in the file, so the test never silently runs
 /// something other than what ships.
 fn contrib_config_for(relays: &[SocketAddr], listen: SocketAddr) -> anyhow::Result<String> {
-    let path = repo_file("contrib/nginx.conf");
+    contrib_file_for("contrib/nginx.conf", relays, listen)
+}
+
+/// As [`contrib_config_for`], for the contrib nginx file `file` (same shape).
+fn contrib_file_for(file: &str, relays: &[SocketAddr], listen: SocketAddr) -> anyhow::Result<String> {
+    let path = repo_file(file);
     let mut conf = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     for ((_, placeholder), relay) in INSTANCES.iter().zip(relays) {
-        ensure!(conf.contains(placeholder), "contrib/nginx.conf no longer names {placeholder}");
+        ensure!(conf.contains(placeholder), "{file} no longer names {placeholder}");
         conf = conf.replace(placeholder, &relay.to_string());
     }
     let redirect_start = conf.find("server {\n    listen 80;").context("the port-80 server block")?;
@@ -83,7 +92,7 @@ fn contrib_config_for(relays: &[SocketAddr], listen: SocketAddr) -> anyhow::Resu
             out.push('\n');
         }
     }
-    ensure!(tls_listen && dropped >= 3, "contrib/nginx.conf's TLS server block changed shape");
+    ensure!(tls_listen && dropped >= 3, "{file}'s TLS server block changed shape");
     Ok(out)
 }
 
@@ -103,11 +112,27 @@ impl Nginx {
         Nginx::start_edited(binary, relays, Ok).await
     }
 
+    /// As [`Nginx::start`], running the contrib nginx file `file` instead.
+    async fn start_file(binary: &Path, file: &'static str, relays: &[SocketAddr]) -> anyhow::Result<Nginx> {
+        Nginx::start_config(binary, file, move |listen| contrib_file_for(file, relays, listen)).await
+    }
+
     /// As [`Nginx::start`], with the runnable contrib config passed through `edit` first.
     async fn start_edited(
         binary: &Path,
         relays: &[SocketAddr],
         edit: impl FnOnce(String) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Nginx> {
+        Nginx::start_config(binary, "contrib/nginx.conf", |listen| edit(contrib_config_for(relays, listen)?))
+            .await
+    }
+
+    /// nginx running the config `config` makes for its listen address (from the contrib
+    /// file `file`, whose access log is moved into the temp directory).
+    async fn start_config(
+        binary: &Path,
+        file: &str,
+        config: impl FnOnce(SocketAddr) -> anyhow::Result<String>,
     ) -> anyhow::Result<Nginx> {
         let dir = tempfile::tempdir()?;
         // Run as root, nginx's workers switch to an unprivileged user and must still
@@ -116,10 +141,10 @@ impl Nginx {
         let addr = free_port()?;
         let d = dir.path().display();
         let access_log = dir.path().join("access.log");
-        let conf = contrib_config_for(relays, addr)?;
-        ensure!(conf.contains(ACCESS_LOG), "contrib/nginx.conf no longer logs to {ACCESS_LOG}");
+        let conf = config(addr)?;
+        ensure!(conf.contains(ACCESS_LOG), "{file} no longer logs to {ACCESS_LOG}");
         let conf = conf.replace(ACCESS_LOG, &access_log.display().to_string());
-        std::fs::write(dir.path().join("relay.conf"), edit(conf)?)?;
+        std::fs::write(dir.path().join("relay.conf"), conf)?;
         let main = format!(
             "daemon off;\n\
              worker_processes 1;\n\
@@ -479,4 +504,88 @@ async fn relays_trusting_nginx_count_each_client_by_its_forwarded_address() {
     assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "127.0.0.2 limited: {statuses:?}");
     // Client 127.0.0.3, through the same nginx, has its own count.
     assert_eq!(get("127.0.0.3").await, StatusCode::OK);
+}
+
+/// `contrib/nginx-shared-state.conf` in front of two instances sharing the mailbox
+/// through Redis: the unscoped mailbox reaches either instance (round robin) and every
+/// message still reaches its asker; rooms are still routed by prefix.
+#[tokio::test]
+async fn nginx_shared_state_serves_the_mailbox_from_any_instance_and_rooms_by_prefix() {
+    let Some(binary) = nginx_binary() else {
+        return skip_without("nginx", "apt-get install nginx; .ci/run installs it");
+    };
+    let Some(redis) = crate::support::services::TestRedis::create().await else { return };
+    let mut relays = Vec::new();
+    for (prefix, _) in INSTANCES {
+        let args = [
+            "--insecure-api-keys-not-enforced",
+            "--room-id-prefix",
+            prefix,
+            "--redis-url",
+            &redis.url,
+            "--redis-prefix",
+            &redis.prefix,
+        ];
+        relays.push(RelayProcess::start(&args).await.expect("start relay"));
+    }
+    let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+    let nginx =
+        Nginx::start_file(&binary, "contrib/nginx-shared-state.conf", &addrs).await.expect("start nginx");
+
+    // An asker on each instance directly; publishers through nginx, one connection
+    // each, spread round robin: both askers get every message.
+    let mut askers = Vec::new();
+    for relay in &relays {
+        askers.push(ws_connect(relay.addr, "/v1/msg-relay").await.expect("asker"));
+    }
+    const MESSAGES: u8 = 6;
+    let id = |n: u8| [n; 32];
+    for asker in &mut askers {
+        for n in 0..MESSAGES {
+            let mut ask = id(n).to_vec();
+            ask.extend_from_slice(&[30, 0, 0, 0]);
+            asker.send(Message::binary(ask)).await.expect("ask");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sent = Vec::new();
+    for n in 0..MESSAGES {
+        let mut publisher = ws_connect(nginx.addr, "/v1/msg-relay").await.expect("publisher through nginx");
+        let mut publish = id(n).to_vec();
+        publish.extend_from_slice(&[30, 0, 0, 0]);
+        publish.extend_from_slice(format!("message {n}").as_bytes());
+        publisher.send(Message::binary(publish.clone())).await.expect("publish");
+        sent.push(publish);
+    }
+    for (i, asker) in askers.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        for _ in 0..MESSAGES {
+            match recv(asker).await.expect("a message") {
+                Message::Binary(b) => got.push(b.to_vec()),
+                other => panic!("asker {i}: expected a frame, got {other:?}"),
+            }
+        }
+        got.sort();
+        assert_eq!(got, sent, "asker on instance {i} got every message, whichever instance took it");
+    }
+    // Every instance took some of the publishes (its askers publish nothing): nginx
+    // spread the publishers over both.
+    for relay in &relays {
+        let metrics = http_request(relay.addr, "GET", "/metrics", &[], b"").await.expect("metrics").text();
+        let published: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("relay_messages_relayed_total{") && l.contains("mailbox"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(published >= 1.0, "each instance took some publishes: {published}\n{metrics}");
+    }
+
+    // Rooms: created through nginx on both instances, every party routed to the owner.
+    let mut prefixes = BTreeSet::new();
+    for _ in 0..4 {
+        let room = create_room(nginx.addr).await.expect("create room");
+        prefixes.insert(room[..8].to_owned());
+        run_room(nginx.addr, &room).await.expect("room through nginx");
+    }
+    assert_eq!(prefixes.len(), 2, "rooms landed on both instances: {prefixes:?}");
 }

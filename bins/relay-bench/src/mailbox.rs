@@ -37,8 +37,44 @@ const HEADER_LEN: usize = relay_proto::mailbox::HEADER_LEN;
 /// which both processes sleep, so the figure adds the cost of waking idle threads and
 /// CPUs (mostly the kernel's and the machine's, not the relay's).
 pub(crate) async fn push_latency(t: &Target, iterations: u64, payload: usize) -> anyhow::Result<Vec<Metric>> {
-    let mut asker = ws_connect(t.addr, &t.mailbox_path()).await?;
-    let mut publisher = ws_connect(t.addr, &t.mailbox_path()).await?;
+    push_latency_between(t, t, iterations, payload, ONE_RECEIVER, "push", Goal::Ratio(0.8)).await
+}
+
+/// Workload `cross-push`: push latency with the publisher on `a` and the asker on `b`,
+/// two instances sharing the mailbox through Redis, beside the same figure with both
+/// on `a` (local, one receiver), in one run: with flags 0 (the whole frame travels in
+/// the Redis notice) and with the one-receiver flag (stored in Redis, then taken by `b`).
+pub(crate) async fn cross_push(
+    a: &Target,
+    b: &Target,
+    iterations: u64,
+    payload: usize,
+) -> anyhow::Result<Vec<Metric>> {
+    // One receiver, as `push-latency`: taken at once by the local asker, it never goes
+    // to Redis. With flags 0 a local publisher outruns Redis (every publish is also
+    // stored there) and is closed once `send_queue_frames` wait for it.
+    let local = push_latency_between(a, a, iterations, payload, ONE_RECEIVER, "local push", Goal::None);
+    let mut metrics = local.await.context("local push")?;
+    let cross = push_latency_between(a, b, iterations, payload, 0, "cross push", Goal::None);
+    metrics.extend(cross.await.context("cross push")?);
+    let once = push_latency_between(a, b, iterations, payload, ONE_RECEIVER, "cross push 1-recv", Goal::None);
+    metrics.extend(once.await.context("cross push, one receiver")?);
+    Ok(metrics)
+}
+
+/// Push latency with the publisher on `publish_to` and the asker on `ask_at`, publishes
+/// carrying `flags`; rows named `what`.
+async fn push_latency_between(
+    publish_to: &Target,
+    ask_at: &Target,
+    iterations: u64,
+    payload: usize,
+    flags: u16,
+    what: &str,
+    p50_goal: Goal,
+) -> anyhow::Result<Vec<Metric>> {
+    let mut asker = ws_connect(ask_at.addr, &ask_at.mailbox_path()).await?;
+    let mut publisher = ws_connect(publish_to.addr, &publish_to.mailbox_path()).await?;
     let run = run_tag();
     let body = vec![0x5a; payload];
     let check = |got: &Bytes, id: &[u8; 32]| {
@@ -62,8 +98,8 @@ pub(crate) async fn push_latency(t: &Target, iterations: u64, payload: usize) ->
     for i in 0..total {
         let id = message_id(run, 0, i);
         let start = Instant::now();
-        send_binary(&mut publisher, mailbox_frame(&id, 30, ONE_RECEIVER, &body)).await?;
-        let got = next_binary(&mut asker, WAIT).await?;
+        send_binary(&mut publisher, mailbox_frame(&id, 30, flags, &body)).await?;
+        let got = next_binary(&mut asker, WAIT).await.with_context(|| format!("pipelined message {i}"))?;
         if i >= warmup {
             record(&mut warm, start);
         }
@@ -81,13 +117,14 @@ pub(crate) async fn push_latency(t: &Target, iterations: u64, payload: usize) ->
         // Let the ask land before the publish, so this measures a push to a waiter.
         tokio::time::sleep(Duration::from_micros(300)).await;
         let start = Instant::now();
-        send_binary(&mut publisher, mailbox_frame(&id, 30, ONE_RECEIVER, &body)).await?;
-        let got = next_binary(&mut asker, WAIT).await?;
+        send_binary(&mut publisher, mailbox_frame(&id, 30, flags, &body)).await?;
+        let got = next_binary(&mut asker, WAIT).await.with_context(|| format!("message {i} after idle"))?;
         record(&mut cold, start);
         check(&got, &id)?;
     }
-    let mut metrics = latency_metrics("push", payload, &warm, &cold, Goal::Ratio(0.8));
-    let max = Metric::new("push max (us), pipelined", warm.max() as f64, Better::Lower, Goal::None);
+    let mut metrics = latency_metrics(what, payload, &warm, &cold, p50_goal);
+    let max =
+        Metric::new(format!("{what} max (us), pipelined"), warm.max() as f64, Better::Lower, Goal::None);
     metrics.insert(2, max);
     Ok(metrics)
 }

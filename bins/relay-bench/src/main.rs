@@ -36,6 +36,9 @@ use crate::util::Target;
 ///   idle           C idle connections (default 10,000); RSS growth per connection (needs --pid).
 ///   stalled        a receiver stops reading while a sender publishes 64 KiB frames; peak RSS growth and
 ///                  whether the relay closed the receiver (needs --pid).
+///   cross-push     push latency with the publisher on --target and the asker on --second, two instances
+///                  sharing the mailbox through Redis (--redis-url), beside the local figure (both on
+///                  --target): flags 0, and the one-receiver flag. Relay only; needs --second.
 ///
 /// With --peer, every mailbox workload also runs against the peer in the same session, interleaved
 /// run by run, and the table shows the ratio relay/peer. Figures are medians of --runs runs.
@@ -61,6 +64,9 @@ struct Args {
     /// The peer's pid, for the idle and stalled workloads and CPU per message.
     #[arg(long)]
     peer_pid: Option<u32>,
+    /// A second instance sharing the relay's mailbox through Redis, for `cross-push`.
+    #[arg(long)]
+    second: Option<SocketAddr>,
     /// Workloads to run, comma-separated.
     #[arg(
         long,
@@ -137,12 +143,20 @@ enum Workload {
     Joins,
     Idle,
     Stalled,
+    CrossPush,
 }
 
 impl Workload {
     /// Whether the peer speaks it (the seed relay has only the mailbox).
     fn peer_speaks(self) -> bool {
-        !matches!(self, Workload::Scaling | Workload::Fanout | Workload::P2pLatency | Workload::Joins)
+        !matches!(
+            self,
+            Workload::Scaling
+                | Workload::Fanout
+                | Workload::P2pLatency
+                | Workload::Joins
+                | Workload::CrossPush
+        )
     }
 
     /// What one unit of the workload is and how many it relays, for CPU per unit; `None`
@@ -283,6 +297,12 @@ async fn run_workload(w: Workload, t: &Target, a: &Args) -> anyhow::Result<Vec<M
         Workload::Joins => rooms::joins(t, a.join_rooms, a.concurrency).await,
         Workload::Idle => mailbox::idle(t, a.idle_connections).await,
         Workload::Stalled => mailbox::stalled(t, a.stalled_messages, 64 << 10).await,
+        Workload::CrossPush => {
+            let second = a.second.context("cross-push needs --second (an instance sharing the mailbox)")?;
+            let b = Target { label: "second", addr: second, pid: None, api_key: t.api_key.clone() };
+            let (t, n) = (t.clone(), a.latency_iterations);
+            on_one_thread(move || async move { mailbox::cross_push(&t, &b, n, 256).await }).await
+        }
     }
 }
 

@@ -50,6 +50,9 @@ pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) turn: crate::turn::TurnArgs,
 
+    #[command(flatten)]
+    pub(crate) redis: crate::redis_args::RedisArgs,
+
     /// Manage API keys offline (the server must be stopped); without a subcommand the
     /// server runs.
     #[command(subcommand)]

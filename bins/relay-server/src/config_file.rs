@@ -24,9 +24,9 @@ const NOT_SETTINGS: [&str; 4] = ["help", "version", "config", "print_config"];
 
 /// Words that mark a key whose value is a secret, masked by `--print-config`
 /// (`secret_auth`, `admin_token`, `registry_token`, `api_key`, ...). Booleans, such as
-/// `insecure_api_keys_not_enforced`, are never masked.
-/// `database_url` may carry a password.
-const SECRET_WORDS: [&str; 5] = ["token", "secret", "password", "api_key", "database_url"];
+/// `insecure_api_keys_not_enforced`, are never masked. `database_url` and `redis_url`
+/// may carry a password.
+const SECRET_WORDS: [&str; 6] = ["token", "secret", "password", "api_key", "database_url", "redis_url"];
 
 /// Why the settings could not be read.
 #[derive(Debug)]

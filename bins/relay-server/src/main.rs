@@ -9,6 +9,7 @@ mod config_file;
 mod discovery;
 mod keys;
 mod notify;
+mod redis_args;
 mod turn;
 
 use std::process::ExitCode;
@@ -102,12 +103,21 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli, keystore, tls, discovery)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// An external engine (Redis) unreachable at start: exit 2, as for a bad configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unreachable(String);
 
 async fn run(
     cli: Cli,
@@ -137,6 +147,8 @@ async fn run(
         let health = state.dependencies().register("postgres", location.to_owned());
         keystore.set_health_observer(Box::new(move |up, detail| health.set_up(up, &detail)));
     }
+    // Before listening: an instance that cannot share the mailbox must not serve it.
+    cli.redis.connect(&state).await.map_err(Unreachable)?;
 
     // Before "listening" is printed: a SIGTERM right after start must shut down cleanly
     // (and flush usage), not kill the process.

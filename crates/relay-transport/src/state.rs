@@ -19,6 +19,7 @@ use crate::metrics::{BusyPollTotals, KeyUsage, LiveSources, Metrics};
 #[cfg(feature = "busy-poll")]
 use crate::net::busy_poll::BusyPoll;
 use crate::ratelimit::RateLimiter;
+use crate::redis_mailbox::{RedisMailbox, RedisMailboxError};
 use crate::stats::StatsRing;
 
 /// How often discovery's PostgreSQL is checked while it answers.
@@ -72,6 +73,9 @@ pub(crate) struct Inner {
     dependencies: Dependencies,
     /// PostgreSQL's health as discovery sees it, when discovery's state is there.
     discovery_health: Option<DependencyHealth>,
+    /// The mailbox shared across instances through Redis, once connected
+    /// ([`AppState::connect_redis`]); unset, the mailbox is this process's alone.
+    redis_mailbox: std::sync::OnceLock<RedisMailbox>,
 }
 
 /// One open connection's place, under `max_connections` and its address's
@@ -257,6 +261,7 @@ impl AppState {
                 stats,
                 dependencies,
                 discovery_health,
+                redis_mailbox: std::sync::OnceLock::new(),
             }),
         };
         if let Some(store) = &state.inner.keystore {
@@ -277,6 +282,24 @@ impl AppState {
             }));
         }
         Ok(state)
+    }
+
+    /// Shares the mailbox with every instance using the Redis at `url` under `prefix`
+    /// (`--redis-url`, `--redis-prefix`): registers the `redis` dependency and starts
+    /// its tasks. Call once, before serving; fails when Redis does not answer (or was
+    /// connected already).
+    pub async fn connect_redis(&self, url: &str, prefix: &str) -> Result<(), RedisMailboxError> {
+        let shared =
+            RedisMailbox::connect(url, prefix, self.inner.mailbox.clone(), &self.inner.dependencies).await?;
+        self.inner.redis_mailbox.set(shared).map_err(|_| RedisMailboxError::Unreachable {
+            location: crate::dependency::redacted_location(url),
+            reason: "the mailbox is shared through Redis already".to_string(),
+        })
+    }
+
+    /// The mailbox's Redis side, when the mailbox is shared across instances.
+    pub fn redis_mailbox(&self) -> Option<&RedisMailbox> {
+        self.inner.redis_mailbox.get()
     }
 
     /// The external engines (PostgreSQL, Redis): a component that uses one registers it

@@ -6,7 +6,19 @@ use std::path::{Path, PathBuf};
 
 /// Layers from the bottom up: each entry lists the top-level modules of that layer.
 const LAYERS: &[&[&str]] = &[
-    &["caller", "config", "dependency", "error", "metrics", "net", "ratelimit", "state", "stats", "turn"],
+    &[
+        "caller",
+        "config",
+        "dependency",
+        "error",
+        "metrics",
+        "net",
+        "ratelimit",
+        "redis_mailbox",
+        "state",
+        "stats",
+        "turn",
+    ],
     &["http"],
     &["ws"],
     &["api"],

@@ -279,6 +279,28 @@ impl Mailbox {
         self.hub.on_ask.set(Box::new(hook)).is_ok()
     }
 
+    /// Hands `frame`, a publish that reached this server from elsewhere (another
+    /// instance sharing the mailbox), to the connections of `namespace` waiting for its
+    /// ID at `now`, without storing it here: to one of them for a one-receiver message.
+    /// Does nothing when a message of that ID is stored here already or `frame` is not
+    /// a publish. Returns whether anyone got it.
+    pub fn deliver(&self, namespace: &Namespace, frame: Bytes, now: Instant) -> bool {
+        let Some(header) = MailboxHeader::parse(&frame).filter(|h| h.kind == FrameKind::Publish) else {
+            return false;
+        };
+        let Some(space) = self.hub.lock_namespaces().get(namespace).cloned() else { return false };
+        let mut wakes = Vec::new();
+        let delivered = space.deliver(frame, &header, now, &mut wakes, self.hub.on_ask.get());
+        wakes.into_iter().for_each(Waker::wake);
+        delivered
+    }
+
+    /// Whether a connection of `namespace` waits for `id` now.
+    pub fn is_waiting(&self, namespace: &Namespace, id: &MessageId) -> bool {
+        let space = self.hub.lock_namespaces().get(namespace).cloned();
+        space.is_some_and(|space| space.is_waiting(id))
+    }
+
     /// Forgets every message and ask due at `now` and removes idle namespaces. The
     /// sweeper task of [`Mailbox::start`] calls this; call it directly on a mailbox
     /// made with [`Mailbox::with_manual_sweep`].
@@ -349,6 +371,12 @@ impl MailboxConn {
     /// The namespace this connection is in.
     pub fn namespace(&self) -> &Namespace {
         &self.space.namespace
+    }
+
+    /// Whether a message of `id` is stored in this connection's namespace now, so an
+    /// ask for it is answered at once.
+    pub fn holds(&self, id: &MessageId) -> bool {
+        self.space.holds(id)
     }
 
     /// Handles one frame from the client at the current (tokio) time.

@@ -254,12 +254,43 @@ impl Space {
                         drop(guard);
                         self.expire(now, on_ask);
                         let mut guard = Self::lock(shard);
-                        guard.publish(frame, header, ttl, budget, now, wakes, on_ask)
+                        guard.publish(frame, header, ttl, budget, now, wakes, on_ask).map(drop)
                     }
-                    handled => handled,
+                    handled => handled.map(drop),
                 }
             }
         }
+    }
+
+    /// Hands `frame`, a publish that came from elsewhere (another instance), to the
+    /// connections waiting for its ID now, without storing it: one of them for a
+    /// one-receiver message. Nothing happens when a message of that ID is stored here
+    /// already (its askers were answered). Returns whether anyone got it.
+    pub(super) fn deliver(
+        &self,
+        frame: Bytes,
+        header: &MailboxHeader,
+        now: Instant,
+        wakes: &mut Vec<Waker>,
+        on_ask: Option<&AskHook>,
+    ) -> bool {
+        let mut guard = Self::lock(self.shard_of(&header.id));
+        guard.expire(now, self.budget(), on_ask);
+        // A zero TTL stores nothing, so the namespace's budget is never reserved; frames
+        // queued for the waiters still count against the process-wide one.
+        let budget = Budget { max: usize::MAX, ..self.budget() };
+        guard.publish(frame, header, Duration::ZERO, budget, now, wakes, on_ask).unwrap_or(false)
+    }
+
+    /// Whether some connection waits for `id` now.
+    pub(super) fn is_waiting(&self, id: &MessageId) -> bool {
+        Self::lock(self.shard_of(id)).waiting.contains_key(id)
+    }
+
+    /// Whether a message of `id` is stored here now (expired ones may still count until
+    /// their shard is next touched).
+    pub(super) fn holds(&self, id: &MessageId) -> bool {
+        Self::lock(self.shard_of(id)).messages.contains_key(id)
     }
 
     #[cfg(test)]
@@ -394,7 +425,8 @@ impl Shard {
         Ok(false)
     }
 
-    #[allow(clippy::too_many_arguments)] // one call site, in `Space::handle`
+    /// Returns whether a waiting connection got the frame.
+    #[allow(clippy::too_many_arguments)] // called by `Space::handle` and `Space::deliver` only
     fn publish(
         &mut self,
         frame: Bytes,
@@ -404,11 +436,11 @@ impl Shard {
         now: Instant,
         wakes: &mut Vec<Waker>,
         on_ask: Option<&AskHook>,
-    ) -> Result<(), MailboxError> {
+    ) -> Result<bool, MailboxError> {
         let id = &header.id;
         if self.messages.contains_key(id) {
             // The first PUB of an ID wins while it lives.
-            return Ok(());
+            return Ok(false);
         }
         let one_receiver = header.one_receiver();
         let taken_at_once = one_receiver && self.waiting.contains_key(id);
@@ -446,17 +478,17 @@ impl Shard {
             if reserved {
                 budget.release(frame.len());
             }
-            return Ok(());
+            return Ok(delivered);
         }
         if !reserved && budget.reserve(frame.len()).is_err() {
             // Only reachable when a one-receiver delivery failed on a slow consumer and
             // the budget is full; nobody is owed this message.
-            return Ok(());
+            return Ok(delivered);
         }
         let expires_at = now + ttl;
         self.messages.insert(*id, Stored { frame, expires_at, one_receiver });
         self.push_deadline(expires_at, id);
-        Ok(())
+        Ok(delivered)
     }
 
     fn push_deadline(&mut self, at: Instant, id: &MessageId) {

@@ -606,3 +606,43 @@ async fn a_send_queue_over_its_bytes_is_a_slow_consumer() {
     assert_eq!(reader.try_recv_many(&mut Vec::new(), 10), Err(MailboxError::SlowConsumer));
     assert_eq!(budget.held(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn deliver_reaches_waiters_without_storing() {
+    let mb = Mailbox::start(limits()).unwrap();
+    let ns = Namespace::from("ns");
+    let mut a = mb.connect(ns.clone());
+    let mut b = mb.connect(ns.clone());
+    let msg = publish_frame(&id(7), 10, 0, b"from elsewhere");
+    assert!(!mb.deliver(&ns, msg.clone(), Instant::now()), "nobody waits yet");
+    assert!(!mb.is_waiting(&ns, &id(7)));
+    a.handle_frame(ask_frame(&id(7), 10)).unwrap();
+    b.handle_frame(ask_frame(&id(7), 10)).unwrap();
+    assert!(mb.is_waiting(&ns, &id(7)));
+    assert!(mb.deliver(&ns, msg.clone(), Instant::now()));
+    assert_eq!(drain(&mut a), vec![msg.clone()]);
+    assert_eq!(drain(&mut b), vec![msg]);
+    assert_eq!(mb.stats().entries, 0, "a delivered frame is not stored");
+    assert!(!a.holds(&id(7)));
+    assert!(!mb.is_waiting(&ns, &id(7)));
+    assert!(!mb.deliver(&Namespace::from("other"), publish_frame(&id(7), 10, 0, b"x"), Instant::now()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliver_of_a_one_receiver_message_reaches_one_waiter() {
+    let mb = Mailbox::start(limits()).unwrap();
+    let ns = Namespace::from("ns");
+    let mut a = mb.connect(ns.clone());
+    let mut b = mb.connect(ns.clone());
+    a.handle_frame(ask_frame(&id(8), 10)).unwrap();
+    b.handle_frame(ask_frame(&id(8), 10)).unwrap();
+    let msg = publish_frame(&id(8), 10, FLAG_ONE_RECEIVER, b"once");
+    assert!(mb.deliver(&ns, msg.clone(), Instant::now()));
+    assert_eq!(drain(&mut a).len() + drain(&mut b).len(), 1);
+    assert!(mb.is_waiting(&ns, &id(8)), "the other asker still waits");
+    // A stored message of the same ID wins over a delivered one.
+    let local = publish_frame(&id(9), 10, 0, b"local");
+    a.handle_frame(local.clone()).unwrap();
+    assert!(a.holds(&id(9)));
+    assert!(!mb.deliver(&ns, publish_frame(&id(9), 10, 0, b"remote"), Instant::now()));
+}

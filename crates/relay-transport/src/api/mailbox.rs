@@ -33,7 +33,7 @@ use crate::ws::{self};
         (status = 401, description = "No API key, or an unknown one", body = relay_proto::ErrorBody),
         (status = 403, description = "The API key is revoked or expired, or a browser Origin not on --cors-allowed-origins", body = relay_proto::ErrorBody),
         (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
-        (status = 503, description = "The relay is shutting down", body = relay_proto::ErrorBody),
+        (status = 503, description = "The relay is shutting down, or the mailbox is shared across instances and Redis is unreachable (storage_unavailable)", body = relay_proto::ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = [])),
 )]
@@ -61,7 +61,7 @@ pub(crate) async fn connect(
         (status = 403, description = "A browser Origin not on --cors-allowed-origins", body = relay_proto::ErrorBody),
         (status = 404, description = "No such room", body = relay_proto::ErrorBody),
         (status = 426, description = "Not a WebSocket handshake", body = relay_proto::ErrorBody),
-        (status = 503, description = "The relay is shutting down", body = relay_proto::ErrorBody),
+        (status = 503, description = "The relay is shutting down, or the mailbox is shared across instances and Redis is unreachable (storage_unavailable)", body = relay_proto::ErrorBody),
     ),
 )]
 pub(crate) async fn connect_room(
@@ -90,6 +90,12 @@ fn open(
     lease: Lease,
 ) -> Result<Response<Body>, ApiError> {
     let accept_key = ws::validate_handshake(&req, state.config())?;
+    if state.redis_mailbox().is_some_and(|redis| !redis.is_up()) {
+        return Err(ApiError::new(
+            ErrorCode::StorageUnavailable,
+            "the mailbox is shared across instances and Redis is unreachable: retry later",
+        ));
+    }
     let guard = state
         .drain_guard()
         .ok_or_else(|| ApiError::new(ErrorCode::ShuttingDown, "the relay is shutting down"))?;

@@ -4,6 +4,14 @@
 //! for the connection go out in batches of at most [`OUT_BATCH`], one vectored write
 //! each; a queue over its bound closes the consumer as slow (1013). The connection's
 //! asks are withdrawn before the close handshake.
+//!
+//! When the mailbox is shared across instances (`crate::redis_mailbox`), each frame is
+//! still handled by the local core first (a local asker is answered at once); a
+//! publish is then also stored in Redis for the other instances, and an ask the local
+//! store cannot answer is looked up there. A one-receiver publish nobody here waits for
+//! goes to Redis only, so exactly one asker anywhere gets it. A refusal from Redis,
+//! Redis lost, or `send_queue_frames` frames of the connection already waiting for
+//! Redis close the connection with 1013 and a reason.
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -11,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use relay_core::mailbox::{HEADER_LEN, MailboxConn, MailboxError};
+use relay_core::mailbox::{FrameKind, HEADER_LEN, MailboxConn, MailboxError, MailboxHeader};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
 
@@ -20,6 +28,7 @@ use relay_proto::CloseCode;
 use crate::caller::{Lease, UsageMeter};
 use crate::config::ServerConfig;
 use crate::metrics::WsKind;
+use crate::redis_mailbox::{Link, REASON_BACKLOG, RedisMailbox};
 use crate::state::{AppState, DrainGuard};
 use crate::ws::WsStream;
 use crate::ws::driver::{self, End, Flow, Session};
@@ -37,6 +46,47 @@ struct MailboxSession {
     conn: MailboxConn,
     /// Frames taken from the queue, to write.
     batch: Vec<Bytes>,
+    /// The mailbox's Redis side and this connection's tie to it, when shared.
+    shared: Option<(RedisMailbox, Link)>,
+}
+
+impl MailboxSession {
+    /// Handles a frame of a mailbox shared across instances: locally first, then Redis.
+    fn handle_shared(&mut self, frame: Bytes, now: Instant) -> Result<(), End> {
+        let Some((redis, link)) = &self.shared else {
+            return self.conn.handle_frame_deferred(frame, now).map_err(|e| close_for(&e));
+        };
+        let backlog = End::Close(CloseCode::TryAgainLater, REASON_BACKLOG);
+        let local = |e: MailboxError| close_for(&e);
+        let max = redis.mailbox().limits().max_message_bytes;
+        let header = match MailboxHeader::parse(&frame) {
+            // Malformed or too big: the core names the refusal.
+            Some(header) if frame.len() <= max => header,
+            _ => return self.conn.handle_frame_deferred(frame, now).map_err(local),
+        };
+        let namespace = &self.conn.namespace().clone();
+        let sent = match header.kind {
+            FrameKind::Ask => {
+                let held = self.conn.holds(&header.id);
+                self.conn.handle_frame_deferred(frame, now).map_err(local)?;
+                held || header.ttl_secs == 0 || redis.ask(link, namespace, &header.id)
+            }
+            FrameKind::Publish if header.one_receiver() => {
+                if redis.mailbox().is_waiting(namespace, &header.id) {
+                    // Taken at once by a local asker: nobody else may get it.
+                    self.conn.handle_frame_deferred(frame, now).map_err(local)?;
+                    true
+                } else {
+                    redis.publish(link, namespace, frame, &header)
+                }
+            }
+            FrameKind::Publish => {
+                self.conn.handle_frame_deferred(frame.clone(), now).map_err(local)?;
+                redis.publish(link, namespace, frame, &header)
+            }
+        };
+        if sent { Ok(()) } else { Err(backlog) }
+    }
 }
 
 impl Session for MailboxSession {
@@ -52,9 +102,9 @@ impl Session for MailboxSession {
     fn on_binary(&mut self, frame: Bytes, now: Instant) -> Result<Option<usize>, Flow> {
         // A publish (longer than an ask) is a relayed message of its payload; an ask is not.
         let payload = frame.len().checked_sub(HEADER_LEN).filter(|&n| n > 0);
-        match self.conn.handle_frame_deferred(frame, now) {
+        match self.handle_shared(frame, now) {
             Ok(()) => Ok(payload),
-            Err(e) => Err(Flow::End(close_for(&e))),
+            Err(end) => Err(Flow::End(end)),
         }
     }
 
@@ -67,6 +117,11 @@ impl Session for MailboxSession {
     }
 
     fn poll_outgoing(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        if let Some((_, link)) = &mut self.shared
+            && let Poll::Ready(reason) = link.poll_error(cx)
+        {
+            return Poll::Ready(Err(End::Close(CloseCode::TryAgainLater, reason)));
+        }
         match self.conn.poll_recv_many(cx, &mut self.batch, OUT_BATCH) {
             Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(close_for(&e))),
@@ -83,7 +138,7 @@ impl Session for MailboxSession {
         torn: &'a AtomicBool,
     ) -> (impl Future<Output = Result<Option<End>, WsError>> + Send + 'a, impl Future<Output = End> + Send + 'a)
     {
-        let MailboxSession { conn, batch } = self;
+        let MailboxSession { conn, batch, .. } = self;
         let conn: &'a MailboxConn = conn;
         let write = async move {
             if batch.len() < OUT_BATCH && conn.try_recv_many(batch, OUT_BATCH - batch.len()).is_err() {
@@ -115,7 +170,8 @@ pub(crate) async fn run(
     meter: UsageMeter,
     lease: Lease,
 ) {
-    let session = MailboxSession { conn, batch: Vec::with_capacity(OUT_BATCH) };
+    let shared = state.redis_mailbox().map(|redis| (redis.clone(), redis.link()));
+    let session = MailboxSession { conn, batch: Vec::with_capacity(OUT_BATCH), shared };
     driver::run(state, socket, session, guard, meter, lease).await;
 }
 
