@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::*;
-use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use hyper::StatusCode;
 use relay_transport::{Rate, RateLimits};
@@ -116,20 +115,6 @@ async fn connections_over_the_per_address_rate_are_closed_at_once_then_accepted_
     assert!(received.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&received));
 }
 
-/// Reads until the close frame and returns its code and reason.
-async fn close_of(ws: &mut Ws) -> anyhow::Result<(u16, String)> {
-    loop {
-        let msg = tokio::time::timeout(STEP_TIMEOUT, ws.next())
-            .await
-            .context("no close frame within the step timeout")?
-            .context("stream ended without a close frame")??;
-        if let Message::Close(frame) = msg {
-            let frame = frame.context("close frame without a code")?;
-            return Ok((frame.code.into(), frame.reason.to_string()));
-        }
-    }
-}
-
 /// Sends `frame` up to [`FLOOD_FRAMES`] times, stopping early when the server closes.
 async fn flood(ws: &mut Ws, frame: Vec<u8>) {
     for _ in 0..FLOOD_FRAMES {
@@ -155,7 +140,7 @@ async fn a_room_party_over_the_message_rate_is_closed_with_1013() {
     let mut receiver = ws_connect(addr, &format!("/v1/rooms/{room}?slot=1")).await.unwrap();
     // Data frames to slot 1: `[to u16 LE][payload]`.
     flood(&mut sender, vec![1, 0, b'x']).await;
-    let (code, reason) = close_of(&mut sender).await.unwrap();
+    let (code, reason) = close_of(&mut sender, STEP_TIMEOUT).await.unwrap();
     assert_eq!((code, reason.as_str()), (1013, "message rate limit exceeded"));
 
     // The frames within the rate were relayed: the receiver gets data.
@@ -180,7 +165,7 @@ async fn a_mailbox_connection_over_the_message_rate_is_closed_with_1013() {
     let mut ask = vec![7u8; 32];
     ask.extend_from_slice(&[30, 0, 0, 0]);
     flood(&mut ws, ask).await;
-    let (code, reason) = close_of(&mut ws).await.unwrap();
+    let (code, reason) = close_of(&mut ws, STEP_TIMEOUT).await.unwrap();
     assert_eq!((code, reason.as_str()), (1013, "message rate limit exceeded"));
 
     // A new connection has its own budget.

@@ -12,7 +12,7 @@ use hyper::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{RelayProcess, STEP_TIMEOUT, Ws, http_request, post_json, ws_connect};
+use crate::support::{RelayProcess, STEP_TIMEOUT, Ws, close_of, http_request, post_json, ws_connect};
 
 /// The admin token the relays here start with.
 const TOKEN: &str = "revocation-admin-token-0123456789abcdef";
@@ -45,24 +45,6 @@ fn mailbox_frame(tag: &str, payload: &[u8]) -> Message {
     frame.extend_from_slice(&0u16.to_le_bytes());
     frame.extend_from_slice(payload);
     Message::binary(frame)
-}
-
-/// Waits (at most `within`) for the relay's close frame; returns its code and reason.
-async fn close_of(ws: &mut Ws, within: Duration) -> anyhow::Result<(u16, String)> {
-    tokio::time::timeout(within, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return Ok((u16::from(frame.code), frame.reason.to_string()));
-                }
-                Some(Ok(Message::Close(None))) | None => anyhow::bail!("closed without a close frame"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => anyhow::bail!("socket failed before a close frame: {e}"),
-            }
-        }
-    })
-    .await
-    .context("no close frame in time")?
 }
 
 /// Publishes and asks on `ws` and checks the message comes back: the socket still works.

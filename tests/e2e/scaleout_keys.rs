@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use hyper::StatusCode;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::services::TestDatabase;
-use crate::support::{CuttableProxy, RelayProcess, Ws, http_request, post_json, run_binary, ws_connect};
+use crate::support::{
+    CuttableProxy, RelayProcess, Ws, close_of, http_request, post_json, run_binary, ws_connect,
+};
 
 /// The admin token both relays start with.
 const TOKEN: &str = "scaleout-keys-admin-token-0123456789abcdef";
@@ -77,24 +77,6 @@ async fn until_status(
 async fn open_mailbox(relay: &RelayProcess, key: &str) -> anyhow::Result<Ws> {
     let key = key.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
     ws_connect(relay.addr, &format!("/v1/msg-relay?api_key={key}")).await.map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// Waits (at most `within`) for the relay's close frame; returns its code and reason.
-async fn close_of(ws: &mut Ws, within: Duration) -> anyhow::Result<(u16, String)> {
-    tokio::time::timeout(within, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return Ok((u16::from(frame.code), frame.reason.to_string()));
-                }
-                Some(Ok(Message::Close(None))) | None => anyhow::bail!("closed without a close frame"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => anyhow::bail!("socket failed before a close frame: {e}"),
-            }
-        }
-    })
-    .await
-    .context("no close frame in time")?
 }
 
 #[tokio::test]

@@ -15,7 +15,9 @@ use hyper::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{RelayProcess, STEP_TIMEOUT, Ws, http_request, post_json, refusal_status, ws_connect};
+use crate::support::{
+    RelayProcess, STEP_TIMEOUT, Ws, close_of, http_request, post_json, refusal_status, ws_connect,
+};
 
 /// The admin token of the relays here that enforce keys.
 const TOKEN: &str = "tenants-admin-token-0123456789abcdef0123";
@@ -127,24 +129,6 @@ async fn next_data(ws: &mut Ws) -> anyhow::Result<(u64, Vec<u8>)> {
     })
     .await
     .context("no data frame in time")?
-}
-
-/// Waits (at most `within`) for the relay's close frame: (code, reason).
-async fn close_of(ws: &mut Ws, within: Duration) -> anyhow::Result<(u16, String)> {
-    tokio::time::timeout(within, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return Ok((u16::from(frame.code), frame.reason.to_string()));
-                }
-                Some(Ok(Message::Close(None))) | None => bail!("closed without a close frame"),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => bail!("socket failed before a close frame: {e}"),
-            }
-        }
-    })
-    .await
-    .context("no close frame in time")?
 }
 
 /// A room data frame to `to` carrying `payload`.

@@ -262,6 +262,27 @@ pub(crate) async fn post_json(
 }
 
 /// Opens a WebSocket to `ws://addr{path}`. On refusal, the error carries the HTTP status.
+/// Waits (at most `within`) for the relay's close frame, skipping other messages;
+/// returns its code and reason. A socket that ends without one is an error.
+pub(crate) async fn close_of(ws: &mut Ws, within: Duration) -> anyhow::Result<(u16, String)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Ok((u16::from(frame.code), frame.reason.to_string()));
+                }
+                Some(Ok(Message::Close(None))) | None => bail!("closed without a close frame"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("socket failed before a close frame: {e}"),
+            }
+        }
+    })
+    .await
+    .context("no close frame in time")?
+}
+
 pub(crate) async fn ws_connect(
     addr: SocketAddr,
     path: &str,
