@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use http::StatusCode;
 use relay_core::RoomId;
 use tokio::process::{Child, Command};
@@ -358,4 +359,78 @@ async fn the_namespace_budget_holds_across_instances() {
     send(&mut on_a, ask(id_of("budget 3"), 30)).await;
     assert_eq!(recv_binary(&mut on_a).await, third, "stored once the budget was freed");
     expect_nothing(&mut again).await;
+}
+
+/// A client publishing far more than `--send-queue-frames` frames in one pipelined
+/// burst, faster than Redis stores them, is slowed down (its socket read as Redis
+/// answers), not closed: every message reaches the askers on the other instance, and
+/// the publisher's connection still works afterwards. Half the publishes are kept
+/// locally and stored in Redis, half (one receiver, nobody waiting on A) go to Redis
+/// only.
+#[tokio::test]
+async fn a_burst_beyond_the_redis_backlog_is_slowed_down_not_closed() {
+    let Some(redis) = TestRedis::create().await else { return };
+    const QUEUE: usize = 8;
+    const BURST: usize = 2_000;
+    const ASKERS: usize = 4;
+    let queue = QUEUE.to_string();
+    let common =
+        ["--insecure-api-keys-not-enforced", "--redis-url", &redis.url, "--redis-prefix", &redis.prefix];
+    let a = RelayProcess::start(&[&common[..], &["--send-queue-frames", &queue]].concat())
+        .await
+        .expect("start relay A");
+    let b = RelayProcess::start(&common).await.expect("start relay B");
+    let id = |i: usize| id_of(&format!("burst {i}"));
+    let msg = |i: usize| {
+        frame(id(i), 60, if i.is_multiple_of(2) { 0 } else { ONCE }, format!("message {i}").as_bytes())
+    };
+
+    // Askers on B wait for every message, each for its share.
+    let mut askers = Vec::new();
+    for k in 0..ASKERS {
+        let mut ws = mailbox(&b).await;
+        for i in (k..BURST).step_by(ASKERS) {
+            ws.feed(Message::Binary(ask(id(i), 60).into())).await.expect("queue an ask");
+        }
+        tokio::time::timeout(STEP_TIMEOUT, ws.flush()).await.expect("asks sent in time").expect("send asks");
+        askers.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let receiving: Vec<_> = askers
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut ws)| {
+            tokio::spawn(async move {
+                let mut got = HashSet::new();
+                for _ in (k..BURST).step_by(ASKERS) {
+                    got.insert(recv_binary(&mut ws).await);
+                }
+                expect_nothing(&mut ws).await;
+                got
+            })
+        })
+        .collect();
+
+    // One pipelined burst: every frame queued, one flush.
+    let mut publisher = mailbox(&a).await;
+    for i in 0..BURST {
+        publisher.feed(Message::Binary(msg(i).into())).await.expect("queue a publish");
+    }
+    tokio::time::timeout(STEP_TIMEOUT * 3, publisher.flush())
+        .await
+        .expect("the burst is read in time")
+        .expect("the publisher is not closed while sending");
+
+    for (k, receiving) in receiving.into_iter().enumerate() {
+        let got = tokio::time::timeout(STEP_TIMEOUT * 3, receiving)
+            .await
+            .expect("asker finished in time")
+            .expect("asker ok");
+        let want: HashSet<Vec<u8>> = (k..BURST).step_by(ASKERS).map(msg).collect();
+        assert_eq!(got.len(), want.len(), "asker {k} got every one of its messages");
+        assert!(got == want, "asker {k} got exactly its messages, byte for byte");
+    }
+    // The publisher is still connected, and its instance answers it.
+    send(&mut publisher, ask(id(0), 60)).await;
+    assert_eq!(recv_binary(&mut publisher).await, msg(0), "the publisher's connection still works");
 }

@@ -52,7 +52,8 @@ pub(crate) async fn cross_push(
 ) -> anyhow::Result<Vec<Metric>> {
     // One receiver, as `push-latency`: taken at once by the local asker, it never goes
     // to Redis. With flags 0 a local publisher outruns Redis (every publish is also
-    // stored there) and is closed once `send_queue_frames` wait for it.
+    // stored there) and is slowed down to Redis' pace once `send_queue_frames` wait
+    // for it, which would measure Redis, not the local path.
     let local = push_latency_between(a, a, iterations, payload, ONE_RECEIVER, "local push", Goal::None);
     let mut metrics = local.await.context("local push")?;
     let cross = push_latency_between(a, b, iterations, payload, 0, "cross push", Goal::None);

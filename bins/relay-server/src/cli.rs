@@ -189,7 +189,9 @@ pub(crate) struct LimitArgs {
     #[arg(long, env = "RELAY_RECONNECT_GRACE_SECS", default_value_t = Limits::default().reconnect_grace.as_secs(),
           value_parser = clap::value_parser!(u64).range(..=MAX_DURATION_SECS))]
     pub(crate) reconnect_grace_secs: u64,
-    /// Frames queued towards one connection before it is closed as a slow consumer.
+    /// Frames queued towards one connection before it is closed as a slow consumer;
+    /// with `--redis-url`, also a mailbox connection's frames waiting for Redis before
+    /// its socket is read more slowly.
     #[arg(long, env = "RELAY_SEND_QUEUE_FRAMES", default_value_t = Limits::default().send_queue_frames)]
     pub(crate) send_queue_frames: usize,
     /// Bytes queued towards one mailbox connection before it is closed as a slow

@@ -20,6 +20,11 @@
 //!   waiter is registered, so a publish landing in between still reaches it through
 //!   the notice).
 //!
+//! Backpressure: each connection has at most `send_queue_frames` frames waiting for
+//! Redis (a count and a waker, [`Link::poll_ready`]); at that limit its socket is not
+//! read until Redis answers one (`ws::driver`, `Session::poll_ready`), so a client
+//! faster than Redis is slowed down by TCP flow control, not closed.
+//!
 //! Failures: the connection manager reconnects with backoff; a health task pings every
 //! [`HEALTH_INTERVAL`] and keeps the pub/sub connection subscribed. A lost or refused
 //! connection, or [`PINGS_DOWN`] pings in a row without an answer, and the `redis`
@@ -29,13 +34,14 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::task::AtomicWaker;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use relay_core::Mailbox;
 use relay_core::mailbox::{FLAG_ONE_RECEIVER, FrameKind, HEADER_LEN, MailboxHeader, MessageId, Namespace};
@@ -63,10 +69,6 @@ pub(crate) const REASON_UNAVAILABLE: &str = "shared mailbox storage (Redis) unav
 
 /// The close reason of a publish the namespace's shared budget refused.
 const REASON_FULL: &str = "namespace storage full";
-
-/// The close reason of a connection with `send_queue_frames` frames already waiting
-/// for Redis: it sends faster than Redis answers.
-pub(crate) const REASON_BACKLOG: &str = "too many frames waiting for Redis";
 
 /// Stores a publish: KEYS message, held set, held counter; ARGV frame, TTL ms, member,
 /// length, budget, namespace key lifetime ms. Returns 1 stored, 0 an earlier publish
@@ -162,8 +164,48 @@ pub(crate) struct Link {
     tx: mpsc::Sender<&'static str>,
     rx: mpsc::Receiver<&'static str>,
     /// Frames of this connection waiting for Redis, at most `send_queue_frames`: a
-    /// client sending faster than Redis answers is closed, not buffered without end.
-    in_flight: Arc<tokio::sync::Semaphore>,
+    /// client sending faster than Redis answers is read more slowly
+    /// ([`Link::poll_ready`]), not buffered without end.
+    in_flight: Arc<InFlight>,
+}
+
+/// A connection's count of frames waiting for Redis, and the wake-up of its task when
+/// one is answered. Lock-free: the connection's task adds, the background commands
+/// take away.
+struct InFlight {
+    count: AtomicUsize,
+    bound: usize,
+    ready: AtomicWaker,
+}
+
+impl InFlight {
+    /// `Ready` while fewer than `bound` frames wait; else `Pending`, woken by the next
+    /// answer.
+    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.count.load(Ordering::Acquire) < self.bound {
+            return Poll::Ready(());
+        }
+        self.ready.register(cx.waker());
+        // An answer between the load and the registration woke nobody: look again.
+        if self.count.load(Ordering::Acquire) < self.bound { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// Counts a frame sent to Redis; the guard counts it answered when dropped.
+    fn start(self: &Arc<Self>) -> Answered {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Answered(self.clone())
+    }
+}
+
+/// A frame of a connection waiting for Redis; dropping it (the command answered, or
+/// failed) lets the connection read on.
+struct Answered(Arc<InFlight>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.ready.wake();
+    }
 }
 
 impl RedisMailbox {
@@ -231,7 +273,7 @@ impl RedisMailbox {
         let id = self.shared.next_link.fetch_add(1, Ordering::Relaxed);
         self.shared.lock_links().insert(id, tx.clone());
         let bound = self.shared.mailbox.limits().send_queue_frames.max(1);
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(bound));
+        let in_flight = Arc::new(InFlight { count: AtomicUsize::new(0), bound, ready: AtomicWaker::new() });
         Link { shared: self.shared.clone(), id, tx, rx, in_flight }
     }
 
@@ -242,39 +284,29 @@ impl RedisMailbox {
 
     /// Stores a publish of `link`'s connection in Redis and tells the other instances,
     /// in the background. A refusal or a failure reaches the connection through `link`.
-    /// Returns false, doing nothing, when the connection already has `send_queue_frames`
-    /// frames waiting for Redis.
-    #[must_use]
-    pub(crate) fn publish(
-        &self,
-        link: &Link,
-        namespace: &Namespace,
-        frame: Bytes,
-        header: &MailboxHeader,
-    ) -> bool {
-        let Ok(permit) = link.in_flight.clone().try_acquire_owned() else { return false };
+    /// The frame counts as waiting for Redis until then: call only when
+    /// [`Link::poll_ready`] said the connection may take one more.
+    pub(crate) fn publish(&self, link: &Link, namespace: &Namespace, frame: Bytes, header: &MailboxHeader) {
+        let permit = link.in_flight.start();
         let shared = self.shared.clone();
         let (namespace, header, tx) = (namespace.clone(), *header, link.tx.clone());
         tokio::spawn(async move {
             shared.store(&namespace, frame, &header, Some(&tx)).await;
             drop(permit);
         });
-        true
     }
 
     /// Looks an ask of `link`'s connection up in Redis, in the background; a message
-    /// found goes to the namespace's local waiters (the asker among them). Returns
-    /// false as [`RedisMailbox::publish`] does.
-    #[must_use]
-    pub(crate) fn ask(&self, link: &Link, namespace: &Namespace, id: &MessageId) -> bool {
-        let Ok(permit) = link.in_flight.clone().try_acquire_owned() else { return false };
+    /// found goes to the namespace's local waiters (the asker among them). Counted as
+    /// [`RedisMailbox::publish`] counts.
+    pub(crate) fn ask(&self, link: &Link, namespace: &Namespace, id: &MessageId) {
+        let permit = link.in_flight.start();
         let shared = self.shared.clone();
         let (namespace, id, tx) = (namespace.clone(), *id, link.tx.clone());
         tokio::spawn(async move {
             shared.take_and_deliver(&namespace, &id, Some(&tx)).await;
             drop(permit);
         });
-        true
     }
 }
 
@@ -288,6 +320,14 @@ impl std::fmt::Debug for RedisMailbox {
 }
 
 impl Link {
+    /// Whether the connection may take one more frame that needs Redis: `Pending`, with
+    /// a wake-up registered, while `send_queue_frames` of its frames wait for Redis
+    /// (its socket is then not read: backpressure). Every frame takes at most one, so
+    /// a frame read after `Ready` never finds the count full.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.in_flight.poll_ready(cx)
+    }
+
     /// Resolves with the reason the connection must close (1013), if one came.
     pub(crate) fn poll_error(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
         match self.rx.poll_recv(cx) {
@@ -557,4 +597,46 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(out, "{b:02x}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
+    use futures_util::task::AtomicWaker;
+
+    use super::InFlight;
+
+    /// Counts its wake-ups.
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// At the bound the connection is not read until an answer comes, and that answer
+    /// wakes it.
+    #[test]
+    fn a_full_backlog_waits_for_an_answer_and_is_woken_by_it() {
+        let in_flight =
+            Arc::new(InFlight { count: AtomicUsize::new(0), bound: 2, ready: AtomicWaker::new() });
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(in_flight.poll_ready(&mut cx), Poll::Ready(()));
+        let first = in_flight.start();
+        assert_eq!(in_flight.poll_ready(&mut cx), Poll::Ready(()));
+        let second = in_flight.start();
+        assert_eq!(in_flight.poll_ready(&mut cx), Poll::Pending, "two of two wait for Redis");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        drop(second);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the answer wakes the connection");
+        assert_eq!(in_flight.poll_ready(&mut cx), Poll::Ready(()));
+        drop(first);
+        assert_eq!(in_flight.count.load(Ordering::SeqCst), 0);
+    }
 }

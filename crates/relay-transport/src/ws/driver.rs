@@ -9,7 +9,11 @@
 //! (`ws::poll_next_message`), applies the per-socket message rate (1013), maps read
 //! errors to close codes (1009 too big, 1007 bad UTF-8, 1002 protocol), then lets the
 //! session wake its receivers once ([`Session::after_burst`]) and counts usage and
-//! metrics once. It writes what the session has queued with a timeout (the idle
+//! metrics once. Before each frame it asks the session whether it can take one now
+//! ([`Session::poll_ready`]): while it cannot (a shared mailbox connection with its
+//! limit of frames waiting for Redis), the socket is not read, so TCP flow control
+//! slows the peer down, and the session wakes the task when it can again. It writes
+//! what the session has queued with a timeout (the idle
 //! timeout: 1013 `slow consumer`), arming no timer when the write completes at once,
 //! and never writes after part of a frame (a torn write gets [`Session::close_wait`]
 //! to finish, else the socket is dropped). It pings, closes idle sockets, and ends with
@@ -85,6 +89,14 @@ pub(crate) trait Session: Send + Sized {
     /// The first frame, sent before anything else; the connection ends if it cannot be.
     fn greeting(&self) -> Option<Message> {
         None
+    }
+
+    /// Whether the session can take another frame now. `Pending` registers a wake-up
+    /// for when it can; meanwhile the driver reads nothing from the socket (the peer is
+    /// slowed by TCP flow control), but still writes, pings and watches the end. Any
+    /// frame read after `Ready` must be taken. Rooms always can.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
     }
 
     /// Handles a binary frame received at `now`, deferring the wake-ups of whoever it
@@ -259,14 +271,18 @@ impl<S: Session> Driver<S> {
         Poll::Pending
     }
 
-    /// Reads and handles frames until the socket has none ready or the coop budget is
-    /// spent (`Pending`, with a wake-up registered either way), or one needs an answer
-    /// or ends the connection (`Ready`).
+    /// Reads and handles frames until the socket has none ready, the coop budget is
+    /// spent or the session can take no more for now (`Pending`, with a wake-up
+    /// registered in each case), or one needs an answer or ends the connection
+    /// (`Ready`).
     fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<Flow> {
         let now = Instant::now();
         let (mut relayed, mut relayed_bytes) = (0u64, 0usize);
         let mut arrived = false;
         let polled = loop {
+            if self.session.poll_ready(cx).is_pending() {
+                break Poll::Pending;
+            }
             let Poll::Ready(incoming) = ws::poll_next_message(&mut self.ws, cx) else {
                 break Poll::Pending;
             };

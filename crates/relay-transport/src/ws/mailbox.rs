@@ -9,9 +9,11 @@
 //! still handled by the local core first (a local asker is answered at once); a
 //! publish is then also stored in Redis for the other instances, and an ask the local
 //! store cannot answer is looked up there. A one-receiver publish nobody here waits for
-//! goes to Redis only, so exactly one asker anywhere gets it. A refusal from Redis,
-//! Redis lost, or `send_queue_frames` frames of the connection already waiting for
-//! Redis close the connection with 1013 and a reason.
+//! goes to Redis only, so exactly one asker anywhere gets it. A refusal from Redis or
+//! Redis lost closes the connection with 1013 and a reason. While `send_queue_frames`
+//! frames of the connection wait for Redis, its socket is not read
+//! ([`Session::poll_ready`]): a client sending faster than Redis stores is slowed down
+//! by TCP flow control, not closed, and memory stays bounded.
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -28,7 +30,7 @@ use relay_proto::CloseCode;
 use crate::caller::{Lease, UsageMeter};
 use crate::config::ServerConfig;
 use crate::metrics::WsKind;
-use crate::redis_mailbox::{Link, REASON_BACKLOG, RedisMailbox};
+use crate::redis_mailbox::{Link, RedisMailbox};
 use crate::state::{AppState, DrainGuard};
 use crate::ws::WsStream;
 use crate::ws::driver::{self, End, Flow, Session};
@@ -52,11 +54,12 @@ struct MailboxSession {
 
 impl MailboxSession {
     /// Handles a frame of a mailbox shared across instances: locally first, then Redis.
+    /// The driver reads a frame only when [`Session::poll_ready`] allowed one more to
+    /// wait for Redis.
     fn handle_shared(&mut self, frame: Bytes, now: Instant) -> Result<(), End> {
         let Some((redis, link)) = &self.shared else {
             return self.conn.handle_frame_deferred(frame, now).map_err(|e| close_for(&e));
         };
-        let backlog = End::Close(CloseCode::TryAgainLater, REASON_BACKLOG);
         let local = |e: MailboxError| close_for(&e);
         let max = redis.mailbox().limits().max_message_bytes;
         let header = match MailboxHeader::parse(&frame) {
@@ -65,27 +68,28 @@ impl MailboxSession {
             _ => return self.conn.handle_frame_deferred(frame, now).map_err(local),
         };
         let namespace = &self.conn.namespace().clone();
-        let sent = match header.kind {
+        match header.kind {
             FrameKind::Ask => {
                 let held = self.conn.holds(&header.id);
                 self.conn.handle_frame_deferred(frame, now).map_err(local)?;
-                held || header.ttl_secs == 0 || redis.ask(link, namespace, &header.id)
+                if !held && header.ttl_secs != 0 {
+                    redis.ask(link, namespace, &header.id);
+                }
             }
             FrameKind::Publish if header.one_receiver() => {
                 if redis.mailbox().is_waiting(namespace, &header.id) {
                     // Taken at once by a local asker: nobody else may get it.
                     self.conn.handle_frame_deferred(frame, now).map_err(local)?;
-                    true
                 } else {
-                    redis.publish(link, namespace, frame, &header)
+                    redis.publish(link, namespace, frame, &header);
                 }
             }
             FrameKind::Publish => {
                 self.conn.handle_frame_deferred(frame.clone(), now).map_err(local)?;
-                redis.publish(link, namespace, frame, &header)
+                redis.publish(link, namespace, frame, &header);
             }
-        };
-        if sent { Ok(()) } else { Err(backlog) }
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +101,15 @@ impl Session for MailboxSession {
 
     fn close_wait(_config: &ServerConfig) -> Duration {
         CLOSE_WAIT
+    }
+
+    /// Unshared, always; shared, while fewer than `send_queue_frames` of the
+    /// connection's frames wait for Redis.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &self.shared {
+            Some((_, link)) => link.poll_ready(cx),
+            None => Poll::Ready(()),
+        }
     }
 
     fn on_binary(&mut self, frame: Bytes, now: Instant) -> Result<Option<usize>, Flow> {
