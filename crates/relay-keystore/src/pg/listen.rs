@@ -80,7 +80,7 @@ impl Listener {
 
     /// Applies notifications until the connection is lost (returns why) or the store is
     /// gone (returns `None`).
-    async fn run(&mut self, location: &str, memory: &Weak<Memory>, health: &Health) -> Option<String> {
+    async fn run(&mut self, target: &Target, memory: &Weak<Memory>, health: &Health) -> Option<String> {
         let mut ping = tokio::time::interval(PING_INTERVAL);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -88,7 +88,7 @@ impl Listener {
                 event = self.events.recv() => match event {
                     Some(Event::Notified(payload)) => {
                         let memory = memory.upgrade()?;
-                        if let Err(e) = self.apply(&payload, location, &memory).await {
+                        if let Err(e) = self.apply(&payload, target, &memory).await {
                             return Some(e.to_string());
                         }
                     }
@@ -109,12 +109,20 @@ impl Listener {
         }
     }
 
-    async fn apply(&self, payload: &str, location: &str, memory: &Memory) -> Result<(), KeystoreError> {
+    /// Applies one notification: `admin` (the admin token changed) or
+    /// `k:<instance>:<name>` (key `name` changed on the store tagged `instance`). A
+    /// revocation is passed to the revocation observer only when another instance made
+    /// it: this one's own revocations were applied (and acted on) by their writer,
+    /// before or after this notification arrives.
+    async fn apply(&self, payload: &str, target: &Target, memory: &Memory) -> Result<(), KeystoreError> {
+        let location = target.location.as_str();
         if payload == "admin" {
             memory.set_admin(load_admin(&self.client, location).await?);
-        } else if let Some(name) = payload.strip_prefix("k:")
+        } else if let Some((instance, name)) =
+            payload.strip_prefix("k:").and_then(|rest| rest.split_once(':'))
             && let Some(key) = load_one(&self.client, name, location).await?
             && memory.apply_key(&key, false)
+            && instance != target.instance
         {
             memory.revoked_elsewhere(name);
         }
@@ -162,7 +170,7 @@ pub(crate) fn spawn_supervisor(
                     }
                 },
             };
-            let Some(reason) = listener.run(&target.location, &memory, &health).await else { return };
+            let Some(reason) = listener.run(&target, &memory, &health).await else { return };
             drop(listener);
             health.report(false, &reason);
             tracing::warn!(location = %target.location, "PostgreSQL LISTEN connection lost: {reason}; reconnecting");

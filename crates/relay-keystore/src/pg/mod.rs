@@ -69,6 +69,8 @@ pub(crate) struct PgStore {
     pool: Pool,
     /// `host:port` (never credentials), for messages.
     location: String,
+    /// This store's tag in its notifications (`Target::instance`).
+    instance: String,
     pub(crate) health: Arc<Health>,
 }
 
@@ -77,6 +79,11 @@ pub(crate) struct PgStore {
 pub(crate) struct Target {
     pub(crate) config: Config,
     pub(crate) location: String,
+    /// A random tag naming this store in the key notifications it sends
+    /// (`k:<instance>:<name>`), so its own listener can tell its writes (already applied
+    /// by the writer) from other instances' and tell the revocation observer only of
+    /// the latter, whichever arrives first.
+    pub(crate) instance: String,
 }
 
 impl Target {
@@ -95,7 +102,10 @@ impl Target {
             config.application_name("relay-server");
         }
         let location = location_of(&config);
-        Ok(Target { config, location })
+        let mut tag = [0u8; 8];
+        getrandom::fill(&mut tag)?;
+        let instance = tag.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Target { config, location, instance })
     }
 
     /// Opens a dedicated (unpooled) connection, driven by a task of its own.
@@ -185,7 +195,12 @@ impl PgStore {
                 location: target.location.clone(),
                 reason: e.to_string(),
             })?;
-        let store = PgStore { pool, location: target.location.clone(), health: Arc::new(Health::default()) };
+        let store = PgStore {
+            pool,
+            location: target.location.clone(),
+            instance: target.instance.clone(),
+            health: Arc::new(Health::default()),
+        };
         Ok((store, loaded, listener, target))
     }
 
@@ -217,7 +232,8 @@ impl PgStore {
             if inserted == 0 {
                 return Ok(false);
             }
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("k:{name}")]).await?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("k:{}:{name}", self.instance)])
+                .await?;
             tx.commit().await?;
             Ok(true)
         }
@@ -250,7 +266,8 @@ impl PgStore {
                     ],
                 )
                 .await?;
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("k:{name}")]).await?;
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("k:{}:{name}", self.instance)])
+                    .await?;
             }
             tx.commit().await
         }
@@ -271,7 +288,8 @@ impl PgStore {
                 )
                 .await?;
             if row.is_some() {
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("k:{name}")]).await?;
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("k:{}:{name}", self.instance)])
+                    .await?;
             }
             tx.commit().await?;
             Ok(row)
