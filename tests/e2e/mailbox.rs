@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::{
-    RelayProcess, STEP_TIMEOUT, ServerConfig, Ws, http_request, open_config, refusal_status,
+    RelayProcess, STEP_TIMEOUT, ServerConfig, Ws, dkls_message_id, http_request, open_config, refusal_status,
     serve_in_process, ws_connect,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -349,14 +349,7 @@ async fn whole_protocol_three_parties_four_rounds_through_the_binary() {
     const PARTIES: u8 = 3;
     const ROUNDS: u8 = 4;
     let session = RoomId::generate(None);
-    let derive = move |round: u8, from: u8, to: u8| {
-        let mut id = [0u8; 32];
-        id[..16].copy_from_slice(session.as_bytes());
-        id[16] = round;
-        id[17] = from;
-        id[18] = to;
-        id
-    };
+    let derive = move |round: u8, from: u8, to: u8| dkls_message_id(&session, round, from, to);
     let payload = |round: u8, from: u8, to: u8| format!("round {round}: {from} -> {to}").into_bytes();
 
     let mut parties = Vec::new();

@@ -19,7 +19,8 @@ use crate::mailbox::{
 };
 use crate::support::services::TestRedis;
 use crate::support::{
-    RelayProcess, STEP_TIMEOUT, Ws, http_request, post_json, refusal_status, skip_without, ws_connect,
+    RelayProcess, STEP_TIMEOUT, Ws, dkls_message_id, http_request, post_json, refusal_status, skip_without,
+    ws_connect,
 };
 
 /// The one-receiver flag.
@@ -137,14 +138,7 @@ async fn a_dkls_shaped_run_with_parties_split_across_instances_completes() {
     const ROUNDS: u8 = 5;
     const BROADCAST: u8 = 0xbb;
     let session = RoomId::generate(None);
-    let derive = move |round: u8, from: u8, to: u8| {
-        let mut id = [0u8; 32];
-        id[..16].copy_from_slice(session.as_bytes());
-        id[16] = round;
-        id[17] = from;
-        id[18] = to;
-        id
-    };
+    let derive = move |round: u8, from: u8, to: u8| dkls_message_id(&session, round, from, to);
     let payload = |round: u8, from: u8, to: u8| format!("round {round}: {from} -> {to}").into_bytes();
     let addrs: [SocketAddr; 2] = [a.addr, b.addr];
     let mut parties = Vec::new();

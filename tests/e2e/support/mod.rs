@@ -262,6 +262,18 @@ pub(crate) async fn post_json(
 }
 
 /// Opens a WebSocket to `ws://addr{path}`. On refusal, the error carries the HTTP status.
+/// The mailbox message ID a DKLs-shaped test run uses for the message of `round` from
+/// party `from` to party `to` (`to` may be a broadcast tag): the session's 16 bytes,
+/// then round, from and to, then zeros.
+pub(crate) fn dkls_message_id(session: &relay_core::RoomId, round: u8, from: u8, to: u8) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(session.as_bytes());
+    id[16] = round;
+    id[17] = from;
+    id[18] = to;
+    id
+}
+
 /// Waits (at most `within`) for the relay's close frame, skipping other messages;
 /// returns its code and reason. A socket that ends without one is an error.
 pub(crate) async fn close_of(ws: &mut Ws, within: Duration) -> anyhow::Result<(u16, String)> {
