@@ -689,7 +689,7 @@ impl Party {
         let room = &*self.room;
         // Copied out of its read buffer (when small) before the lock, so that holding
         // it keeps no larger buffer alive.
-        let payload = detach(payload);
+        let payload = detach(&payload);
         let mut st = lock(&room.state);
         if st.closed.is_some() || !st.is_current(self.slot, self.conn) {
             return Err(CoreError::PartyClosed);

@@ -37,7 +37,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-pub use queue::QUEUED_FRAME_OVERHEAD;
+pub use queue::{CHARGE_STEP_BYTES, QUEUED_FRAME_OVERHEAD};
 pub use relay_proto::mailbox::{FLAG_ONE_RECEIVER, FrameKind, HEADER_LEN, MailboxHeader, MessageId};
 pub use space::STORED_MESSAGE_OVERHEAD;
 

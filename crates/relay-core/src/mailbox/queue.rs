@@ -4,7 +4,11 @@
 //! consumer and drops what it held, so a reader that stalls never grows memory. The
 //! queue is bounded in frames and in bytes (`send_queue_frames`, `send_queue_bytes`),
 //! and what it holds is charged to the process-wide held-bytes budget (each frame's
-//! length plus [`QUEUED_FRAME_OVERHEAD`]) until it is taken or dropped.
+//! length plus [`QUEUED_FRAME_OVERHEAD`]) until it is taken or dropped. The charge is
+//! taken in steps of at least [`CHARGE_STEP_BYTES`] and given back when the queue
+//! empties, so a busy queue touches the shared counter once per step rather than once
+//! per frame: the budget over-counts by less than one step per non-empty queue, and an
+//! empty queue holds nothing.
 //!
 //! The consumer's waker sits under the queue's own lock. A producer that turns the queue
 //! from empty to non-empty takes it out and hands it back to its caller instead of waking
@@ -26,6 +30,12 @@ use crate::budget::HeldBytes;
 /// slot in the queue.
 pub const QUEUED_FRAME_OVERHEAD: usize = std::mem::size_of::<Bytes>();
 
+/// The least a queue takes from the held-bytes budget at once: a queue charges the
+/// budget ahead of its frames by up to this much, and gives everything back when empty.
+/// The shared counter is one cache line for every core; charged per frame, it cost
+/// small-frame throughput measurably (docs/BENCHMARKS.md).
+pub const CHARGE_STEP_BYTES: usize = 16 << 10;
+
 pub(super) struct ConnQueue {
     state: Mutex<QueueState>,
     /// Woken (all waiters) when the queue turns slow, for a writer blocked on a stalled
@@ -43,6 +53,9 @@ struct QueueState {
     frames: VecDeque<Bytes>,
     /// Sum of the queued frames' lengths.
     bytes: usize,
+    /// Taken from the held-bytes budget: at least the cost of what is queued, at most
+    /// that plus [`CHARGE_STEP_BYTES`]; zero when the queue is empty.
+    charged: usize,
     slow: bool,
     /// The consumer, registered when it found the queue empty; taken by the push that
     /// makes it non-empty (or the one that makes it slow).
@@ -61,7 +74,13 @@ pub(super) enum Pushed {
 impl ConnQueue {
     pub(super) fn new(capacity: usize, max_bytes: usize, budget: HeldBytes) -> ConnQueue {
         ConnQueue {
-            state: Mutex::new(QueueState { frames: VecDeque::new(), bytes: 0, slow: false, waker: None }),
+            state: Mutex::new(QueueState {
+                frames: VecDeque::new(),
+                bytes: 0,
+                charged: 0,
+                slow: false,
+                waker: None,
+            }),
             slow_notify: Notify::new(),
             capacity: capacity.max(1),
             max_bytes,
@@ -74,12 +93,22 @@ impl ConnQueue {
         bytes + frames * QUEUED_FRAME_OVERHEAD
     }
 
-    /// Takes up to `n` frames off the front into `out`, giving their bytes back.
+    /// Takes up to `n` frames off the front into `out`, giving their bytes back: all of
+    /// the charge once the queue is empty, else what exceeds the rest by more than a step.
     fn take(&self, state: &mut QueueState, out: &mut Vec<Bytes>, n: usize) {
         let bytes: usize = state.frames.iter().take(n).map(Bytes::len).sum();
         out.extend(state.frames.drain(..n));
         state.bytes -= bytes;
-        self.budget.release(Self::cost(n, bytes));
+        let cost = Self::cost(state.frames.len(), state.bytes);
+        if state.frames.is_empty() || state.charged > cost + CHARGE_STEP_BYTES {
+            self.budget.release(state.charged - cost);
+            state.charged = cost;
+        }
+    }
+
+    /// Gives back the whole charge of a queue that was just emptied.
+    fn release_all(&self, state: &mut QueueState) {
+        self.budget.release(std::mem::take(&mut state.charged));
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
@@ -98,9 +127,11 @@ impl ConnQueue {
         if state.frames.len() >= self.capacity || over_bytes {
             state.slow = true;
             let dropped = std::mem::take(&mut state.frames);
-            self.budget.release(Self::cost(dropped.len(), std::mem::take(&mut state.bytes)));
+            state.bytes = 0;
+            self.release_all(&mut state);
             let waker = state.waker.take();
             drop(state);
+            drop(dropped); // freed outside the lock
             if let Some(w) = waker {
                 w.wake();
             }
@@ -108,7 +139,12 @@ impl ConnQueue {
             return Pushed::Slow;
         }
         state.bytes += frame.len();
-        self.budget.charge(Self::cost(1, frame.len()));
+        let cost = Self::cost(state.frames.len() + 1, state.bytes);
+        if cost > state.charged {
+            let step = (cost - state.charged).max(CHARGE_STEP_BYTES);
+            self.budget.charge(step);
+            state.charged += step;
+        }
         state.frames.push_back(frame);
         Pushed::Queued(state.waker.take())
     }
@@ -168,6 +204,6 @@ impl ConnQueue {
 impl Drop for ConnQueue {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        self.budget.release(Self::cost(state.frames.len(), state.bytes));
+        self.budget.release(state.charged);
     }
 }

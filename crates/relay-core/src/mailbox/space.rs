@@ -220,9 +220,6 @@ impl Space {
         on_ask: Option<&AskHook>,
     ) -> Result<(), MailboxError> {
         let ttl = Duration::from_secs(u64::from(header.ttl_secs)).min(limits.max_mailbox_ttl);
-        // A PUB may be stored and queued: copied out of its read buffer (when small)
-        // before the lock, so that holding it keeps no larger buffer alive.
-        let frame = if matches!(header.kind, FrameKind::Publish) { detach(frame) } else { frame };
         let shard = self.shard_of(&header.id);
         let mut guard = Self::lock(shard);
         guard.expire(now, self.budget(), on_ask);
@@ -246,7 +243,7 @@ impl Space {
             }
             FrameKind::Publish => {
                 let budget = self.budget();
-                match guard.publish(frame.clone(), header, ttl, budget, now, wakes, on_ask) {
+                match guard.publish(&frame, header, ttl, budget, now, wakes, on_ask) {
                     Err(MailboxError::NamespaceFull { .. } | MailboxError::HeldBytesFull { .. }) => {
                         // Expired messages of other shards may hold the budget: forget
                         // them and try once more. The other shards are locked one at a
@@ -254,7 +251,7 @@ impl Space {
                         drop(guard);
                         self.expire(now, on_ask);
                         let mut guard = Self::lock(shard);
-                        guard.publish(frame, header, ttl, budget, now, wakes, on_ask).map(drop)
+                        guard.publish(&frame, header, ttl, budget, now, wakes, on_ask).map(drop)
                     }
                     handled => handled.map(drop),
                 }
@@ -279,7 +276,7 @@ impl Space {
         // A zero TTL stores nothing, so the namespace's budget is never reserved; frames
         // queued for the waiters still count against the process-wide one.
         let budget = Budget { max: usize::MAX, ..self.budget() };
-        guard.publish(frame, header, Duration::ZERO, budget, now, wakes, on_ask).unwrap_or(false)
+        guard.publish(&frame, header, Duration::ZERO, budget, now, wakes, on_ask).unwrap_or(false)
     }
 
     /// Whether some connection waits for `id` now.
@@ -425,11 +422,14 @@ impl Shard {
         Ok(false)
     }
 
-    /// Returns whether a waiting connection got the frame.
+    /// Returns whether a waiting connection got the frame. Waiting connections get
+    /// views of `frame` (its read buffer stays shared, for as long as the frame is
+    /// queued); what is stored is [`detach`]ed first, so a small message kept for its
+    /// TTL never keeps a larger read buffer alive.
     #[allow(clippy::too_many_arguments)] // called by `Space::handle` and `Space::deliver` only
     fn publish(
         &mut self,
-        frame: Bytes,
+        frame: &Bytes,
         header: &MailboxHeader,
         ttl: Duration,
         budget: Budget<'_>,
@@ -486,7 +486,7 @@ impl Shard {
             return Ok(delivered);
         }
         let expires_at = now + ttl;
-        self.messages.insert(*id, Stored { frame, expires_at, one_receiver });
+        self.messages.insert(*id, Stored { frame: detach(frame), expires_at, one_receiver });
         self.push_deadline(expires_at, id);
         Ok(delivered)
     }

@@ -569,7 +569,8 @@ async fn the_held_bytes_budget_covers_stored_and_queued_frames_and_returns_to_ze
     // The stored message is still served; while queued it is charged again.
     let mut asker = mb.connect("ns");
     asker.handle_frame(ask_frame(&id(1), 10)).unwrap();
-    assert_eq!(budget.held(), stored + first.len() + QUEUED_FRAME_OVERHEAD);
+    // Charged in a step: one small frame takes a whole step.
+    assert_eq!(budget.held(), stored + CHARGE_STEP_BYTES.max(first.len() + QUEUED_FRAME_OVERHEAD));
     assert_eq!(drain(&mut asker), vec![first.clone()]);
     assert_eq!(budget.held(), stored);
     // Expiry gives the stored message back.
@@ -601,7 +602,8 @@ async fn a_send_queue_over_its_bytes_is_a_slow_consumer() {
     }
     publisher.handle_frame(publish_frame(&id(1), 0, 0, &[0u8; 1000])).unwrap();
     publisher.handle_frame(publish_frame(&id(2), 0, 0, &[0u8; 1000])).unwrap();
-    assert_eq!(budget.held(), 2 * (frame.len() + QUEUED_FRAME_OVERHEAD));
+    // Both frames fit in the first step of the queue's charge.
+    assert_eq!(budget.held(), CHARGE_STEP_BYTES.max(2 * (frame.len() + QUEUED_FRAME_OVERHEAD)));
     publisher.handle_frame(publish_frame(&id(3), 0, 0, &[0u8; 1000])).unwrap();
     assert_eq!(reader.try_recv_many(&mut Vec::new(), 10), Err(MailboxError::SlowConsumer));
     assert_eq!(budget.held(), 0);
@@ -645,4 +647,31 @@ async fn deliver_of_a_one_receiver_message_reaches_one_waiter() {
     a.handle_frame(local.clone()).unwrap();
     assert!(a.holds(&id(9)));
     assert!(!mb.deliver(&ns, publish_frame(&id(9), 10, 0, b"remote"), Instant::now()));
+}
+
+/// A queue charges the held-bytes budget in steps: never less than what it holds, never
+/// more than that plus one step, and nothing once it is empty.
+#[tokio::test(start_paused = true)]
+async fn a_send_queue_charges_the_budget_in_steps_and_gives_everything_back_when_empty() {
+    let budget = HeldBytes::new(1 << 30);
+    let mb = Mailbox::start_with_budget(limits(), budget.clone()).unwrap();
+    let publisher = mb.connect("ns");
+    let reader = mb.connect("ns");
+    let frames: Vec<Bytes> = (0..200u8).map(|n| publish_frame(&id(n), 0, 0, &[n; 300])).collect();
+    let mut queued = 0;
+    for (n, frame) in frames.iter().enumerate() {
+        reader.handle_frame(ask_frame(&id(n as u8), 10)).unwrap();
+        publisher.handle_frame(frame.clone()).unwrap();
+        queued += frame.len() + QUEUED_FRAME_OVERHEAD;
+        let held = budget.held();
+        assert!(held >= queued && held <= queued + CHARGE_STEP_BYTES, "{held} for {queued} queued");
+    }
+    let mut out = Vec::new();
+    reader.try_recv_many(&mut out, 150).unwrap();
+    let rest: usize = frames[150..].iter().map(|f| f.len() + QUEUED_FRAME_OVERHEAD).sum();
+    let held = budget.held();
+    assert!(held >= rest && held <= rest + CHARGE_STEP_BYTES, "{held} for {rest} still queued");
+    reader.try_recv_many(&mut out, 100).unwrap();
+    assert_eq!(out.len(), 200);
+    assert_eq!(budget.held(), 0, "an empty queue holds no charge");
 }
