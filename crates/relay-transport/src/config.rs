@@ -33,9 +33,11 @@ pub struct ServerConfig {
     /// WebSocket read buffer per connection. tungstenite's 128 KiB default costs about
     /// 140 KiB per idle connection; 4 KiB keeps idle connections cheap (default 4 KiB).
     pub ws_read_buffer_bytes: usize,
-    /// Largest single socket read on a busy WebSocket. The bytes beyond the small read
-    /// buffer live in a buffer that is freed as soon as the socket goes quiet, so this
-    /// costs nothing per idle connection (default 64 KiB).
+    /// Largest single socket read on a busy WebSocket (`ws::read::FrameReader`). The
+    /// bytes beyond the small read buffer live in a buffer that is freed as soon as the
+    /// socket goes quiet, so this costs nothing per idle connection (default 64 KiB).
+    /// Binary frames larger than `ws_read_buffer_bytes` bypass it: they are read
+    /// straight into a buffer of their own length.
     pub ws_burst_read_bytes: usize,
     /// WebSocket write buffer per connection, flushed past this size (default 4 KiB).
     pub ws_write_buffer_bytes: usize,

@@ -1,9 +1,7 @@
-//! Socket-level pieces below HTTP, used by the accept loop and the WebSockets: TLS, the
-//! burst reader of busy WebSockets, trusted proxies and the PROXY protocol, and opt-in
-//! busy polling (cargo feature `busy-poll`). They know nothing else of
-//! the crate.
+//! Socket-level pieces below HTTP, used by the accept loop and the WebSockets: TLS,
+//! trusted proxies and the PROXY protocol, and opt-in busy polling (cargo feature
+//! `busy-poll`). They know nothing else of the crate.
 
-pub(crate) mod burst;
 #[cfg(feature = "busy-poll")]
 pub(crate) mod busy_poll;
 pub(crate) mod proxy;

@@ -383,6 +383,10 @@ fn read_error(e: &WsError) -> End {
         WsError::Capacity(_) => End::Close(CloseCode::TooBig, "message too big"),
         WsError::Utf8(_) => End::Close(CloseCode::Malformed, "invalid utf-8 in a text frame"),
         WsError::Protocol(_) => End::Close(CloseCode::Protocol, "protocol error"),
+        WsError::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<ws::read::OutOfStep>()) => {
+            tracing::error!("{e}");
+            End::Close(CloseCode::Internal, "relay error reading frames")
+        }
         e => {
             tracing::debug!("websocket read failed: {e}");
             End::Gone
@@ -424,6 +428,8 @@ async fn drain(ws: &mut WsStream, max_bytes: usize) {
     /// Bytes per raw read.
     const DRAIN_CHUNK: usize = 4096;
     let mut left = max_bytes;
+    // Every byte read from here counts against `max_bytes`: none is lifted out unseen.
+    ws.get_mut().pass_through();
     loop {
         match ws.next().await {
             Some(Ok(msg)) => {

@@ -4,6 +4,7 @@
 
 pub(crate) mod driver;
 pub(crate) mod mailbox;
+pub(crate) mod read;
 pub(crate) mod room;
 mod upgrade;
 pub(crate) mod write;

@@ -18,10 +18,11 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::http::body::{Body, json};
 use crate::http::subprotocol::{SUBPROTOCOL, offered_subprotocols};
-use crate::net::burst::BurstReader;
+use crate::ws::read::FrameReader;
 
-/// A server-side WebSocket over an upgraded hyper connection.
-pub type WsStream = WebSocketStream<BurstReader<TokioIo<Upgraded>>>;
+/// A server-side WebSocket over an upgraded hyper connection, read through a
+/// [`FrameReader`].
+pub type WsStream = WebSocketStream<FrameReader<TokioIo<Upgraded>>>;
 
 /// Checks that `req` is a valid WebSocket handshake; refuses with 426 or 400 otherwise,
 /// and with 403 `origin_not_allowed` when it comes from a browser page whose `Origin` is
@@ -114,13 +115,15 @@ where
 {
     let ws_config = ws_config(config);
     let burst = config.ws_burst_read_bytes;
+    // Frames tungstenite could not take in one read of its buffer are lifted out.
+    let (large_min, large_max) = (config.ws_read_buffer_bytes, config.limits.max_message_bytes);
     let speaks_relay = offered_subprotocols(&req).any(|p| p == SUBPROTOCOL);
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
-                    BurstReader::new(TokioIo::new(upgraded), burst),
+                    FrameReader::new(TokioIo::new(upgraded), burst, large_min, large_max),
                     Role::Server,
                     Some(ws_config),
                 )
@@ -148,15 +151,21 @@ where
 /// Charges one unit of the task's coop budget per message: messages tungstenite already
 /// buffered come without touching the socket, so they would cost none of their own, and
 /// a burst would starve the tasks it feeds. `Pending` (with a wake-up registered) when
-/// no message is ready or the budget is spent.
-pub(crate) fn poll_next_message(
-    ws: &mut WsStream,
+/// no message is ready or the budget is spent. A large binary message gets its payload
+/// back from the [`FrameReader`] that lifted it out of the stream.
+pub(crate) fn poll_next_message<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<FrameReader<S>>,
     cx: &mut std::task::Context<'_>,
 ) -> std::task::Poll<Option<Result<Message, tokio_tungstenite::tungstenite::Error>>> {
     use futures_util::StreamExt;
     let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-    let next = std::task::ready!(ws.poll_next_unpin(cx));
+    let mut next = std::task::ready!(ws.poll_next_unpin(cx));
     coop.made_progress();
+    if let Some(Ok(message)) = &mut next
+        && let Err(e) = ws.get_mut().on_message(message)
+    {
+        next = Some(Err(tokio_tungstenite::tungstenite::Error::Io(std::io::Error::other(e))));
+    }
     std::task::Poll::Ready(next)
 }
 
