@@ -261,20 +261,28 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameReader<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if out.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
+        // Hands out as much as `out` takes and `buf` holds, frame after frame: tungstenite
+        // zeroes its buffer once per read, so one read should carry many small frames.
+        // Reads the socket only while nothing has been handed out yet.
+        let start = out.filled().len();
         loop {
-            if this.stand_in_left > 0 {
-                let start = STAND_IN.len() - this.stand_in_left;
-                let n = out.remaining().min(this.stand_in_left);
-                out.put_slice(&STAND_IN[start..start + n]);
-                this.stand_in_left -= n;
+            let handed = out.filled().len() > start;
+            if out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
+            }
+            if this.stand_in_left > 0 {
+                let from = STAND_IN.len() - this.stand_in_left;
+                let n = out.remaining().min(this.stand_in_left);
+                out.put_slice(&STAND_IN[from..from + n]);
+                this.stand_in_left -= n;
+                continue;
             }
             match this.state {
                 State::Passing(left) if left > 0 || this.raw => {
                     if this.buf.is_empty() {
+                        if handed {
+                            return Poll::Ready(Ok(()));
+                        }
                         let limit = if this.busy { this.burst } else { out.remaining() };
                         let n = ready!(this.poll_fill(cx, limit))?;
                         if n == 0 {
@@ -289,7 +297,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameReader<S> {
                     }
                     out.put_slice(&this.buf[..n]);
                     this.buf.advance(n);
-                    return Poll::Ready(Ok(()));
                 }
                 State::Passing(_) => this.state = State::Boundary,
                 State::Boundary => {
@@ -300,6 +307,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameReader<S> {
                     if let Some(next) = this.classify() {
                         this.state = next;
                         continue;
+                    }
+                    if handed {
+                        return Poll::Ready(Ok(()));
                     }
                     let limit = this.boundary_read(out.remaining());
                     let n = ready!(this.poll_fill(cx, limit))?;
@@ -312,6 +322,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameReader<S> {
                 }
                 State::Large { mask, len } => {
                     if this.buf.len() < len {
+                        if handed {
+                            return Poll::Ready(Ok(()));
+                        }
                         // The rest of the payload, and the next frame's header with it.
                         let limit = len - this.buf.len() + MAX_HEADER;
                         if ready!(this.poll_fill(cx, limit))? == 0 {
