@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 pub use queue::{CHARGE_STEP_BYTES, QUEUED_FRAME_OVERHEAD};
 pub use relay_proto::mailbox::{FLAG_ONE_RECEIVER, FrameKind, HEADER_LEN, MailboxHeader, MessageId};
-pub use space::STORED_MESSAGE_OVERHEAD;
+pub use space::{NAMESPACE_STEP_BYTES, STORED_MESSAGE_OVERHEAD};
 
 use crate::{CoreError, HeldBytes, Limits, RoomId};
 use queue::ConnQueue;

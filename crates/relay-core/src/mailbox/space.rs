@@ -5,8 +5,11 @@
 //! held for a few hash operations and never across an `.await`.
 //!
 //! What spans shards is atomic: the namespace's stored bytes (a reservation counter
-//! checked and raised before a message is stored, so `max_namespace_held_bytes` holds
-//! exactly), the process-wide [`HeldBytes`] budget (charged each stored frame plus
+//! that never passes `max_namespace_held_bytes`; each shard takes from it in steps of
+//! [`NAMESPACE_STEP_BYTES`] and stores frames out of that allowance under its own lock,
+//! giving it back once it stores nothing, on every sweep, and before a publish that
+//! found the namespace full tries again, so a frame that fits is not refused), the
+//! process-wide [`HeldBytes`] budget (charged each stored frame plus
 //! [`STORED_MESSAGE_OVERHEAD`]), its connection count, and each connection's count of waiting asks (bounded
 //! by `max_pending_asks`).
 //!
@@ -44,6 +47,10 @@ pub const STORED_MESSAGE_OVERHEAD: usize = 2
         + std::mem::size_of::<Reverse<(Instant, MessageId)>>()
         + 1);
 
+/// The least a shard takes of its namespace's byte bound at once (see
+/// `Shard::allowance`); a shard keeps at most twice this unused.
+pub const NAMESPACE_STEP_BYTES: usize = 64 << 10;
+
 /// Heap entries allowed beyond twice the live ones before the heap is rebuilt.
 const HEAP_SLACK: usize = 64;
 
@@ -80,6 +87,11 @@ struct Shard {
     deadlines: BinaryHeap<Reverse<(Instant, MessageId)>>,
     /// Sum of every connection's waiting asks in this shard.
     pending_asks: usize,
+    /// Bytes of the namespace's bound this shard has taken but not used: stored frames
+    /// take from it under the shard's lock, so the namespace's counter (one cache line
+    /// for every core) is touched once per [`NAMESPACE_STEP_BYTES`] rather than twice per
+    /// message. Zero whenever the shard stores nothing; given back on every sweep.
+    allowance: usize,
 }
 
 struct Stored {
@@ -192,6 +204,8 @@ impl Space {
             let shard = Self::lock(shard);
             stats.stored_messages += shard.messages.len();
             stats.pending_asks += shard.pending_asks;
+            // Taken for frames to come, not stored.
+            stats.held_bytes = stats.held_bytes.saturating_sub(shard.allowance);
         }
         stats
     }
@@ -200,7 +214,11 @@ impl Space {
     /// `now`. Expired asks are reported to `on_ask`.
     pub(super) fn expire(&self, now: Instant, on_ask: Option<&AskHook>) {
         for shard in &self.shards {
-            Self::lock(shard).expire(now, self.budget(), on_ask);
+            let mut shard = Self::lock(shard);
+            shard.expire(now, self.budget(), on_ask);
+            // What a shard holds for frames to come is given back, so a publish that
+            // found the namespace full sees every byte that is not stored.
+            shard.give_back_allowance(self.budget());
         }
     }
 
@@ -290,6 +308,12 @@ impl Space {
         Self::lock(self.shard_of(id)).messages.contains_key(id)
     }
 
+    /// The namespace's counter as it stands: stored bytes plus the shards' allowances.
+    #[cfg(test)]
+    pub(super) fn counted_bytes(&self) -> usize {
+        self.held_bytes.load(Ordering::SeqCst)
+    }
+
     #[cfg(test)]
     pub(super) fn heap_lens(&self) -> Vec<usize> {
         self.shards.iter().map(|shard| Self::lock(shard).deadlines.len()).collect()
@@ -312,33 +336,69 @@ struct Budget<'a> {
 }
 
 impl Budget<'_> {
-    /// Reserves a frame of `len` bytes in the namespace and, with its overhead, in the
-    /// process, or neither: says which is full.
-    fn reserve(self, len: usize) -> Result<(), MailboxError> {
-        let fits = self
-            .held
+    /// Takes `n` bytes of the namespace's bound if they fit.
+    fn take(self, n: usize) -> bool {
+        self.held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
-                held.checked_add(len).filter(|&total| total <= self.max)
+                held.checked_add(n).filter(|&total| total <= self.max)
             })
-            .is_ok();
-        if !fits {
-            return Err(MailboxError::NamespaceFull { max: self.max });
-        }
-        if !self.global.try_reserve(len + STORED_MESSAGE_OVERHEAD) {
-            self.held.fetch_sub(len, Ordering::SeqCst);
-            return Err(MailboxError::HeldBytesFull { max: self.global.max() });
-        }
-        Ok(())
+            .is_ok()
     }
 
-    /// Gives back what [`Budget::reserve`] took for a frame of `len` bytes.
-    fn release(self, len: usize) {
-        self.held.fetch_sub(len, Ordering::SeqCst);
-        self.global.release(len + STORED_MESSAGE_OVERHEAD);
+    /// Gives back `n` bytes taken by [`Budget::take`].
+    fn give_back(self, n: usize) {
+        if n > 0 {
+            self.held.fetch_sub(n, Ordering::SeqCst);
+        }
     }
 }
 
 impl Shard {
+    /// Reserves a frame of `len` bytes in the namespace (from the shard's allowance,
+    /// topped up by at least a step) and, with its overhead, in the process, or neither:
+    /// says which is full. Near the bound the allowance is topped up by exactly what is
+    /// missing, so a step never refuses a frame that fits.
+    fn reserve(&mut self, len: usize, budget: Budget<'_>) -> Result<(), MailboxError> {
+        if self.allowance < len {
+            let short = len - self.allowance;
+            let step = short.max(NAMESPACE_STEP_BYTES);
+            if budget.take(step) {
+                self.allowance += step;
+            } else if step > short && budget.take(short) {
+                self.allowance += short;
+            } else {
+                return Err(MailboxError::NamespaceFull { max: budget.max });
+            }
+        }
+        if !budget.global.try_reserve(len + STORED_MESSAGE_OVERHEAD) {
+            if self.messages.is_empty() {
+                self.give_back_allowance(budget);
+            }
+            return Err(MailboxError::HeldBytesFull { max: budget.global.max() });
+        }
+        self.allowance -= len;
+        Ok(())
+    }
+
+    /// Gives back what [`Shard::reserve`] took for a frame of `len` bytes: the process's
+    /// share at once, the namespace's to the allowance (all of it once the shard stores
+    /// nothing, what exceeds a step beyond two).
+    fn release(&mut self, len: usize, budget: Budget<'_>) {
+        budget.global.release(len + STORED_MESSAGE_OVERHEAD);
+        self.allowance += len;
+        if self.messages.is_empty() {
+            self.give_back_allowance(budget);
+        } else if self.allowance > 2 * NAMESPACE_STEP_BYTES {
+            budget.give_back(self.allowance - NAMESPACE_STEP_BYTES);
+            self.allowance = NAMESPACE_STEP_BYTES;
+        }
+    }
+
+    /// Returns the whole unused allowance to the namespace.
+    fn give_back_allowance(&mut self, budget: Budget<'_>) {
+        budget.give_back(std::mem::take(&mut self.allowance));
+    }
+
     fn expire(&mut self, now: Instant, budget: Budget<'_>, on_ask: Option<&AskHook>) {
         while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
             if at > now {
@@ -353,7 +413,8 @@ impl Shard {
         if let Entry::Occupied(stored) = self.messages.entry(*id)
             && stored.get().expires_at <= now
         {
-            budget.release(stored.remove().frame.len());
+            let len = stored.remove().frame.len();
+            self.release(len, budget);
         }
         if let Entry::Occupied(mut waiters) = self.waiting.entry(*id) {
             let asked = &mut self.asked;
@@ -397,7 +458,8 @@ impl Shard {
                 Pushed::Slow => return Err(MailboxError::SlowConsumer),
             }
             if stored.get().one_receiver {
-                budget.release(stored.remove().frame.len());
+                let len = stored.remove().frame.len();
+                self.release(len, budget);
             }
             return Ok(true);
         }
@@ -447,7 +509,7 @@ impl Shard {
         let would_store = !(ttl.is_zero() || taken_at_once);
         // Reserved before anyone is answered, so a refused PUB delivers nothing.
         if would_store {
-            budget.reserve(frame.len())?;
+            self.reserve(frame.len(), budget)?;
         }
         let reserved = would_store;
         let mut delivered = false;
@@ -476,11 +538,11 @@ impl Shard {
         }
         if ttl.is_zero() || (one_receiver && delivered) {
             if reserved {
-                budget.release(frame.len());
+                self.release(frame.len(), budget);
             }
             return Ok(delivered);
         }
-        if !reserved && budget.reserve(frame.len()).is_err() {
+        if !reserved && self.reserve(frame.len(), budget).is_err() {
             // Only reachable when a one-receiver delivery failed on a slow consumer and
             // the budget is full; nobody is owed this message.
             return Ok(delivered);

@@ -675,3 +675,30 @@ async fn a_send_queue_charges_the_budget_in_steps_and_gives_everything_back_when
     assert_eq!(out.len(), 200);
     assert_eq!(budget.held(), 0, "an empty queue holds no charge");
 }
+
+/// Shards take the namespace's bytes in steps, never over its bound, and give them all
+/// back once they store nothing.
+#[tokio::test(start_paused = true)]
+async fn shards_take_the_namespace_bytes_in_steps_and_give_them_back_when_empty() {
+    let mb = Mailbox::start(limits()).unwrap();
+    let publisher = mb.connect("ns");
+    let mut taker = mb.connect("ns");
+    let frames: Vec<Bytes> =
+        (0..50u8).map(|n| publish_frame(&id(n), 10, FLAG_ONE_RECEIVER, &[n; 300])).collect();
+    for frame in &frames {
+        publisher.handle_frame(frame.clone()).unwrap();
+    }
+    let stored: usize = frames.iter().map(Bytes::len).sum();
+    let counted = publisher.space.counted_bytes();
+    let shards = limits().mailbox_namespace_shards;
+    assert!(
+        counted >= stored && counted <= stored + shards * 2 * NAMESPACE_STEP_BYTES,
+        "{counted} for {stored}"
+    );
+    assert_eq!(mb.stats().bytes, stored, "the stats count what is stored, not the allowances");
+    for n in 0..50u8 {
+        taker.handle_frame(ask_frame(&id(n), 10)).unwrap();
+    }
+    assert_eq!(drain(&mut taker).len(), 50);
+    assert_eq!(publisher.space.counted_bytes(), 0, "every shard gave its allowance back");
+}
