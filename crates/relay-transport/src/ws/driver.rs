@@ -459,7 +459,9 @@ mod tests {
     /// A connection's task is allocated for as long as its socket is open, idle or not,
     /// so no buffer may live in its future (an idle connection costs at most 16 KiB,
     /// docs/BENCHMARKS.md). The mailbox's 4 KiB drain buffer once did: its future was
-    /// 6,416 bytes, now 3,488 (a room's is 3,896).
+    /// 6,416 bytes, then 3,488; 4,240 on 2026-12-06 (a room's 4,568), with the
+    /// `ws::read::FrameReader` inside it. `ws::read` keeps its 4 KiB quiet-read buffer on
+    /// the stack of `poll_read`, never in the future.
     #[test]
     fn a_connection_task_holds_no_buffer() {
         fn size<F>(_: &impl FnOnce() -> F) -> usize {
