@@ -41,6 +41,11 @@ pub use queue::{CHARGE_STEP_BYTES, QUEUED_FRAME_OVERHEAD};
 pub use relay_proto::mailbox::{FLAG_ONE_RECEIVER, FrameKind, HEADER_LEN, MailboxHeader, MessageId};
 pub use space::{NAMESPACE_STEP_BYTES, STORED_MESSAGE_OVERHEAD};
 
+/// The hasher of every table keyed by message ID: seeded at random per table, so a
+/// client cannot choose IDs that collide, and several times cheaper than the standard
+/// library's SipHash on 32-byte keys (which cost about 7 % of the relay's CPU at 256 B).
+type IdHasher = foldhash::fast::RandomState;
+
 use crate::{CoreError, HeldBytes, Limits, RoomId};
 use queue::ConnQueue;
 use space::{Member, Space};

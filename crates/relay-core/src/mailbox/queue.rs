@@ -10,20 +10,29 @@
 //! per frame: the budget over-counts by less than one step per non-empty queue, and an
 //! empty queue holds nothing.
 //!
+//! The queue also keeps the IDs its connection waits for, under the same lock: the
+//! asking connection adds one ([`ConnQueue::add_ask`], which enforces
+//! `max_pending_asks` and one waiting ask per ID), and whoever answers it takes it out
+//! while queuing the answer ([`ConnQueue::answer`]), so a namespace shard keeps no
+//! per-connection index and an answer takes no lock beyond the one it already needs. On
+//! disconnect, [`ConnQueue::close`] hands the set over, to withdraw exactly those asks,
+//! and refuses every later frame, so a one-receiver message is never given to a
+//! connection that is going away.
+//!
 //! The consumer's waker sits under the queue's own lock. A producer that turns the queue
 //! from empty to non-empty takes it out and hands it back to its caller instead of waking
 //! it there: the caller wakes it after releasing the shard lock, or, for a burst of
 //! frames, once after the whole burst ([`super::MailboxConn::handle_frame_deferred`]), so
 //! the receiver wakes to many frames and writes them with one system call.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::MailboxError;
+use super::{IdHasher, MailboxError, MessageId};
 use crate::budget::HeldBytes;
 
 /// What a queued frame costs against the held-bytes budget on top of its length: its
@@ -57,6 +66,11 @@ struct QueueState {
     /// that plus [`CHARGE_STEP_BYTES`]; zero when the queue is empty.
     charged: usize,
     slow: bool,
+    /// The connection is going away ([`ConnQueue::close`]): nothing more is queued.
+    closed: bool,
+    /// The IDs this connection has an ask waiting for, in every shard of its namespace:
+    /// at most `max_pending_asks`.
+    asked: HashSet<MessageId, IdHasher>,
     /// The consumer, registered when it found the queue empty; taken by the push that
     /// makes it non-empty (or the one that makes it slow).
     waker: Option<Waker>,
@@ -69,6 +83,8 @@ pub(super) enum Pushed {
     /// Refused: the connection is (or just became) a slow consumer. Its consumer has
     /// been woken already.
     Slow,
+    /// Refused: the connection is going away.
+    Closed,
 }
 
 impl ConnQueue {
@@ -79,6 +95,8 @@ impl ConnQueue {
                 bytes: 0,
                 charged: 0,
                 slow: false,
+                closed: false,
+                asked: HashSet::default(),
                 waker: None,
             }),
             slow_notify: Notify::new(),
@@ -117,7 +135,47 @@ impl ConnQueue {
 
     /// Queues `frame`. The caller wakes the waker it gets back, at once or after a burst.
     pub(super) fn push(&self, frame: Bytes) -> Pushed {
+        self.push_locked(self.lock(), frame)
+    }
+
+    /// Queues `frame`, the answer to this connection's waiting ask for `id`, and forgets
+    /// the ask (whether or not the frame could be queued).
+    pub(super) fn answer(&self, id: &MessageId, frame: Bytes) -> Pushed {
         let mut state = self.lock();
+        state.asked.remove(id);
+        self.push_locked(state, frame)
+    }
+
+    /// Records an ask for `id` about to wait: `Ok(false)` if one waits already (one
+    /// delivery per connection), an error if `max` wait already.
+    pub(super) fn add_ask(&self, id: &MessageId, max: usize) -> Result<bool, MailboxError> {
+        let mut state = self.lock();
+        if state.asked.contains(id) {
+            return Ok(false);
+        }
+        if state.asked.len() >= max {
+            return Err(MailboxError::TooManyAsks { max });
+        }
+        Ok(state.asked.insert(*id))
+    }
+
+    /// Forgets the waiting ask for `id` (it expired, unanswered).
+    pub(super) fn forget_ask(&self, id: &MessageId) {
+        self.lock().asked.remove(id);
+    }
+
+    /// The connection is going away: refuses every later frame and returns the IDs it
+    /// still waits for, for the caller to withdraw.
+    pub(super) fn close(&self) -> HashSet<MessageId, IdHasher> {
+        let mut state = self.lock();
+        state.closed = true;
+        std::mem::take(&mut state.asked)
+    }
+
+    fn push_locked(&self, mut state: MutexGuard<'_, QueueState>, frame: Bytes) -> Pushed {
+        if state.closed {
+            return Pushed::Closed;
+        }
         if state.slow {
             return Pushed::Slow;
         }

@@ -1,8 +1,11 @@
 //! One namespace's state, sharded by message ID so that asks and publishes of different
 //! IDs never contend. A cheap hash of the whole ID picks the shard (IDs are usually
-//! hashes already; the fold also spreads IDs that differ in a few bytes); each shard holds its IDs'
-//! stored messages, waiting asks and a min-heap of their deadlines behind its own mutex,
-//! held for a few hash operations and never across an `.await`.
+//! hashes already; the fold also spreads IDs that differ in a few bytes); each shard holds
+//! one table of its IDs, each either a stored message or the connections waiting for it
+//! (never both: a stored message answers an ask at once), and a min-heap of their
+//! deadlines, behind its own mutex, held for one table lookup per frame and never across
+//! an `.await`. Which IDs a connection waits for is kept by the connection's own queue
+//! ([`ConnQueue`]), not by the shards, so a shard's lock covers nothing per connection.
 //!
 //! What spans shards is atomic: the namespace's stored bytes (a reservation counter
 //! that never passes `max_namespace_held_bytes`; each shard takes from it in steps of
@@ -10,8 +13,8 @@
 //! giving it back once it stores nothing, on every sweep, and before a publish that
 //! found the namespace full tries again, so a frame that fits is not refused), the
 //! process-wide [`HeldBytes`] budget (charged each stored frame plus
-//! [`STORED_MESSAGE_OVERHEAD`]), its connection count, and each connection's count of waiting asks (bounded
-//! by `max_pending_asks`).
+//! [`STORED_MESSAGE_OVERHEAD`]), and its connection count. Each connection's waiting
+//! asks are bounded (`max_pending_asks`) by its queue.
 //!
 //! Expiry: every stored message and every waiting ask pushes one (deadline, id) entry on
 //! its shard's heap. Whoever next touches the shard (a frame of an ID in it, the periodic
@@ -24,26 +27,27 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Duration;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::queue::{ConnQueue, Pushed};
-use super::{AskEnd, AskHook, FrameKind, MailboxError, MailboxHeader, MessageId, Namespace};
+use super::{AskEnd, AskHook, FrameKind, IdHasher, MailboxError, MailboxHeader, MessageId, Namespace};
 use crate::Limits;
 use crate::budget::{HeldBytes, detach};
 
 /// What a stored message costs against the process-wide held-bytes budget on top of its
-/// frame: its entry in the shard's map (key and value), its deadline in the expiry heap,
+/// frame: its entry in the shard's table (key and value), its deadline in the expiry heap,
 /// and the hash table's control byte, rounded up for the table's spare capacity.
 pub const STORED_MESSAGE_OVERHEAD: usize = 2
     * (std::mem::size_of::<MessageId>()
-        + std::mem::size_of::<Stored>()
+        + std::mem::size_of::<Slot>()
         + std::mem::size_of::<Reverse<(Instant, MessageId)>>()
         + 1);
 
@@ -68,22 +72,19 @@ pub(super) struct Space {
     connections: AtomicUsize,
 }
 
-/// One connection as the shards see it: where its frames go and how many asks it has
-/// waiting across every shard.
+/// One connection as the shards see it: its ID and its queue, which also keeps the IDs
+/// it waits for.
 pub(super) struct Member {
     pub(super) id: u64,
     pub(super) queue: ConnQueue,
-    /// Asks this connection has waiting, in every shard: bounded by `max_pending_asks`.
-    pending_asks: AtomicUsize,
 }
 
 #[derive(Default)]
 struct Shard {
-    messages: HashMap<MessageId, Stored>,
-    waiting: HashMap<MessageId, Vec<Waiter>>,
-    /// The IDs of this shard each connection waits for: one delivery per connection,
-    /// and found again on disconnect.
-    asked: HashMap<u64, HashSet<MessageId>>,
+    /// Every ID of this shard that is stored or waited for.
+    slots: HashMap<MessageId, Slot, IdHasher>,
+    /// Stored messages among `slots`.
+    stored: usize,
     deadlines: BinaryHeap<Reverse<(Instant, MessageId)>>,
     /// Sum of every connection's waiting asks in this shard.
     pending_asks: usize,
@@ -92,6 +93,15 @@ struct Shard {
     /// for every core) is touched once per [`NAMESPACE_STEP_BYTES`] rather than twice per
     /// message. Zero whenever the shard stores nothing; given back on every sweep.
     allowance: usize,
+}
+
+/// What a shard knows of one ID.
+enum Slot {
+    /// A message published and kept for its TTL.
+    Stored(Stored),
+    /// Connections waiting for a message of the ID, in the order they asked; most IDs
+    /// have one, kept without an allocation of its own.
+    Waiting(SmallVec<[Waiter; 1]>),
 }
 
 struct Stored {
@@ -118,7 +128,7 @@ pub(super) struct SpaceStats {
 
 impl Member {
     pub(super) fn new(id: u64, queue: ConnQueue) -> Member {
-        Member { id, queue, pending_asks: AtomicUsize::new(0) }
+        Member { id, queue }
     }
 }
 
@@ -168,21 +178,11 @@ impl Space {
         self.connections.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Removes a connection and every ask it had waiting, shard by shard.
+    /// Removes a connection: closes its queue, so nothing more is given to it, then
+    /// withdraws every ask it had waiting from the shards that hold them.
     pub(super) fn remove_conn(&self, member: &Member) {
-        for shard in &self.shards {
-            let mut shard = Self::lock(shard);
-            let Some(asked) = shard.asked.remove(&member.id) else { continue };
-            shard.pending_asks -= asked.len();
-            member.pending_asks.fetch_sub(asked.len(), Ordering::Relaxed);
-            for msg_id in &asked {
-                if let Entry::Occupied(mut waiters) = shard.waiting.entry(*msg_id) {
-                    waiters.get_mut().retain(|w| w.member.id != member.id);
-                    if waiters.get().is_empty() {
-                        waiters.remove();
-                    }
-                }
-            }
+        for id in member.queue.close() {
+            Self::lock(self.shard_of(&id)).withdraw(&id, member.id);
         }
         self.connections.fetch_sub(1, Ordering::SeqCst);
     }
@@ -190,7 +190,7 @@ impl Space {
     /// No connection and nothing stored: the namespace can be forgotten.
     pub(super) fn is_idle(&self) -> bool {
         self.connections.load(Ordering::SeqCst) == 0
-            && self.shards.iter().all(|shard| Self::lock(shard).messages.is_empty())
+            && self.shards.iter().all(|shard| Self::lock(shard).stored == 0)
     }
 
     pub(super) fn stats(&self) -> SpaceStats {
@@ -202,7 +202,7 @@ impl Space {
         };
         for shard in &self.shards {
             let shard = Self::lock(shard);
-            stats.stored_messages += shard.messages.len();
+            stats.stored_messages += shard.stored;
             stats.pending_asks += shard.pending_asks;
             // Taken for frames to come, not stored.
             stats.held_bytes = stats.held_bytes.saturating_sub(shard.allowance);
@@ -299,13 +299,13 @@ impl Space {
 
     /// Whether some connection waits for `id` now.
     pub(super) fn is_waiting(&self, id: &MessageId) -> bool {
-        Self::lock(self.shard_of(id)).waiting.contains_key(id)
+        matches!(Self::lock(self.shard_of(id)).slots.get(id), Some(Slot::Waiting(_)))
     }
 
     /// Whether a message of `id` is stored here now (expired ones may still count until
     /// their shard is next touched).
     pub(super) fn holds(&self, id: &MessageId) -> bool {
-        Self::lock(self.shard_of(id)).messages.contains_key(id)
+        matches!(Self::lock(self.shard_of(id)).slots.get(id), Some(Slot::Stored(_)))
     }
 
     /// The namespace's counter as it stands: stored bytes plus the shards' allowances.
@@ -371,7 +371,7 @@ impl Shard {
             }
         }
         if !budget.global.try_reserve(len + STORED_MESSAGE_OVERHEAD) {
-            if self.messages.is_empty() {
+            if self.stored == 0 {
                 self.give_back_allowance(budget);
             }
             return Err(MailboxError::HeldBytesFull { max: budget.global.max() });
@@ -386,7 +386,7 @@ impl Shard {
     fn release(&mut self, len: usize, budget: Budget<'_>) {
         budget.global.release(len + STORED_MESSAGE_OVERHEAD);
         self.allowance += len;
-        if self.messages.is_empty() {
+        if self.stored == 0 {
             self.give_back_allowance(budget);
         } else if self.allowance > 2 * NAMESPACE_STEP_BYTES {
             budget.give_back(self.allowance - NAMESPACE_STEP_BYTES);
@@ -410,33 +410,47 @@ impl Shard {
     }
 
     fn expire_id(&mut self, id: &MessageId, now: Instant, budget: Budget<'_>, on_ask: Option<&AskHook>) {
-        if let Entry::Occupied(stored) = self.messages.entry(*id)
-            && stored.get().expires_at <= now
-        {
-            let len = stored.remove().frame.len();
-            self.release(len, budget);
-        }
-        if let Entry::Occupied(mut waiters) = self.waiting.entry(*id) {
-            let asked = &mut self.asked;
-            let mut expired = 0;
-            waiters.get_mut().retain(|w| {
-                let live = w.deadline > now;
-                if !live {
-                    expired += 1;
-                    w.member.pending_asks.fetch_sub(1, Ordering::Relaxed);
-                    if let Some(ids) = asked.get_mut(&w.member.id) {
-                        ids.remove(id);
-                    }
+        let Entry::Occupied(mut slot) = self.slots.entry(*id) else { return };
+        match slot.get_mut() {
+            Slot::Stored(stored) => {
+                if stored.expires_at > now {
+                    return;
                 }
-                live
-            });
-            self.pending_asks -= expired;
-            if let Some(hook) = on_ask {
-                (0..expired).for_each(|_| hook(AskEnd::Expired));
+                let len = stored.frame.len();
+                slot.remove();
+                self.stored -= 1;
+                self.release(len, budget);
             }
-            if waiters.get().is_empty() {
-                waiters.remove();
+            Slot::Waiting(waiters) => {
+                let mut expired = 0;
+                waiters.retain(|w| {
+                    let live = w.deadline > now;
+                    if !live {
+                        expired += 1;
+                        w.member.queue.forget_ask(id);
+                    }
+                    live
+                });
+                if waiters.is_empty() {
+                    slot.remove();
+                }
+                self.pending_asks -= expired;
+                if let Some(hook) = on_ask {
+                    (0..expired).for_each(|_| hook(AskEnd::Expired));
+                }
             }
+        }
+    }
+
+    /// Withdraws the ask of connection `member` for `id`, if it still waits.
+    fn withdraw(&mut self, id: &MessageId, member: u64) {
+        let Entry::Occupied(mut slot) = self.slots.entry(*id) else { return };
+        let Slot::Waiting(waiters) = slot.get_mut() else { return };
+        let before = waiters.len();
+        waiters.retain(|w| w.member.id != member);
+        self.pending_asks -= before - waiters.len();
+        if waiters.is_empty() {
+            slot.remove();
         }
     }
 
@@ -452,33 +466,41 @@ impl Shard {
         wakes: &mut Vec<Waker>,
         budget: Budget<'_>,
     ) -> Result<bool, MailboxError> {
-        if let Entry::Occupied(stored) = self.messages.entry(*id) {
-            match from.queue.push(stored.get().frame.clone()) {
+        let entry = self.slots.entry(*id);
+        if let Entry::Occupied(slot) = &entry
+            && let Slot::Stored(stored) = slot.get()
+        {
+            match from.queue.push(stored.frame.clone()) {
                 Pushed::Queued(waker) => wakes.extend(waker),
-                Pushed::Slow => return Err(MailboxError::SlowConsumer),
+                Pushed::Slow | Pushed::Closed => return Err(MailboxError::SlowConsumer),
             }
-            if stored.get().one_receiver {
-                let len = stored.remove().frame.len();
+            if stored.one_receiver {
+                let len = stored.frame.len();
+                if let Entry::Occupied(slot) = entry {
+                    slot.remove();
+                }
+                self.stored -= 1;
                 self.release(len, budget);
             }
             return Ok(true);
         }
-        if ttl.is_zero() {
+        // Not stored: the ask waits, unless it asked not to or waits already (one
+        // delivery per connection, and no second heap entry).
+        if ttl.is_zero() || !from.queue.add_ask(id, limits.max_pending_asks)? {
             return Ok(false);
         }
-        let asked = self.asked.entry(from.id).or_default();
-        if asked.contains(id) {
-            // Already waiting: one delivery per connection, and no second heap entry.
-            return Ok(false);
-        }
-        // Only this connection's own frames raise its count, one at a time.
-        if from.pending_asks.load(Ordering::Relaxed) >= limits.max_pending_asks {
-            return Err(MailboxError::TooManyAsks { max: limits.max_pending_asks });
-        }
-        from.pending_asks.fetch_add(1, Ordering::Relaxed);
-        asked.insert(*id);
         let deadline = now + ttl;
-        self.waiting.entry(*id).or_default().push(Waiter { member: from.clone(), deadline, asked_at: now });
+        let waiter = Waiter { member: from.clone(), deadline, asked_at: now };
+        match entry {
+            Entry::Occupied(mut slot) => {
+                if let Slot::Waiting(waiters) = slot.get_mut() {
+                    waiters.push(waiter);
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(Slot::Waiting(SmallVec::from_buf([waiter])));
+            }
+        }
         self.pending_asks += 1;
         self.push_deadline(deadline, id);
         Ok(false)
@@ -500,41 +522,49 @@ impl Shard {
         on_ask: Option<&AskHook>,
     ) -> Result<bool, MailboxError> {
         let id = &header.id;
-        if self.messages.contains_key(id) {
-            // The first PUB of an ID wins while it lives.
-            return Ok(false);
-        }
+        // Taken out of the table, and put back where they stay: one lookup when the
+        // publish answers its waiters, as most do.
+        let waiters = match self.slots.remove(id) {
+            Some(stored @ Slot::Stored(_)) => {
+                // The first PUB of an ID wins while it lives.
+                self.slots.insert(*id, stored);
+                return Ok(false);
+            }
+            Some(Slot::Waiting(waiters)) => waiters,
+            None => SmallVec::new(),
+        };
         let one_receiver = header.one_receiver();
-        let taken_at_once = one_receiver && self.waiting.contains_key(id);
+        let taken_at_once = one_receiver && !waiters.is_empty();
         let would_store = !(ttl.is_zero() || taken_at_once);
         // Reserved before anyone is answered, so a refused PUB delivers nothing.
-        if would_store {
-            self.reserve(frame.len(), budget)?;
+        if would_store && let Err(full) = self.reserve(frame.len(), budget) {
+            if !waiters.is_empty() {
+                self.slots.insert(*id, Slot::Waiting(waiters));
+            }
+            return Err(full);
         }
         let reserved = would_store;
         let mut delivered = false;
-        if let Some(waiters) = self.waiting.remove(id) {
-            let mut rest = Vec::new();
-            for w in waiters {
-                if one_receiver && delivered {
-                    rest.push(w);
-                    continue;
-                }
-                let Some(asked) = self.asked.get_mut(&w.member.id) else { continue };
-                asked.remove(id);
-                self.pending_asks -= 1;
-                w.member.pending_asks.fetch_sub(1, Ordering::Relaxed);
-                if let Pushed::Queued(waker) = w.member.queue.push(frame.clone()) {
-                    wakes.extend(waker);
-                    delivered = true;
-                    if let Some(hook) = on_ask {
-                        hook(AskEnd::Answered { waited: now.saturating_duration_since(w.asked_at) });
-                    }
+        let mut rest = SmallVec::<[Waiter; 1]>::new();
+        for w in waiters {
+            if one_receiver && delivered {
+                rest.push(w);
+                continue;
+            }
+            self.pending_asks -= 1;
+            // A slow or closing connection does not get it; for a one-receiver message,
+            // the next waiter does.
+            if let Pushed::Queued(waker) = w.member.queue.answer(id, frame.clone()) {
+                wakes.extend(waker);
+                delivered = true;
+                if let Some(hook) = on_ask {
+                    hook(AskEnd::Answered { waited: now.saturating_duration_since(w.asked_at) });
                 }
             }
-            if !rest.is_empty() {
-                self.waiting.insert(*id, rest);
-            }
+        }
+        if !rest.is_empty() {
+            // Only after a one-receiver delivery, which stores nothing below.
+            self.slots.insert(*id, Slot::Waiting(rest));
         }
         if ttl.is_zero() || (one_receiver && delivered) {
             if reserved {
@@ -548,14 +578,15 @@ impl Shard {
             return Ok(delivered);
         }
         let expires_at = now + ttl;
-        self.messages.insert(*id, Stored { frame: detach(frame), expires_at, one_receiver });
+        self.slots.insert(*id, Slot::Stored(Stored { frame: detach(frame), expires_at, one_receiver }));
+        self.stored += 1;
         self.push_deadline(expires_at, id);
         Ok(delivered)
     }
 
     fn push_deadline(&mut self, at: Instant, id: &MessageId) {
         self.deadlines.push(Reverse((at, *id)));
-        let live = self.messages.len() + self.pending_asks;
+        let live = self.stored + self.pending_asks;
         if self.deadlines.len() > 2 * live + HEAP_SLACK {
             self.rebuild_deadlines();
         }
@@ -563,10 +594,12 @@ impl Shard {
 
     /// Replaces the heap with one entry per live message and waiting ask.
     fn rebuild_deadlines(&mut self) {
-        let mut entries = Vec::with_capacity(self.messages.len() + self.pending_asks);
-        entries.extend(self.messages.iter().map(|(id, m)| Reverse((m.expires_at, *id))));
-        for (id, waiters) in &self.waiting {
-            entries.extend(waiters.iter().map(|w| Reverse((w.deadline, *id))));
+        let mut entries = Vec::with_capacity(self.stored + self.pending_asks);
+        for (id, slot) in &self.slots {
+            match slot {
+                Slot::Stored(m) => entries.push(Reverse((m.expires_at, *id))),
+                Slot::Waiting(waiters) => entries.extend(waiters.iter().map(|w| Reverse((w.deadline, *id)))),
+            }
         }
         self.deadlines = BinaryHeap::from(entries);
     }

@@ -702,3 +702,61 @@ async fn shards_take_the_namespace_bytes_in_steps_and_give_them_back_when_empty(
     assert_eq!(drain(&mut taker).len(), 50);
     assert_eq!(publisher.space.counted_bytes(), 0, "every shard gave its allowance back");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ask_repeated_while_its_answer_is_queued_waits_again_and_goes_with_its_connection() {
+    let mb = Mailbox::start(limits()).unwrap();
+    let a = mb.connect("ns");
+    let publisher = mb.connect("ns");
+    a.handle_frame(ask_frame(&id(1), 10)).unwrap();
+    publisher.handle_frame(publish_frame(&id(1), 10, FLAG_ONE_RECEIVER, b"first")).unwrap();
+    // The answer is still queued (not taken); the same ID asked again waits for a
+    // second message.
+    a.handle_frame(ask_frame(&id(1), 10)).unwrap();
+    assert_eq!(mb.stats().pending_asks, 1);
+    drop(a);
+    let stats = mb.stats();
+    assert_eq!((stats.pending_asks, stats.entries), (0, 0));
+    // Nobody waits now: a second one-receiver message is stored for a later asker.
+    publisher.handle_frame(publish_frame(&id(1), 10, FLAG_ONE_RECEIVER, b"second")).unwrap();
+    assert_eq!(mb.stats().entries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closing_connection_is_passed_over_for_a_one_receiver_message() {
+    let mb = Mailbox::start(limits()).unwrap();
+    let mut a = mb.connect("ns");
+    let mut b = mb.connect("ns");
+    a.handle_frame(ask_frame(&id(3), 10)).unwrap();
+    b.handle_frame(ask_frame(&id(3), 10)).unwrap();
+    // The moment between closing a's queue and withdrawing its asks, as when `a` is
+    // dropped on one thread while `publisher` publishes on another.
+    let withdrawn = a.member.queue.close();
+    assert_eq!(withdrawn.len(), 1);
+    let publisher = mb.connect("ns");
+    publisher.handle_frame(publish_frame(&id(3), 10, FLAG_ONE_RECEIVER, b"once")).unwrap();
+    assert!(drain(&mut a).is_empty());
+    assert_eq!(drain(&mut b).len(), 1);
+    assert_eq!(mb.stats().pending_asks, 0);
+    drop(a);
+    assert_eq!(mb.stats().pending_asks, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_keeps_its_connections_asks_one_per_id_and_at_most_the_limit() {
+    let mb = Mailbox::start(limits()).unwrap();
+    let conn = mb.connect("ns");
+    let queue = &conn.member.queue;
+    assert_eq!(queue.add_ask(&id(1), 2), Ok(true));
+    assert_eq!(queue.add_ask(&id(1), 2), Ok(false));
+    assert_eq!(queue.add_ask(&id(2), 2), Ok(true));
+    assert_eq!(queue.add_ask(&id(3), 2), Err(MailboxError::TooManyAsks { max: 2 }));
+    // An answer and an expiry each free a place.
+    assert!(matches!(queue.answer(&id(1), Bytes::from_static(b"x")), queue::Pushed::Queued(_)));
+    queue.forget_ask(&id(2));
+    assert_eq!(queue.add_ask(&id(3), 2), Ok(true));
+    assert_eq!(queue.add_ask(&id(4), 2), Ok(true));
+    // Closed: every ask handed over, every later frame refused.
+    assert_eq!(queue.close().len(), 2);
+    assert!(matches!(queue.answer(&id(3), Bytes::from_static(b"y")), queue::Pushed::Closed));
+}
