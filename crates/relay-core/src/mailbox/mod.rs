@@ -17,13 +17,14 @@
 //! process-wide held-bytes budget ([`crate::budget`]), shared with rooms; a PUB that
 //! does not fit is refused ([`MailboxError::HeldBytesFull`]).
 //! A namespace is split into `mailbox_namespace_shards` shards by message ID, each with
-//! its own lock, so frames of different IDs never contend. Expiry is a per-shard
-//! min-heap of deadlines popped by whoever next touches the shard, plus one sweeper task
+//! its own lock, so frames of different IDs never contend. Expiry is a per-shard queue
+//! of deadlines (`deadlines.rs`) taken by whoever next touches the shard, plus one sweeper task
 //! per [`Mailbox`] ([`Mailbox::start`]) that also forgets idle namespaces.
 //!
 //! The frame layout itself lives in `relay_proto::mailbox`; the items a transport needs
 //! ([`HEADER_LEN`], [`FLAG_ONE_RECEIVER`], [`MessageId`]) are re-exported here.
 
+mod deadlines;
 mod queue;
 mod space;
 

@@ -2,8 +2,8 @@
 //! IDs never contend. A cheap hash of the whole ID picks the shard (IDs are usually
 //! hashes already; the fold also spreads IDs that differ in a few bytes); each shard holds
 //! one table of its IDs, each either a stored message or the connections waiting for it
-//! (never both: a stored message answers an ask at once), and a min-heap of their
-//! deadlines, behind its own mutex, held for one table lookup per frame and never across
+//! (never both: a stored message answers an ask at once), and their deadlines
+//! ([`Deadlines`]), behind its own mutex, held for one table lookup per frame and never across
 //! an `.await`. Which IDs a connection waits for is kept by the connection's own queue
 //! ([`ConnQueue`]), not by the shards, so a shard's lock covers nothing per connection.
 //!
@@ -17,17 +17,17 @@
 //! asks are bounded (`max_pending_asks`) by its queue.
 //!
 //! Expiry: every stored message and every waiting ask pushes one (deadline, id) entry on
-//! its shard's heap. Whoever next touches the shard (a frame of an ID in it, the periodic
-//! sweep) pops the entries that are due and forgets what they name; checking costs one
-//! peek when nothing is due. A publish refused for want of room, or an ask refused for
-//! too many waiting, first expires what is due in every shard and tries again, so
-//! expired entries of other shards never hold a budget. An entry can outlive what it named (a one-receiver message taken early, an
-//! ask answered or dropped): popping it then finds nothing due and does nothing, and the
-//! heap is rebuilt from the live entries once stale ones outnumber them.
+//! its shard's [`Deadlines`]. Whoever next touches the shard (a frame of an ID in it, the
+//! periodic sweep) takes the entries that are due and forgets what they name; checking
+//! costs two peeks when nothing is due. A publish refused for want of room, or an ask
+//! refused for too many waiting, first expires what is due in every shard and tries
+//! again, so expired entries of other shards never hold a budget. An entry can outlive
+//! what it named (a one-receiver message taken early, an ask answered or dropped):
+//! taking it then finds nothing due and does nothing, and the entries are rebuilt from
+//! the live ones once stale ones outnumber them.
 
-use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
@@ -37,25 +37,26 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
+use super::deadlines::Deadlines;
 use super::queue::{ConnQueue, Pushed};
 use super::{AskEnd, AskHook, FrameKind, IdHasher, MailboxError, MailboxHeader, MessageId, Namespace};
 use crate::Limits;
 use crate::budget::{HeldBytes, detach};
 
 /// What a stored message costs against the process-wide held-bytes budget on top of its
-/// frame: its entry in the shard's table (key and value), its deadline in the expiry heap,
+/// frame: its entry in the shard's table (key and value), its deadline entry,
 /// and the hash table's control byte, rounded up for the table's spare capacity.
 pub const STORED_MESSAGE_OVERHEAD: usize = 2
     * (std::mem::size_of::<MessageId>()
         + std::mem::size_of::<Slot>()
-        + std::mem::size_of::<Reverse<(Instant, MessageId)>>()
+        + std::mem::size_of::<(Instant, MessageId)>()
         + 1);
 
 /// The least a shard takes of its namespace's byte bound at once (see
 /// `Shard::allowance`); a shard keeps at most twice this unused.
 pub const NAMESPACE_STEP_BYTES: usize = 64 << 10;
 
-/// Heap entries allowed beyond twice the live ones before the heap is rebuilt.
+/// Deadline entries allowed beyond twice the live ones before they are rebuilt.
 const HEAP_SLACK: usize = 64;
 
 pub(super) struct Space {
@@ -85,7 +86,7 @@ struct Shard {
     slots: HashMap<MessageId, Slot, IdHasher>,
     /// Stored messages among `slots`.
     stored: usize,
-    deadlines: BinaryHeap<Reverse<(Instant, MessageId)>>,
+    deadlines: Deadlines,
     /// Sum of every connection's waiting asks in this shard.
     pending_asks: usize,
     /// Bytes of the namespace's bound this shard has taken but not used: stored frames
@@ -400,11 +401,7 @@ impl Shard {
     }
 
     fn expire(&mut self, now: Instant, budget: Budget<'_>, on_ask: Option<&AskHook>) {
-        while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.deadlines.pop();
+        while let Some(id) = self.deadlines.pop_due(now) {
             self.expire_id(&id, now, budget, on_ask);
         }
     }
@@ -485,7 +482,7 @@ impl Shard {
             return Ok(true);
         }
         // Not stored: the ask waits, unless it asked not to or waits already (one
-        // delivery per connection, and no second heap entry).
+        // delivery per connection, and no second deadline entry).
         if ttl.is_zero() || !from.queue.add_ask(id, limits.max_pending_asks)? {
             return Ok(false);
         }
@@ -585,22 +582,23 @@ impl Shard {
     }
 
     fn push_deadline(&mut self, at: Instant, id: &MessageId) {
-        self.deadlines.push(Reverse((at, *id)));
+        self.deadlines.push(at, id);
         let live = self.stored + self.pending_asks;
         if self.deadlines.len() > 2 * live + HEAP_SLACK {
             self.rebuild_deadlines();
         }
     }
 
-    /// Replaces the heap with one entry per live message and waiting ask.
+    /// Keeps one deadline per live message and waiting ask.
     fn rebuild_deadlines(&mut self) {
-        let mut entries = Vec::with_capacity(self.stored + self.pending_asks);
-        for (id, slot) in &self.slots {
-            match slot {
-                Slot::Stored(m) => entries.push(Reverse((m.expires_at, *id))),
-                Slot::Waiting(waiters) => entries.extend(waiters.iter().map(|w| Reverse((w.deadline, *id)))),
+        let slots = &self.slots;
+        self.deadlines.rebuild(|entries| {
+            for (id, slot) in slots {
+                match slot {
+                    Slot::Stored(m) => entries.push((m.expires_at, *id)),
+                    Slot::Waiting(waiters) => entries.extend(waiters.iter().map(|w| (w.deadline, *id))),
+                }
             }
-        }
-        self.deadlines = BinaryHeap::from(entries);
+        });
     }
 }
