@@ -18,7 +18,7 @@ pub struct Limits {
     pub max_namespace_held_bytes: usize,
     /// Shards of one mailbox namespace, each with its own lock, chosen by message ID
     /// (default 16): asks and publishes of IDs in different shards never contend. More
-    /// shards spread a busy namespace over more cores; each costs about 200 bytes per
+    /// shards spread a busy namespace over more cores; each costs about 130 bytes per
     /// live namespace.
     pub mailbox_namespace_shards: usize,
     /// Asks one mailbox connection may have waiting at once (default 10,000).
