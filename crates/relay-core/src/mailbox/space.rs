@@ -316,7 +316,7 @@ impl Space {
     }
 
     #[cfg(test)]
-    pub(super) fn heap_lens(&self) -> Vec<usize> {
+    pub(super) fn deadline_lens(&self) -> Vec<usize> {
         self.shards.iter().map(|shard| Self::lock(shard).deadlines.len()).collect()
     }
 

@@ -297,7 +297,7 @@ async fn the_background_sweeper_forgets_idle_namespaces() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_deadline_heap_stays_proportional_to_what_lives() {
+async fn the_deadline_entries_stay_proportional_to_what_lives() {
     let mb = Mailbox::start(limits()).unwrap();
     let mut a = mb.connect("ns");
     let b = mb.connect("ns");
@@ -309,7 +309,7 @@ async fn the_deadline_heap_stays_proportional_to_what_lives() {
         a.handle_frame(ask_frame(&mid, 100)).unwrap();
         drain(&mut a);
     }
-    let lens = a.space.heap_lens();
+    let lens = a.space.deadline_lens();
     assert!(lens.iter().all(|&len| len <= 2 * 64 + 2), "{lens:?}");
 }
 
