@@ -26,9 +26,10 @@ use crate::util::Target;
 ///                  target) and after an idle pause of about 1 ms (reported: adds waking idle threads and CPUs).
 ///   throughput     P pairs (default 8), receivers ask ahead within a window, senders publish 256 B; msg/s, MB/s.
 ///   throughput-64k the same with 64 KiB payloads and 4 pairs; MB/s.
-///   scaling        P pairs (default 16) of 256 B as in throughput, all in one namespace (/v1/msg-relay), then
-///                  each in a room-scoped namespace of its own (/v1/rooms/{id}/msg-relay); msg/s of both and the
-///                  ratio one/separate (target >= 0.95x). Relay only (the peer has no rooms).
+///   scaling        P pairs (default 16) of 256 B as in throughput, all in one namespace (/v1/msg-relay), and
+///                  each in a room-scoped namespace of its own (/v1/rooms/{id}/msg-relay), in phases taking turns
+///                  (--scaling-phases); msg/s of both and the median over turns of the ratio one/separate
+///                  (target >= 0.95x). Relay only (the peer has no rooms).
 ///   fanout         a room of N (default 16), every party broadcasts M messages; deliveries/s, p99. Relay only.
 ///   p2p-latency    a 2-party room, one message at a time, pipelined and after idle; p50/p99 us. Relay only.
 ///   handshakes     WebSocket upgrades per second over plain HTTP.
@@ -103,6 +104,10 @@ struct Args {
     /// so the CPU reading's 10 ms ticks do not matter).
     #[arg(long, default_value_t = 50_000)]
     scaling_messages_per_pair: u64,
+    /// Phases each layout's messages are split into in `scaling`, the two layouts taking
+    /// turns, so that both meet the same moments of a machine whose speed drifts.
+    #[arg(long, default_value_t = 5)]
+    scaling_phases: u64,
     /// Asks a receiver keeps outstanding.
     #[arg(long, default_value_t = 256)]
     window: u64,
@@ -187,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         args.big_messages_per_pair = 20;
         args.scaling_pairs = 2;
         args.scaling_messages_per_pair = 100;
+        args.scaling_phases = 2;
         args.window = 16;
         args.room_size = 4;
         args.fanout_messages = 20;
@@ -286,7 +292,8 @@ async fn run_workload(w: Workload, t: &Target, a: &Args) -> anyhow::Result<Vec<M
             .await
         }
         Workload::Scaling => {
-            mailbox::scaling(t, a.scaling_pairs, a.scaling_messages_per_pair, a.window).await
+            mailbox::scaling(t, a.scaling_pairs, a.scaling_messages_per_pair, a.window, a.scaling_phases)
+                .await
         }
         Workload::Fanout => rooms::fanout(t, a.room_size, a.fanout_messages, 256).await,
         Workload::P2pLatency => {
