@@ -961,6 +961,10 @@ mod tests {
         assert_eq!(sum, (0..8).map(|t| 500 * (5 + t) + 500 * (50 + t)).sum::<u64>());
         // Stripes are a cache line apart at least, whatever the allocation's alignment.
         assert!(h.0.stride - (h.0.le.len() + 2) >= 8);
+        // Eight threads took eight turns: with more than one stripe, more than one holds
+        // observations (threads of other tests in the process may take turns between).
+        let used = h.0.cells.chunks_exact(h.0.stride).filter(|s| s[0].load(Relaxed) > 0).count();
+        assert!(used >= stripes().min(2), "stripes used: {used} of {}", stripes());
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub const STORED_MESSAGE_OVERHEAD: usize = 2
 pub const NAMESPACE_STEP_BYTES: usize = 64 << 10;
 
 /// Deadline entries allowed beyond twice the live ones before they are rebuilt.
-const HEAP_SLACK: usize = 64;
+const DEADLINE_SLACK: usize = 64;
 
 pub(super) struct Space {
     pub(super) namespace: Namespace,
@@ -584,7 +584,7 @@ impl Shard {
     fn push_deadline(&mut self, at: Instant, id: &MessageId) {
         self.deadlines.push(at, id);
         let live = self.stored + self.pending_asks;
-        if self.deadlines.len() > 2 * live + HEAP_SLACK {
+        if self.deadlines.len() > 2 * live + DEADLINE_SLACK {
             self.rebuild_deadlines();
         }
     }
